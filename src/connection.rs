@@ -1,0 +1,42 @@
+//! From settings to one open, dedicated connection.
+
+use sqlx::PgConnection;
+
+use crate::{
+    config::{Auth, DbSource, Settings},
+    credentials::{self, Aws},
+    db::{self, Target},
+    error::{Error, Result},
+};
+
+/// Opens the connection the command runs on. With a secret: on an authentication failure
+/// the secret is read once more (it may have rotated since it was read) and the connect retried.
+pub async fn open(settings: &Settings, aws: Option<&Aws>, application_name: &str) -> Result<(PgConnection, Target)> {
+    tracing::info!(step = "resolve", "resolving the database connection");
+    match &settings.db {
+        DbSource::Url(opts) => {
+            let opts = opts.as_ref().clone().application_name(application_name);
+            let conn = db::connect(&opts, settings.connect_timeout).await?;
+            Ok((conn, Target::of(&opts)))
+        }
+        DbSource::Secret(s) => {
+            let aws = aws.ok_or_else(|| Error::Config {
+                var: "DB_SECRET_ARN".into(),
+                problem: "AWS clients are not configured".into(),
+            })?;
+            let opts = credentials::resolve(s, aws, application_name).await?;
+            let target = Target::of(&opts);
+            tracing::info!(step = "connect", target = %target, "connecting");
+            match db::connect(&opts, settings.connect_timeout).await {
+                Err(Error::AuthFailed { .. }) if s.auth == Auth::Password => {
+                    tracing::warn!(step = "connect", "authentication failed; re-reading the secret once in case it was just rotated");
+                    let opts = credentials::resolve(s, aws, application_name).await?;
+                    let conn = db::connect(&opts, settings.connect_timeout).await?;
+                    Ok((conn, Target::of(&opts)))
+                }
+                Err(e) => Err(e),
+                Ok(conn) => Ok((conn, target)),
+            }
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! Database credentials and endpoint: the Secrets Manager secret, the RDS API, IAM tokens.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::PgConnectOptions;
+
+use crate::{
+    config::{Auth, SecretSettings},
+    error::{Error, Result},
+};
+
+/// The AWS API actions this binary can call; the Terraform policies grant these (and the
+/// infrastructure ones) and nothing else.
+pub const AWS_ACTIONS: &[&str] = &[
+    "secretsmanager:GetSecretValue",
+    "rds:DescribeDBInstances",
+    "rds:DescribeDBClusters",
+    "rds:CreateDBSnapshot",
+    "rds:CreateDBClusterSnapshot",
+    "rds:DescribeDBSnapshots",
+    "rds:DescribeDBClusterSnapshots",
+    "rds:AddTagsToResource",
+    "rds-db:connect",
+];
+
+/// The AWS clients, built once per process (in Lambda: at cold start).
+#[derive(Debug, Clone)]
+pub struct Aws {
+    /// The shared SDK configuration (region, credentials, endpoint, timeouts).
+    pub sdk: aws_config::SdkConfig,
+    /// Secrets Manager.
+    pub secrets: aws_sdk_secretsmanager::Client,
+    /// RDS control plane.
+    pub rds: aws_sdk_rds::Client,
+}
+
+impl Aws {
+    /// Loads the default configuration; `AWS_ENDPOINT_URL` points it at a local server in tests.
+    /// Every call is bounded so an unreachable endpoint fails in seconds, not at the Lambda timeout.
+    pub async fn load() -> Self {
+        let timeouts = aws_config::timeout::TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .operation_attempt_timeout(Duration::from_secs(5))
+            .operation_timeout(Duration::from_secs(12))
+            .build();
+        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .timeout_config(timeouts)
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
+            .load()
+            .await;
+        Aws {
+            secrets: aws_sdk_secretsmanager::Client::new(&sdk),
+            rds: aws_sdk_rds::Client::new(&sdk),
+            sdk,
+        }
+    }
+}
+
+/// The fields we use from the secret. The password is never printed.
+#[derive(Debug, Clone)]
+pub struct DbSecret {
+    /// Database user.
+    pub username: String,
+    /// Database password (RDS rotates it).
+    pub password: SecretString,
+    /// Host, in the rotation-secret shape.
+    pub host: Option<String>,
+    /// Port, number or string in the rotation-secret shape.
+    pub port: Option<u16>,
+    /// Database name, in the rotation-secret shape.
+    pub dbname: Option<String>,
+}
+
+/// Reads the RDS-managed (`username`, `password`) or rotation (`engine`, `host`, `port`,
+/// `dbname`, `username`, `password`) secret. Errors name the key, never a value.
+pub fn parse_secret(secret_id: &str, text: &str) -> Result<DbSecret> {
+    let bad = |problem: String| Error::SecretFormat { secret: secret_id.to_string(), problem };
+    let value: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| bad(format!("is not JSON (at line {}, column {}); expected an object with username and password", e.line(), e.column())))?;
+    let obj = value.as_object().ok_or_else(|| bad("is not a JSON object; expected one with username and password".into()))?;
+    let string = |key: &str, required: bool| -> Result<Option<String>> {
+        match obj.get(key) {
+            None | Some(serde_json::Value::Null) if !required => Ok(None),
+            None | Some(serde_json::Value::Null) => Err(bad(format!("has no `{key}` key"))),
+            Some(serde_json::Value::String(s)) if s.is_empty() && required => Err(bad(format!("`{key}` is empty"))),
+            Some(serde_json::Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(bad(format!("`{key}` is not a string"))),
+        }
+    };
+    let username = string("username", true)?.unwrap_or_default();
+    let password = SecretString::from(string("password", true)?.unwrap_or_default());
+    let port = match obj.get("port") {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => Some(n.as_u64().and_then(|p| u16::try_from(p).ok()).ok_or_else(|| bad("`port` is not a port number".into()))?),
+        Some(serde_json::Value::String(s)) => Some(s.trim().parse().map_err(|_| bad("`port` is not a port number".into()))?),
+        Some(_) => return Err(bad("`port` is not a number or a string".into())),
+    };
+    if let Some(engine) = string("engine", false)?
+        && !engine.starts_with("postgres")
+        && engine != "aurora-postgresql"
+    {
+        return Err(bad(format!("`engine` is {engine}, not postgres")));
+    }
+    Ok(DbSecret { username, password, host: string("host", false)?, port, dbname: string("dbname", false)? })
+}
+
+/// Fetches and parses the secret (on every invocation: RDS rotates it).
+pub async fn fetch_secret(aws: &Aws, secret_id: &str) -> Result<DbSecret> {
+    let out = aws.secrets.get_secret_value().secret_id(secret_id).send().await.map_err(|e| Error::SecretUnavailable {
+        secret: secret_id.to_string(),
+        cause: crate::error::sdk_cause(&e),
+    })?;
+    match out.secret_string() {
+        Some(text) => parse_secret(secret_id, text),
+        None if out.secret_binary().is_some() => Err(Error::SecretFormat {
+            secret: secret_id.to_string(),
+            problem: "is a binary secret; expected a JSON SecretString with username and password".into(),
+        }),
+        None => Err(Error::SecretFormat { secret: secret_id.to_string(), problem: "has no SecretString".into() }),
+    }
+}
+
+/// Endpoint from the RDS API: (host, port, database name).
+async fn describe_endpoint(aws: &Aws, s: &SecretSettings) -> Result<(String, u16, Option<String>)> {
+    let rds_err = |what: &str, cause: String| Error::RdsApi(format!("{what}: {cause}"));
+    if let Some(id) = &s.instance_id {
+        let out = aws.rds.describe_db_instances().db_instance_identifier(id).send().await.map_err(|e| {
+            rds_err(&format!("DescribeDBInstances {id}"), crate::error::sdk_cause(&e))
+        })?;
+        let db = out.db_instances().first().ok_or_else(|| Error::RdsApi(format!("DB instance {id} not found")))?;
+        let ep = db.endpoint().ok_or_else(|| Error::RdsApi(format!("DB instance {id} has no endpoint yet (status {})", db.db_instance_status().unwrap_or("unknown"))))?;
+        let host = ep.address().ok_or_else(|| Error::RdsApi(format!("DB instance {id} has no endpoint address")))?;
+        let port = ep.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432);
+        Ok((host.to_string(), port, db.db_name().map(str::to_string)))
+    } else if let Some(id) = &s.cluster_id {
+        let out = aws.rds.describe_db_clusters().db_cluster_identifier(id).send().await.map_err(|e| {
+            rds_err(&format!("DescribeDBClusters {id}"), crate::error::sdk_cause(&e))
+        })?;
+        let c = out.db_clusters().first().ok_or_else(|| Error::RdsApi(format!("DB cluster {id} not found")))?;
+        let host = c.endpoint().ok_or_else(|| Error::RdsApi(format!("DB cluster {id} has no writer endpoint")))?;
+        let port = c.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432);
+        Ok((host.to_string(), port, c.database_name().map(str::to_string)))
+    } else {
+        Err(Error::Config {
+            var: "DB_HOST".into(),
+            problem: "the secret has no host; set DB_HOST, DB_INSTANCE_IDENTIFIER or DB_CLUSTER_IDENTIFIER".into(),
+        })
+    }
+}
+
+/// Builds the connection options: overrides, then the secret, then the RDS API; TLS; password
+/// or IAM token. Reads the secret afresh every time it is called.
+pub async fn resolve(s: &SecretSettings, aws: &Aws, application_name: &str) -> Result<PgConnectOptions> {
+    let secret = fetch_secret(aws, &s.secret_id).await?;
+    let mut host = s.host.clone().or(secret.host.clone());
+    let mut port = s.port.or(secret.port);
+    let mut dbname = s.dbname.clone().or(secret.dbname.clone());
+    if host.is_none() || port.is_none() || dbname.is_none() {
+        if host.is_none() || s.instance_id.is_some() || s.cluster_id.is_some() {
+            let (h, p, d) = describe_endpoint(aws, s).await?;
+            host = host.or(Some(h));
+            port = port.or(Some(p));
+            dbname = dbname.or(d);
+        }
+    }
+    let host = host.unwrap_or_default();
+    let port = port.unwrap_or(5432);
+    let dbname = dbname.unwrap_or_else(|| "postgres".into());
+    let password = match s.auth {
+        Auth::Password => secret.password.clone(),
+        Auth::Iam => {
+            let config = aws_sdk_rds::auth_token::Config::builder()
+                .hostname(&host)
+                .port(u64::from(port))
+                .username(&secret.username)
+                .build()
+                .map_err(|e| Error::RdsApi(format!("IAM auth token config: {e}")))?;
+            let token = aws_sdk_rds::auth_token::AuthTokenGenerator::new(config)
+                .auth_token(&aws.sdk)
+                .await
+                .map_err(|e| Error::RdsApi(format!("generating the IAM auth token: {e}")))?;
+            SecretString::from(token.as_str().to_string())
+        }
+    };
+    let mut opts = PgConnectOptions::new_without_pgpass()
+        .host(&host)
+        .port(port)
+        .database(&dbname)
+        .username(&secret.username)
+        .password(password.expose_secret())
+        .ssl_mode(s.sslmode)
+        .application_name(application_name);
+    if let Some(ca) = &s.ca_bundle {
+        opts = opts.ssl_root_cert(ca);
+    }
+    Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_secret_shapes_are_read() {
+        let managed = parse_secret("s", r#"{"username":"admin","password":"pw"}"#).unwrap();
+        assert_eq!(managed.username, "admin");
+        assert_eq!(managed.password.expose_secret(), "pw");
+        assert!(managed.host.is_none() && managed.port.is_none());
+        let rotation = parse_secret("s", r#"{"engine":"postgres","host":"h","port":"6432","dbname":"d","username":"u","password":"p"}"#).unwrap();
+        assert_eq!((rotation.host.as_deref(), rotation.port, rotation.dbname.as_deref()), (Some("h"), Some(6432), Some("d")));
+        assert_eq!(parse_secret("s", r#"{"username":"u","password":"p","port":5433}"#).unwrap().port, Some(5433));
+    }
+
+    #[test]
+    fn malformed_secrets_name_the_key_not_the_value() {
+        let cases = [
+            (r#"{"username":"u"}"#, "`password`"),
+            (r#"{"password":"topsecret"}"#, "`username`"),
+            (r#"{"username":"u","password":"topsecret","port":"eighty"}"#, "`port`"),
+            (r#"{"username":"u","password":"topsecret","port":70000}"#, "`port`"),
+            (r#"{"username":"u","password":"topsecret","engine":"mysql"}"#, "`engine`"),
+            (r#"["topsecret"]"#, "not a JSON object"),
+            ("topsecret", "not JSON"),
+        ];
+        for (text, expected) in cases {
+            let err = parse_secret("arn:secret", text).unwrap_err();
+            let msg = err.to_string();
+            assert_eq!(err.kind(), "SecretFormat");
+            assert!(msg.contains(expected) && msg.contains("arn:secret"), "{msg}");
+            assert!(!msg.contains("topsecret"), "secret value leaked: {msg}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_the_password() {
+        let s = parse_secret("s", r#"{"username":"u","password":"hunter2"}"#).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+}

@@ -1,0 +1,349 @@
+//! PostgreSQL specifics: connecting, the history table, the advisory lock, and the checks
+//! behind `verify`.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sqlx::{
+    AssertSqlSafe, Connection, Executor, PgConnection, Row,
+    postgres::{PgConnectOptions, PgDatabaseError, PgSslMode},
+};
+
+use crate::{
+    error::{Error, Result, cause_chain},
+    migrations::Check,
+    plan::Applied,
+};
+
+/// The history table's name.
+pub const HISTORY_TABLE: &str = "scanner_migrator_history";
+
+/// The advisory lock every migrator and refresher takes: (`'SCAN'`, 1).
+pub const LOCK_KEY: (i32, i32) = (0x5343_414e, 1);
+
+/// Where we connect, for results, logs and errors. Never holds the password.
+#[derive(Debug, Clone, Serialize)]
+pub struct Target {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// Database name.
+    pub database: String,
+    /// User name.
+    pub user: String,
+    /// The TLS mode used.
+    pub sslmode: String,
+}
+
+impl Target {
+    /// What we know of the connection options, without the password.
+    pub fn of(opts: &PgConnectOptions) -> Self {
+        Target {
+            host: opts.get_host().to_string(),
+            port: opts.get_port(),
+            database: opts.get_database().unwrap_or(opts.get_username()).to_string(),
+            user: opts.get_username().to_string(),
+            sslmode: sslmode_name(opts.get_ssl_mode()).to_string(),
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}:{}/{} (sslmode {})", self.user, self.host, self.port, self.database, self.sslmode)
+    }
+}
+
+/// The libpq spelling of a TLS mode.
+pub fn sslmode_name(mode: PgSslMode) -> &'static str {
+    match mode {
+        PgSslMode::Disable => "disable",
+        PgSslMode::Allow => "allow",
+        PgSslMode::Prefer => "prefer",
+        PgSslMode::Require => "require",
+        PgSslMode::VerifyCa => "verify-ca",
+        PgSslMode::VerifyFull => "verify-full",
+    }
+}
+
+/// Opens one dedicated connection (never a pool: the advisory lock belongs to the session).
+pub async fn connect(opts: &PgConnectOptions, timeout: Duration) -> Result<PgConnection> {
+    let target = Target::of(opts);
+    match tokio::time::timeout(timeout, PgConnection::connect_with(opts)).await {
+        Err(_) => Err(Error::ConnectFailed {
+            target: target.to_string(),
+            cause: format!("no connection within {} s", timeout.as_secs_f64()),
+        }),
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(err)) => {
+            let code = err.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
+            let cause = cause_chain(&err);
+            if matches!(code.as_deref(), Some("28P01") | Some("28000")) {
+                Err(Error::AuthFailed { user: target.user.clone(), target: target.to_string(), cause })
+            } else {
+                Err(Error::ConnectFailed { target: target.to_string(), cause })
+            }
+        }
+    }
+}
+
+/// Runs one statement (or several, via the simple query protocol) and discards its rows.
+pub async fn exec(conn: &mut PgConnection, sql: &str) -> std::result::Result<(), sqlx::Error> {
+    conn.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_string()))).await.map(|_| ())
+}
+
+/// The SQLSTATE of a database error, if it is one.
+pub fn sqlstate(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned())
+}
+
+/// The PostgreSQL-specific parts of a database error: (message, detail, position).
+pub fn pg_details(err: &sqlx::Error) -> (String, Option<String>, Option<usize>) {
+    match err.as_database_error().and_then(|e| e.try_downcast_ref::<PgDatabaseError>()) {
+        Some(pg) => {
+            let position = match pg.position() {
+                Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),
+                _ => None,
+            };
+            let detail = [pg.detail(), pg.hint()].into_iter().flatten().collect::<Vec<_>>().join("; ");
+            (pg.message().to_string(), (!detail.is_empty()).then_some(detail), position)
+        }
+        None => (cause_chain(err), None, None),
+    }
+}
+
+/// Sets a session setting given as a duration; zero means no limit.
+pub async fn set_timeout(conn: &mut PgConnection, setting: &str, value: Option<Duration>) -> Result<()> {
+    let ms = value.map(|d| d.as_millis().max(1)).unwrap_or(0);
+    exec(conn, &format!("SET {setting} = {ms}")).await.map_err(|e| Error::db(format!("setting {setting}"), e))
+}
+
+/// Creates the history table if it is missing (only ever called with the lock held).
+pub async fn ensure_history(conn: &mut PgConnection) -> Result<()> {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (
+            version     bigint PRIMARY KEY,
+            name        text NOT NULL,
+            checksum    text NOT NULL,
+            applied_at  timestamptz NOT NULL DEFAULT now(),
+            duration_ms bigint NOT NULL,
+            applied_by  text NOT NULL
+        )"
+    );
+    exec(conn, &sql).await.map_err(|e| Error::db("creating the history table", e))
+}
+
+/// The history, oldest first; empty when the table does not exist yet.
+pub async fn history(conn: &mut PgConnection) -> Result<Vec<Applied>> {
+    let ctx = "reading the migration history";
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(HISTORY_TABLE)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let sql = format!(
+        "SELECT version, name, checksum, applied_at, duration_ms, applied_by FROM {HISTORY_TABLE} ORDER BY version"
+    );
+    let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *conn).await.map_err(|e| Error::db(ctx, e))?;
+    rows.iter()
+        .map(|r| {
+            Ok(Applied {
+                version: r.try_get("version")?,
+                name: r.try_get("name")?,
+                checksum: r.try_get("checksum")?,
+                applied_at: r.try_get("applied_at")?,
+                duration_ms: r.try_get("duration_ms")?,
+                applied_by: r.try_get("applied_by")?,
+            })
+        })
+        .collect::<std::result::Result<_, sqlx::Error>>()
+        .map_err(|e| Error::db(ctx, e))
+}
+
+/// Records an applied migration (inside the migration's transaction when it has one).
+pub async fn record(
+    conn: &mut PgConnection,
+    version: i64,
+    name: &str,
+    checksum: &str,
+    duration: Duration,
+    applied_by: &str,
+) -> std::result::Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO {HISTORY_TABLE} (version, name, checksum, duration_ms, applied_by) VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum,
+             applied_at = now(), duration_ms = EXCLUDED.duration_ms, applied_by = EXCLUDED.applied_by"
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(version)
+        .bind(name)
+        .bind(checksum)
+        .bind(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
+        .bind(applied_by)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Removes a rolled-back migration from the history.
+pub async fn forget(conn: &mut PgConnection, version: i64) -> std::result::Result<(), sqlx::Error> {
+    let sql = format!("DELETE FROM {HISTORY_TABLE} WHERE version = $1");
+    sqlx::query(AssertSqlSafe(sql)).bind(version).execute(conn).await.map(|_| ())
+}
+
+/// Tries the advisory lock once.
+pub async fn try_lock(conn: &mut PgConnection) -> Result<bool> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+        .bind(LOCK_KEY.0)
+        .bind(LOCK_KEY.1)
+        .fetch_one(conn)
+        .await
+        .map_err(|e| Error::db("taking the migration lock", e))
+}
+
+/// Takes the advisory lock, polling until `wait` runs out; then names the holder.
+pub async fn lock(conn: &mut PgConnection, wait: Duration) -> Result<Duration> {
+    let started = Instant::now();
+    let mut pause = Duration::from_millis(50);
+    loop {
+        if try_lock(conn).await? {
+            return Ok(started.elapsed());
+        }
+        let left = wait.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            let holder = lock_holder(conn).await?;
+            return Err(Error::LockTimeout(format!(
+                "the migration lock is still held after waiting {:.1} s: {}",
+                started.elapsed().as_secs_f64(),
+                holder.unwrap_or_else(|| "its holder has just released it; try again".into())
+            )));
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_millis(1000));
+    }
+}
+
+/// Who holds the advisory lock: pid, application name and for how long, as a sentence.
+pub async fn lock_holder(conn: &mut PgConnection) -> Result<Option<String>> {
+    let row = sqlx::query(
+        "SELECT a.pid, coalesce(a.application_name, '') AS app, coalesce(a.state, '') AS state,
+                extract(epoch FROM now() - a.backend_start)::float8 AS held_s,
+                coalesce(extract(epoch FROM now() - a.xact_start)::float8, 0) AS xact_s
+           FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+          WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2
+          LIMIT 1",
+    )
+    .bind(i64::from(LOCK_KEY.0))
+    .bind(i64::from(LOCK_KEY.1))
+    .fetch_optional(conn)
+    .await
+    .map_err(|e| Error::db("finding the lock holder", e))?;
+    Ok(row.map(|r| {
+        let pid: i32 = r.get("pid");
+        let app: String = r.get("app");
+        let state: String = r.get("state");
+        let held: f64 = r.get("held_s");
+        format!(
+            "held by backend pid {pid} ({}), connected {held:.0} s ago, now {state}; \
+             if that process is gone, end it with SELECT pg_terminate_backend({pid})",
+            if app.is_empty() { "no application_name".to_string() } else { format!("application_name '{app}'") }
+        )
+    }))
+}
+
+/// Releases the advisory lock (the connection's close would too; this makes it prompt).
+pub async fn unlock(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query_scalar::<_, bool>("SELECT pg_advisory_unlock($1, $2)")
+        .bind(LOCK_KEY.0)
+        .bind(LOCK_KEY.1)
+        .fetch_one(conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::db("releasing the migration lock", e))
+}
+
+/// Whether the index named exists but was left INVALID by an interrupted concurrent build.
+pub async fn index_is_invalid(conn: &mut PgConnection, name: &str) -> std::result::Result<bool, sqlx::Error> {
+    let invalid: Option<bool> =
+        sqlx::query_scalar("SELECT NOT i.indisvalid FROM pg_index AS i WHERE i.indexrelid = to_regclass($1)")
+            .bind(name)
+            .fetch_optional(conn)
+            .await?;
+    Ok(invalid.unwrap_or(false))
+}
+
+/// Runs one check; `Ok(None)` when it holds, `Ok(Some(problem))` when it does not.
+pub async fn check(conn: &mut PgConnection, check: &Check) -> Result<Option<String>> {
+    let ctx = || format!("checking {check}");
+    let problem = match check {
+        Check::Column { table, column } => {
+            let found: bool = sqlx::query_scalar(
+                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)
+                                   AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
+            )
+            .bind(table)
+            .bind(column)
+            .fetch_one(conn)
+            .await
+            .map_err(|e| Error::db(ctx(), e))?;
+            (!found).then(|| format!("{check} is missing"))
+        }
+        Check::Index(name) => {
+            let valid: Option<bool> =
+                sqlx::query_scalar("SELECT i.indisvalid FROM pg_index AS i WHERE i.indexrelid = to_regclass($1)")
+                    .bind(name)
+                    .fetch_optional(conn)
+                    .await
+                    .map_err(|e| Error::db(ctx(), e))?;
+            match valid {
+                None => Some(format!("{check} is missing")),
+                Some(false) => Some(format!("{check} is INVALID (an interrupted concurrent build); run migrate to rebuild it")),
+                Some(true) => None,
+            }
+        }
+        Check::View { name, columns } => {
+            let row = sqlx::query(
+                "SELECT c.relkind::text AS kind, c.relispopulated AS populated,
+                        array(SELECT a.attname::text FROM pg_attribute AS a
+                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns
+                   FROM pg_class AS c WHERE c.oid = to_regclass($1)",
+            )
+            .bind(name)
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| Error::db(ctx(), e))?;
+            match row {
+                None => Some(format!("{check} is missing")),
+                Some(r) => {
+                    let kind: String = r.get("kind");
+                    let populated: bool = r.get("populated");
+                    let have: Vec<String> = r.get("columns");
+                    let missing: Vec<&str> =
+                        columns.iter().filter(|c| !have.contains(c)).map(String::as_str).collect();
+                    if kind != "v" && kind != "m" {
+                        Some(format!("{check} is not a view (relkind {kind})"))
+                    } else if !missing.is_empty() {
+                        Some(format!("{check} lacks columns {}", missing.join(", ")))
+                    } else if kind == "m" && !populated {
+                        Some(format!("{check} has never been populated; run refresh"))
+                    } else {
+                        None
+                    }
+                }
+            }
+        }
+        Check::Function(signature) => {
+            let found: bool = sqlx::query_scalar("SELECT to_regprocedure($1) IS NOT NULL")
+                .bind(signature)
+                .fetch_one(conn)
+                .await
+                .map_err(|e| Error::db(ctx(), e))?;
+            (!found).then(|| format!("{check} is missing"))
+        }
+    };
+    Ok(problem)
+}

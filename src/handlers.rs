@@ -1,0 +1,425 @@
+//! The two Lambda handlers and what they share with the CLI: parse the event, resolve the
+//! connection, run, close, report.
+
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::{
+    config::{DbSource, Settings},
+    connection,
+    credentials::Aws,
+    error::{Error, Result},
+    metrics,
+    migrations::{Migration, Migrations},
+    refresh::{self, RefreshReport, RefreshSettings},
+    runner::{self, Command, Report, RunSettings},
+    snapshot,
+};
+
+/// The handler names the binary dispatches on (`_HANDLER`, Terraform's `handler`).
+pub const HANDLER_NAMES: [&str; 2] = ["migrate", "refresh"];
+
+/// Which handler this process serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handler {
+    /// Applies migrations (and status, plan, verify, rollback).
+    Migrate,
+    /// Refreshes `job_progress`.
+    Refresh,
+}
+
+impl Handler {
+    /// Parses `_HANDLER`; an unknown name is refused with the valid ones.
+    pub fn from_name(name: &str) -> Result<Self> {
+        match name {
+            "migrate" => Ok(Handler::Migrate),
+            "refresh" => Ok(Handler::Refresh),
+            other => Err(Error::Config {
+                var: "_HANDLER".into(),
+                problem: format!("unknown handler `{other}`; valid handlers: {}", HANDLER_NAMES.join(", ")),
+            }),
+        }
+    }
+}
+
+/// What the migrate handler was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrateRequest {
+    /// Run a command.
+    Run(Command),
+    /// Terraform's delete of the invocation resource: never touches the schema.
+    TerraformDelete,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigratePayload {
+    command: Option<String>,
+    target: Option<i64>,
+    tf: Option<TfEnvelope>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TfEnvelope {
+    action: String,
+    #[allow(dead_code)]
+    prev_input: Option<Value>,
+}
+
+const MIGRATE_ACCEPTS: &str = r#"accepted: {"command": "migrate|status|plan|verify|rollback", "target": <version>, "tf": {"action": "create|update|delete", "prev_input": ...}}, all optional; {} migrates"#;
+
+/// Parses the migrate handler's payload. `{}` (or no payload) means migrate.
+pub fn parse_migrate_event(event: &Value) -> Result<MigrateRequest> {
+    let bad = |problem: String| Error::BadRequest(format!("{problem}; {MIGRATE_ACCEPTS}"));
+    let event = if event.is_null() { json!({}) } else { event.clone() };
+    let payload: MigratePayload = serde_json::from_value(event).map_err(|e| bad(e.to_string()))?;
+    if let Some(tf) = &payload.tf {
+        match tf.action.as_str() {
+            "delete" => return Ok(MigrateRequest::TerraformDelete),
+            "create" | "update" => {}
+            other => return Err(bad(format!("unknown tf.action `{other}`"))),
+        }
+    }
+    let target = payload.target;
+    if let Some(t) = target
+        && t < 0
+    {
+        return Err(bad(format!("target {t} is negative")));
+    }
+    let command = match (payload.command.as_deref().unwrap_or("migrate"), target) {
+        ("migrate", target) => Command::Migrate { target },
+        ("plan", target) => Command::Plan { target },
+        ("rollback", Some(to)) => Command::Rollback { to },
+        ("rollback", None) => return Err(bad("rollback needs an explicit \"target\" (the version to roll back to)".into())),
+        ("status" | "verify", Some(_)) => return Err(bad("\"target\" applies only to migrate, plan and rollback".into())),
+        ("status", None) => Command::Status,
+        ("verify", None) => Command::Verify,
+        (other, _) => return Err(bad(format!("unknown command `{other}`"))),
+    };
+    Ok(MigrateRequest::Run(command))
+}
+
+/// What the refresh handler was invoked by (for the logs).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RefreshRequest {
+    /// The schedule's time for this run, when the scheduler sent it.
+    pub scheduled_time: Option<String>,
+    /// The scheduler's attempt number (retries count up).
+    pub attempt: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SchedulerPayload {
+    scheduled_time: Option<String>,
+    execution_id: Option<String>,
+    attempt_number: Option<Value>,
+}
+
+const REFRESH_ACCEPTS: &str = r#"accepted: {} (manual), the EventBridge Scheduler input {"scheduled_time", "execution_id", "attempt_number"}, or an EventBridge "Scheduled Event""#;
+
+/// Parses the refresh handler's event.
+pub fn parse_refresh_event(event: &Value) -> Result<RefreshRequest> {
+    let bad = |problem: String| Error::BadRequest(format!("{problem}; {REFRESH_ACCEPTS}"));
+    match event {
+        Value::Null => Ok(RefreshRequest::default()),
+        Value::Object(obj) if obj.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") => {
+            Ok(RefreshRequest { scheduled_time: obj.get("time").and_then(Value::as_str).map(str::to_string), attempt: None })
+        }
+        Value::Object(_) => {
+            let p: SchedulerPayload = serde_json::from_value(event.clone()).map_err(|e| bad(e.to_string()))?;
+            let _ = p.execution_id;
+            let attempt = match p.attempt_number {
+                None => None,
+                Some(Value::String(s)) => Some(s),
+                Some(Value::Number(n)) => Some(n.to_string()),
+                Some(_) => return Err(bad("attempt_number is not a number or string".into())),
+            };
+            Ok(RefreshRequest { scheduled_time: p.scheduled_time, attempt })
+        }
+        _ => Err(bad("the event is not a JSON object".into())),
+    }
+}
+
+/// What both faces of the binary need, built once per process.
+pub struct App {
+    /// Settings from the environment (and the CLI's flags).
+    pub settings: Settings,
+    /// AWS clients, when the settings use a secret.
+    pub aws: Option<Aws>,
+    /// The migrations to run.
+    pub migrations: Migrations,
+}
+
+impl App {
+    /// Builds the AWS clients only when the settings need them.
+    pub async fn new(settings: Settings, migrations: Migrations) -> Self {
+        let aws = match settings.db {
+            DbSource::Secret(_) => Some(Aws::load().await),
+            DbSource::Url(_) => None,
+        };
+        App { settings, aws, migrations }
+    }
+
+    /// Runs a migration command on a fresh dedicated connection, closed afterwards.
+    pub async fn migrate(&self, command: Command, applied_by: &str, deadline: Option<Instant>) -> Result<Report> {
+        let (mut conn, target) = connection::open(&self.settings, self.aws.as_ref(), &app_name("migrate", applied_by)).await?;
+        let run = RunSettings {
+            lock_timeout: self.settings.lock_timeout,
+            lock_retries: self.settings.lock_retries,
+            advisory_wait: self.settings.advisory_wait,
+            statement_timeout: self.settings.statement_timeout,
+            deadline,
+            applied_by: applied_by.to_string(),
+        };
+        let snapshot_db = match (&self.settings.db, &self.aws) {
+            (DbSource::Secret(s), Some(aws)) if self.settings.snapshot_before_migrate => Some((s, aws)),
+            _ => None,
+        };
+        let hook = move |m: &Migration| -> runner::futures_like::BoxFuture<'_, Result<String>> {
+            let m = m.clone();
+            Box::pin(async move {
+                let (db, aws) = snapshot_db.expect("hook only installed with a snapshot target");
+                // Without a Lambda deadline, wait for the snapshot at most 30 minutes.
+                let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(1800));
+                snapshot::create(aws, db, &m, until).await
+            })
+        };
+        let hook_ref: Option<runner::BeforeApply<'_>> = if snapshot_db.is_some() { Some(&hook) } else { None };
+        let outcome = runner::run(&mut conn, &self.migrations, command, &run, hook_ref).await;
+        close(conn).await;
+        let mut report = outcome?;
+        report.database = Some(target);
+        if command == Command::Verify
+            && let Some(err) = runner::verification_failures(&report)
+        {
+            return Err(err);
+        }
+        Ok(report)
+    }
+
+    /// Refreshes `job_progress` on a fresh dedicated connection.
+    pub async fn refresh(&self, requested_by: &str, deadline: Option<Instant>) -> Result<RefreshReport> {
+        let (mut conn, _) = connection::open(&self.settings, self.aws.as_ref(), &app_name("refresh", requested_by)).await?;
+        let settings = RefreshSettings {
+            min_interval: self.settings.refresh_min_interval,
+            statement_timeout: self.settings.statement_timeout,
+            deadline,
+        };
+        let outcome = refresh::refresh(&mut conn, &settings).await;
+        close(conn).await;
+        outcome
+    }
+}
+
+/// `scanner-migrator:<what>:<who>`, visible in pg_stat_activity and in LockTimeout errors.
+fn app_name(what: &str, who: &str) -> String {
+    // PostgreSQL truncates application_name at 63 bytes.
+    format!("scanner-migrator:{what}:{who}").chars().take(63).collect()
+}
+
+async fn close(conn: sqlx::PgConnection) {
+    use sqlx::Connection;
+    if let Err(e) = conn.close().await {
+        tracing::warn!(error = %e, "closing the connection failed; the server ends the session anyway");
+    }
+}
+
+/// The Lambda's view of time: its deadline less a margin, so PostgreSQL cancels work first.
+pub fn deadline_from_epoch_ms(deadline_ms: u64) -> Instant {
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let remaining = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
+    let margin = (remaining / 10).clamp(Duration::from_secs(1), Duration::from_secs(5));
+    Instant::now() + remaining.saturating_sub(margin)
+}
+
+/// One invocation of the migrate handler.
+pub async fn handle_migrate(app: &App, event: &Value, request_id: &str, deadline: Instant, function: &str) -> Result<Value> {
+    let request = parse_migrate_event(event)?;
+    let command = match request {
+        MigrateRequest::TerraformDelete => {
+            tracing::info!(step = "noop", "terraform delete: the schema is left as it is");
+            return Ok(json!({
+                "status": "noop",
+                "command": "delete",
+                "reason": "Terraform is deleting the invocation resource; the schema is never dropped by a destroy",
+            }));
+        }
+        MigrateRequest::Run(command) => command,
+    };
+    tracing::info!(step = "start", command = command.name(), "invocation");
+    let report = app.migrate(command, request_id, Some(deadline)).await?;
+    if matches!(command, Command::Migrate { .. }) {
+        let applied = report.applied.len() as f64;
+        println!(
+            "{}",
+            metrics::emf(function, now_ms(), &[
+                ("MigrationDuration", "Milliseconds", Some(report.duration_ms as f64)),
+                ("MigrationsApplied", "Count", Some(applied)),
+                ("MigrationsPending", "Count", Some(report.pending.len() as f64)),
+            ])
+        );
+    }
+    serde_json::to_value(&report).map_err(|e| Error::BadRequest(format!("serialising the result: {e}")))
+}
+
+/// One invocation of the refresh handler.
+pub async fn handle_refresh(app: &App, event: &Value, request_id: &str, deadline: Instant, function: &str) -> Result<Value> {
+    let request = parse_refresh_event(event)?;
+    tracing::info!(step = "start", scheduled_time = request.scheduled_time.as_deref().unwrap_or("manual"),
+        attempt = request.attempt.as_deref().unwrap_or("1"), "refresh invocation");
+    let report = app.refresh(request_id, Some(deadline)).await?;
+    let skipped = report.status == "skipped";
+    println!(
+        "{}",
+        metrics::emf(function, now_ms(), &[
+            ("RefreshDuration", "Milliseconds", (!skipped).then_some(report.refresh_ms as f64)),
+            ("Staleness", "Seconds", report.staleness_after_s),
+            ("Skipped", "Count", Some(if skipped { 1.0 } else { 0.0 })),
+        ])
+    );
+    serde_json::to_value(&report).map_err(|e| Error::BadRequest(format!("serialising the result: {e}")))
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+impl From<Error> for lambda_runtime::Diagnostic {
+    fn from(err: Error) -> Self {
+        lambda_runtime::Diagnostic { error_type: err.kind().to_string(), error_message: err.to_string() }
+    }
+}
+
+/// Serves Lambda invocations until the runtime stops us.
+pub async fn run_lambda() -> std::result::Result<(), lambda_runtime::Error> {
+    lambda_runtime::tracing::init_default_subscriber();
+    let handler_name = std::env::var("_HANDLER").unwrap_or_default();
+    let start = async {
+        let handler = Handler::from_name(&handler_name)?;
+        let settings = Settings::from_lookup(|k| std::env::var(k).ok())?;
+        if matches!(settings.db, DbSource::Url(_)) {
+            return Err(Error::Config {
+                var: "DATABASE_URL".into(),
+                problem: "is for the command line; the Lambda reads DB_SECRET_ARN".into(),
+            });
+        }
+        let migrations = Migrations::embedded()?;
+        Ok::<_, Error>((handler, App::new(settings, migrations).await))
+    };
+    let (handler, app) = match start.await {
+        Ok(ready) => ready,
+        Err(err) => {
+            tracing::error!(error_type = err.kind(), error = %err, "start-up failed");
+            report_init_error(&err).await;
+            return Err(format!("{}: {err}", err.kind()).into());
+        }
+    };
+    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| format!("scanner-migrator-{handler_name}"));
+    let app = &app;
+    let function = function.as_str();
+    lambda_runtime::run(lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| async move {
+        let deadline = deadline_from_epoch_ms(event.context.deadline);
+        let id = event.context.request_id.clone();
+        let result = match handler {
+            Handler::Migrate => handle_migrate(app, &event.payload, &id, deadline, function).await,
+            Handler::Refresh => handle_refresh(app, &event.payload, &id, deadline, function).await,
+        };
+        if let Err(err) = &result {
+            tracing::error!(error_type = err.kind(), error = %err, "invocation failed");
+        }
+        result.map_err(lambda_runtime::Diagnostic::from)
+    }))
+    .await
+}
+
+/// Tells the Runtime API why start-up failed, so `aws lambda invoke` shows the variable at fault.
+async fn report_init_error(err: &Error) {
+    let body = serde_json::json!({"errorType": err.kind(), "errorMessage": err.to_string()});
+    let sent = async {
+        let client = lambda_runtime_api_client::Client::builder().build()?;
+        let req = lambda_runtime_api_client::build_request()
+            .method(http::Method::POST)
+            .uri("/2018-06-01/runtime/init/error")
+            .header("lambda-runtime-function-error-type", err.kind())
+            .body(lambda_runtime_api_client::body::Body::from(body.to_string()))?;
+        client.call(req).await.map(|_| ())
+    };
+    if let Err(e) = sent.await {
+        tracing::error!(error = %e, "could not report the start-up error to the Runtime API");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_payloads_migrate() {
+        for event in [json!({}), Value::Null, json!({"command": "migrate"})] {
+            assert_eq!(parse_migrate_event(&event).unwrap(), MigrateRequest::Run(Command::Migrate { target: None }));
+        }
+    }
+
+    #[test]
+    fn terraform_envelope() {
+        let create = json!({"command": "migrate", "tf": {"action": "create", "prev_input": null}});
+        assert_eq!(parse_migrate_event(&create).unwrap(), MigrateRequest::Run(Command::Migrate { target: None }));
+        let update = json!({"tf": {"action": "update", "prev_input": {"command": "migrate"}}});
+        assert!(matches!(parse_migrate_event(&update).unwrap(), MigrateRequest::Run(_)));
+        let delete = json!({"command": "migrate", "tf": {"action": "delete", "prev_input": {"command": "migrate"}}});
+        assert_eq!(parse_migrate_event(&delete).unwrap(), MigrateRequest::TerraformDelete);
+        assert!(parse_migrate_event(&json!({"tf": {"action": "explode"}})).is_err());
+    }
+
+    #[test]
+    fn commands_and_targets() {
+        let p = |v: Value| parse_migrate_event(&v);
+        assert_eq!(p(json!({"command": "rollback", "target": 1})).unwrap(), MigrateRequest::Run(Command::Rollback { to: 1 }));
+        assert_eq!(p(json!({"command": "plan", "target": 2})).unwrap(), MigrateRequest::Run(Command::Plan { target: Some(2) }));
+        assert_eq!(p(json!({"command": "status"})).unwrap(), MigrateRequest::Run(Command::Status));
+        for bad in [
+            json!({"command": "rollback"}),
+            json!({"command": "drop"}),
+            json!({"command": "status", "target": 1}),
+            json!({"target": -1}),
+            json!({"comand": "migrate"}),
+            json!({"target": "one"}),
+            json!([1]),
+        ] {
+            let err = p(bad.clone()).unwrap_err();
+            assert_eq!(err.kind(), "BadRequest", "{bad}");
+            assert!(err.to_string().contains("accepted:"), "{err}");
+        }
+        let err = p(json!({"comand": "migrate"})).unwrap_err().to_string();
+        assert!(err.contains("comand"), "{err}");
+    }
+
+    #[test]
+    fn refresh_events() {
+        assert_eq!(parse_refresh_event(&json!({})).unwrap(), RefreshRequest::default());
+        let sched = json!({"scheduled_time": "2026-11-25T07:00:00Z", "execution_id": "x", "attempt_number": "2"});
+        assert_eq!(parse_refresh_event(&sched).unwrap().attempt.as_deref(), Some("2"));
+        let rule = json!({"version": "0", "detail-type": "Scheduled Event", "source": "aws.events", "time": "t", "detail": {}});
+        assert_eq!(parse_refresh_event(&rule).unwrap().scheduled_time.as_deref(), Some("t"));
+        for bad in [json!({"command": "migrate"}), json!("refresh"), json!({"attempt_number": [1]})] {
+            assert_eq!(parse_refresh_event(&bad).unwrap_err().kind(), "BadRequest", "{bad}");
+        }
+    }
+
+    #[test]
+    fn unknown_handler_lists_the_valid_ones() {
+        let err = Handler::from_name("migrat").unwrap_err().to_string();
+        assert!(err.contains("migrat") && err.contains("migrate, refresh"), "{err}");
+    }
+
+    #[test]
+    fn errors_become_diagnostics_with_stable_types() {
+        let d = lambda_runtime::Diagnostic::from(Error::LockTimeout("held".into()));
+        assert_eq!(d.error_type, "LockTimeout");
+        assert_eq!(d.error_message, "held");
+    }
+}

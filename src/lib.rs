@@ -1,0 +1,16 @@
+//! scanner-migrator: keeps the S3 scanner's PostgreSQL schema current and its `job_progress`
+//! statistics fresh, as an AWS Lambda (handlers `migrate` and `refresh`) or a CLI.
+
+pub mod cli;
+pub mod config;
+pub mod connection;
+pub mod credentials;
+pub mod db;
+pub mod error;
+pub mod handlers;
+pub mod metrics;
+pub mod migrations;
+pub mod plan;
+pub mod refresh;
+pub mod runner;
+pub mod snapshot;
