@@ -84,8 +84,10 @@ pub async fn main() -> ExitCode {
         Err(e) => {
             let message = e.render().to_string();
             eprint!("{message}");
-            let first = message.lines().next().unwrap_or("invalid arguments").trim_start_matches("error: ").to_string();
-            print_json(&Error::BadRequest(first).to_json());
+            // The problem is the first paragraph; usage and help follow it.
+            let problem: Vec<&str> = message.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
+            let problem = problem.join(" ").trim_start_matches("error: ").to_string();
+            print_json(&Error::BadRequest(problem).to_json());
             return ExitCode::from(2);
         }
     };

@@ -230,9 +230,8 @@ pub async fn lock(conn: &mut PgConnection, wait: Duration) -> Result<Duration> {
 /// Who holds the advisory lock: pid, application name and for how long, as a sentence.
 pub async fn lock_holder(conn: &mut PgConnection) -> Result<Option<String>> {
     let row = sqlx::query(
-        "SELECT a.pid, coalesce(a.application_name, '') AS app, coalesce(a.state, '') AS state,
-                extract(epoch FROM now() - a.backend_start)::float8 AS held_s,
-                coalesce(extract(epoch FROM now() - a.xact_start)::float8, 0) AS xact_s
+        "SELECT a.pid, a.application_name AS app, a.state,
+                extract(epoch FROM now() - a.backend_start)::float8 AS held_s
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
           WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2
           LIMIT 1",
@@ -243,15 +242,22 @@ pub async fn lock_holder(conn: &mut PgConnection) -> Result<Option<String>> {
     .await
     .map_err(|e| Error::db("finding the lock holder", e))?;
     Ok(row.map(|r| {
-        let pid: i32 = r.get("pid");
-        let app: String = r.get("app");
-        let state: String = r.get("state");
-        let held: f64 = r.get("held_s");
-        format!(
-            "held by backend pid {pid} ({}), connected {held:.0} s ago, now {state}; \
-             if that process is gone, end it with SELECT pg_terminate_backend({pid})",
-            if app.is_empty() { "no application_name".to_string() } else { format!("application_name '{app}'") }
-        )
+        let pid: i32 = r.try_get("pid").unwrap_or_default();
+        // Another role's session shows no details without pg_read_all_stats: say so, not nothing.
+        let app: Option<String> = r.try_get("app").ok().flatten();
+        let state: Option<String> = r.try_get("state").ok().flatten();
+        let held: Option<f64> = r.try_get("held_s").ok().flatten();
+        let details = match (held, state) {
+            (Some(held), Some(state)) => format!(
+                "{}, connected {held:.0} s ago, now {state}",
+                match app.as_deref() {
+                    None | Some("") => "no application_name".to_string(),
+                    Some(app) => format!("application_name '{app}'"),
+                }
+            ),
+            _ => "another role's session; grant pg_read_all_stats to see its details".to_string(),
+        };
+        format!("held by backend pid {pid} ({details}); if that process is gone, end it with SELECT pg_terminate_backend({pid})")
     }))
 }
 

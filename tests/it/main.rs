@@ -1,0 +1,5 @@
+//! Integration tests: everything that crosses a process or a socket, in one test binary.
+
+mod engine;
+mod lambda;
+mod support;

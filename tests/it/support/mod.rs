@@ -1,0 +1,18 @@
+//! Shared helpers: the real PostgreSQL, the real binary, the secrets never to print.
+
+pub mod cli;
+pub mod moto;
+pub mod pg;
+pub mod runtime;
+pub mod secrets;
+pub mod tls;
+
+/// A directory of migration files for tests that need their own (edited, failing, extra).
+pub fn migrations_copy() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(pg::root().join("migrations")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    dir
+}
