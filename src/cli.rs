@@ -5,13 +5,7 @@ use std::{collections::HashMap, path::PathBuf, process::ExitCode};
 
 use clap::{Parser, Subcommand};
 
-use crate::{
-    config::Settings,
-    error::Error,
-    handlers::App,
-    migrations::Migrations,
-    runner::Command,
-};
+use crate::{config::Settings, error::Error, handlers::App, migrations::Migrations, runner::Command};
 
 /// Keeps the S3 scanner's PostgreSQL schema current and its job_progress view fresh.
 #[derive(Debug, Parser)]
@@ -95,7 +89,8 @@ pub async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     match run(cli).await {
@@ -138,7 +133,11 @@ async fn run(cli: Cli) -> Result<serde_json::Value, Error> {
     let who = format!(
         "cli:{}@{}",
         std::env::var("USER").unwrap_or_else(|_| "unknown".into()),
-        std::env::var("HOSTNAME").ok().or_else(|| std::fs::read_to_string("/etc/hostname").ok()).unwrap_or_default().trim()
+        std::env::var("HOSTNAME")
+            .ok()
+            .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+            .unwrap_or_default()
+            .trim()
     );
     let command = match cli.command {
         Cmd::Migrate { target } => Command::Migrate { target },

@@ -18,23 +18,79 @@ pub struct EnvVar {
 /// Every environment variable the binary reads (besides the runtime's own `_HANDLER`,
 /// `AWS_LAMBDA_RUNTIME_API`, `AWS_REGION` and friends).
 pub const ENV_VARS: &[EnvVar] = &[
-    EnvVar { name: "DB_SECRET_ARN", required_in_lambda: true, doc: "Secrets Manager secret with the database username/password (RDS-managed or rotation shape)" },
-    EnvVar { name: "DATABASE_URL", required_in_lambda: false, doc: "CLI only: a postgres:// URL used instead of the secret" },
+    EnvVar {
+        name: "DB_SECRET_ARN",
+        required_in_lambda: true,
+        doc: "Secrets Manager secret with the database username/password (RDS-managed or rotation shape)",
+    },
+    EnvVar {
+        name: "DATABASE_URL",
+        required_in_lambda: false,
+        doc: "CLI only: a postgres:// URL used instead of the secret",
+    },
     EnvVar { name: "DB_HOST", required_in_lambda: false, doc: "database host, overrides the secret and the RDS API" },
     EnvVar { name: "DB_PORT", required_in_lambda: false, doc: "database port, overrides the secret and the RDS API" },
     EnvVar { name: "DB_NAME", required_in_lambda: false, doc: "database name, overrides the secret and the RDS API" },
-    EnvVar { name: "DB_INSTANCE_IDENTIFIER", required_in_lambda: false, doc: "RDS instance to look the endpoint up for and to snapshot" },
-    EnvVar { name: "DB_CLUSTER_IDENTIFIER", required_in_lambda: false, doc: "Aurora cluster to look the endpoint up for and to snapshot" },
-    EnvVar { name: "DB_AUTH", required_in_lambda: false, doc: "`password` (default) or `iam` for IAM database authentication" },
-    EnvVar { name: "DB_SSLMODE", required_in_lambda: false, doc: "disable|prefer|require|verify-ca|verify-full (default verify-full)" },
-    EnvVar { name: "DB_CA_BUNDLE", required_in_lambda: false, doc: "PEM CA bundle for TLS verification (default: rds-ca-bundle.pem next to the binary)" },
-    EnvVar { name: "DB_CONNECT_TIMEOUT_S", required_in_lambda: false, doc: "seconds to wait for a connection (default 10)" },
-    EnvVar { name: "LOCK_TIMEOUT_MS", required_in_lambda: false, doc: "lock_timeout for each migration statement (default 500)" },
-    EnvVar { name: "LOCK_RETRIES", required_in_lambda: false, doc: "retries after a lock timeout, with backoff (default 10)" },
-    EnvVar { name: "ADVISORY_LOCK_WAIT_S", required_in_lambda: false, doc: "how long to wait for another migrator's lock (default 60, bounded by the deadline)" },
-    EnvVar { name: "STATEMENT_TIMEOUT_S", required_in_lambda: false, doc: "statement_timeout (default: none on the CLI, the remaining time in Lambda)" },
-    EnvVar { name: "SNAPSHOT_BEFORE_MIGRATE", required_in_lambda: false, doc: "`true` to snapshot the database before applying pending migrations" },
-    EnvVar { name: "REFRESH_MIN_INTERVAL_S", required_in_lambda: false, doc: "skip a refresh when the view is younger than this (default 60)" },
+    EnvVar {
+        name: "DB_INSTANCE_IDENTIFIER",
+        required_in_lambda: false,
+        doc: "RDS instance to look the endpoint up for and to snapshot",
+    },
+    EnvVar {
+        name: "DB_CLUSTER_IDENTIFIER",
+        required_in_lambda: false,
+        doc: "Aurora cluster to look the endpoint up for and to snapshot",
+    },
+    EnvVar {
+        name: "DB_AUTH",
+        required_in_lambda: false,
+        doc: "`password` (default) or `iam` for IAM database authentication",
+    },
+    EnvVar {
+        name: "DB_SSLMODE",
+        required_in_lambda: false,
+        doc: "disable|prefer|require|verify-ca|verify-full (default verify-full)",
+    },
+    EnvVar {
+        name: "DB_CA_BUNDLE",
+        required_in_lambda: false,
+        doc: "PEM CA bundle for TLS verification (default: rds-ca-bundle.pem next to the binary)",
+    },
+    EnvVar {
+        name: "DB_CONNECT_TIMEOUT_S",
+        required_in_lambda: false,
+        doc: "seconds to wait for a connection (default 10)",
+    },
+    EnvVar {
+        name: "LOCK_TIMEOUT_MS",
+        required_in_lambda: false,
+        doc: "lock_timeout for each migration statement (default 500)",
+    },
+    EnvVar {
+        name: "LOCK_RETRIES",
+        required_in_lambda: false,
+        doc: "retries after a lock timeout, with backoff (default 10)",
+    },
+    EnvVar {
+        name: "ADVISORY_LOCK_WAIT_S",
+        required_in_lambda: false,
+        doc: "how long to wait for another migrator's lock (default 60, bounded by the deadline)",
+    },
+    EnvVar {
+        name: "STATEMENT_TIMEOUT_S",
+        required_in_lambda: false,
+        doc: "statement_timeout (default: none on the CLI, the remaining time in Lambda)",
+    },
+    EnvVar {
+        name: "SNAPSHOT_BEFORE_MIGRATE",
+        required_in_lambda: false,
+        doc: "`true` to snapshot the database before applying pending migrations",
+    },
+    EnvVar {
+        name: "REFRESH_MIN_INTERVAL_S",
+        required_in_lambda: false,
+        doc: "skip a refresh when the view is younger than this (default 60)",
+    },
 ];
 
 /// Where the database credentials come from.
@@ -146,7 +202,10 @@ fn secret_settings(get: &impl Fn(&str) -> Option<String>) -> Result<SecretSettin
         None | Some("password") => Auth::Password,
         Some("iam") => Auth::Iam,
         Some(other) => {
-            return Err(Error::Config { var: "DB_AUTH".into(), problem: format!("`{other}` is not one of: password, iam") });
+            return Err(Error::Config {
+                var: "DB_AUTH".into(),
+                problem: format!("`{other}` is not one of: password, iam"),
+            });
         }
     };
     let sslmode = match get("DB_SSLMODE") {
@@ -163,22 +222,40 @@ fn secret_settings(get: &impl Fn(&str) -> Option<String>) -> Result<SecretSettin
             Some(path) => {
                 return Err(Error::Config {
                     var: "DB_CA_BUNDLE".into(),
-                    problem: format!("{} is not a readable file (needed for sslmode {})", path.display(), crate::db::sslmode_name(sslmode)),
+                    problem: format!(
+                        "{} is not a readable file (needed for sslmode {})",
+                        path.display(),
+                        crate::db::sslmode_name(sslmode)
+                    ),
                 });
             }
             None => {
                 return Err(Error::Config {
                     var: "DB_CA_BUNDLE".into(),
-                    problem: "not set, and no rds-ca-bundle.pem next to the binary; needed for sslmode verify-full".into(),
+                    problem: "not set, and no rds-ca-bundle.pem next to the binary; needed for sslmode verify-full"
+                        .into(),
                 });
             }
         }
     }
     let port = match get("DB_PORT") {
         None => None,
-        Some(p) => Some(p.parse().map_err(|_| Error::Config { var: "DB_PORT".into(), problem: format!("`{p}` is not a port number") })?),
+        Some(p) => Some(
+            p.parse()
+                .map_err(|_| Error::Config { var: "DB_PORT".into(), problem: format!("`{p}` is not a port number") })?,
+        ),
     };
-    Ok(SecretSettings { secret_id, host: get("DB_HOST"), port, dbname: get("DB_NAME"), instance_id, cluster_id, auth, sslmode, ca_bundle })
+    Ok(SecretSettings {
+        secret_id,
+        host: get("DB_HOST"),
+        port,
+        dbname: get("DB_NAME"),
+        instance_id,
+        cluster_id,
+        auth,
+        sslmode,
+        ca_bundle,
+    })
 }
 
 /// `rds-ca-bundle.pem` beside the executable (`/var/task` in Lambda), when it is there.
@@ -192,10 +269,11 @@ fn default_ca_bundle() -> Option<std::path::PathBuf> {
 fn number(get: &impl Fn(&str) -> Option<String>, var: &str, default: f64) -> Result<f64, Error> {
     match get(var) {
         None => Ok(default),
-        Some(v) => v.parse::<f64>().ok().filter(|n| n.is_finite() && *n >= 0.0 && *n < 1e9).ok_or_else(|| Error::Config {
-            var: var.into(),
-            problem: format!("`{v}` is not a non-negative number"),
-        }),
+        Some(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|n| n.is_finite() && *n >= 0.0 && *n < 1e9)
+            .ok_or_else(|| Error::Config { var: var.into(), problem: format!("`{v}` is not a non-negative number") }),
     }
 }
 
@@ -232,11 +310,17 @@ mod tests {
         assert!(err.contains("DB_SECRET_ARN"), "{err}");
         let err = settings(&[("DATABASE_URL", "postgres://x/y"), ("LOCK_TIMEOUT_MS", "soon")]).unwrap_err().to_string();
         assert!(err.contains("LOCK_TIMEOUT_MS") && err.contains("soon"), "{err}");
-        let err = settings(&[("DB_SECRET_ARN", "arn"), ("DB_AUTH", "kerberos"), ("DB_SSLMODE", "disable")]).unwrap_err();
+        let err =
+            settings(&[("DB_SECRET_ARN", "arn"), ("DB_AUTH", "kerberos"), ("DB_SSLMODE", "disable")]).unwrap_err();
         assert!(err.to_string().contains("DB_AUTH"));
         let err = settings(&[("DB_SECRET_ARN", "arn"), ("DB_CA_BUNDLE", "/nonexistent.pem")]).unwrap_err();
         assert!(err.to_string().contains("DB_CA_BUNDLE") && err.to_string().contains("/nonexistent.pem"));
-        let err = settings(&[("DB_SECRET_ARN", "a"), ("DB_SSLMODE", "disable"), ("DB_INSTANCE_IDENTIFIER", "i"), ("DB_CLUSTER_IDENTIFIER", "c")]);
+        let err = settings(&[
+            ("DB_SECRET_ARN", "a"),
+            ("DB_SSLMODE", "disable"),
+            ("DB_INSTANCE_IDENTIFIER", "i"),
+            ("DB_CLUSTER_IDENTIFIER", "c"),
+        ]);
         assert!(err.unwrap_err().to_string().contains("only one"));
     }
 

@@ -29,7 +29,10 @@ pub async fn open(settings: &Settings, aws: Option<&Aws>, application_name: &str
             tracing::info!(step = "connect", target = %target, "connecting");
             match db::connect(&opts, settings.connect_timeout).await {
                 Err(Error::AuthFailed { .. }) if s.auth == Auth::Password => {
-                    tracing::warn!(step = "connect", "authentication failed; re-reading the secret once in case it was just rotated");
+                    tracing::warn!(
+                        step = "connect",
+                        "authentication failed; re-reading the secret once in case it was just rotated"
+                    );
                     let opts = credentials::resolve(s, aws, application_name).await?;
                     let conn = db::connect(&opts, settings.connect_timeout).await?;
                     Ok((conn, Target::of(&opts)))

@@ -49,11 +49,7 @@ impl Aws {
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
             .load()
             .await;
-        Aws {
-            secrets: aws_sdk_secretsmanager::Client::new(&sdk),
-            rds: aws_sdk_rds::Client::new(&sdk),
-            sdk,
-        }
+        Aws { secrets: aws_sdk_secretsmanager::Client::new(&sdk), rds: aws_sdk_rds::Client::new(&sdk), sdk }
     }
 }
 
@@ -76,9 +72,15 @@ pub struct DbSecret {
 /// `dbname`, `username`, `password`) secret. Errors name the key, never a value.
 pub fn parse_secret(secret_id: &str, text: &str) -> Result<DbSecret> {
     let bad = |problem: String| Error::SecretFormat { secret: secret_id.to_string(), problem };
-    let value: serde_json::Value = serde_json::from_str(text)
-        .map_err(|e| bad(format!("is not JSON (at line {}, column {}); expected an object with username and password", e.line(), e.column())))?;
-    let obj = value.as_object().ok_or_else(|| bad("is not a JSON object; expected one with username and password".into()))?;
+    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| {
+        bad(format!(
+            "is not JSON (at line {}, column {}); expected an object with username and password",
+            e.line(),
+            e.column()
+        ))
+    })?;
+    let obj =
+        value.as_object().ok_or_else(|| bad("is not a JSON object; expected one with username and password".into()))?;
     let string = |key: &str, required: bool| -> Result<Option<String>> {
         match obj.get(key) {
             None | Some(serde_json::Value::Null) if !required => Ok(None),
@@ -92,8 +94,12 @@ pub fn parse_secret(secret_id: &str, text: &str) -> Result<DbSecret> {
     let password = SecretString::from(string("password", true)?.unwrap_or_default());
     let port = match obj.get("port") {
         None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Number(n)) => Some(n.as_u64().and_then(|p| u16::try_from(p).ok()).ok_or_else(|| bad("`port` is not a port number".into()))?),
-        Some(serde_json::Value::String(s)) => Some(s.trim().parse().map_err(|_| bad("`port` is not a port number".into()))?),
+        Some(serde_json::Value::Number(n)) => Some(
+            n.as_u64().and_then(|p| u16::try_from(p).ok()).ok_or_else(|| bad("`port` is not a port number".into()))?,
+        ),
+        Some(serde_json::Value::String(s)) => {
+            Some(s.trim().parse().map_err(|_| bad("`port` is not a port number".into()))?)
+        }
         Some(_) => return Err(bad("`port` is not a number or a string".into())),
     };
     if let Some(engine) = string("engine", false)?
@@ -107,10 +113,11 @@ pub fn parse_secret(secret_id: &str, text: &str) -> Result<DbSecret> {
 
 /// Fetches and parses the secret (on every invocation: RDS rotates it).
 pub async fn fetch_secret(aws: &Aws, secret_id: &str) -> Result<DbSecret> {
-    let out = aws.secrets.get_secret_value().secret_id(secret_id).send().await.map_err(|e| Error::SecretUnavailable {
-        secret: secret_id.to_string(),
-        cause: crate::error::sdk_cause(&e),
-    })?;
+    let out =
+        aws.secrets.get_secret_value().secret_id(secret_id).send().await.map_err(|e| Error::SecretUnavailable {
+            secret: secret_id.to_string(),
+            cause: crate::error::sdk_cause(&e),
+        })?;
     match out.secret_string() {
         Some(text) => parse_secret(secret_id, text),
         None if out.secret_binary().is_some() => Err(Error::SecretFormat {
@@ -125,18 +132,31 @@ pub async fn fetch_secret(aws: &Aws, secret_id: &str) -> Result<DbSecret> {
 async fn describe_endpoint(aws: &Aws, s: &SecretSettings) -> Result<(String, u16, Option<String>)> {
     let rds_err = |what: &str, cause: String| Error::RdsApi(format!("{what}: {cause}"));
     if let Some(id) = &s.instance_id {
-        let out = aws.rds.describe_db_instances().db_instance_identifier(id).send().await.map_err(|e| {
-            rds_err(&format!("DescribeDBInstances {id}"), crate::error::sdk_cause(&e))
-        })?;
+        let out = aws
+            .rds
+            .describe_db_instances()
+            .db_instance_identifier(id)
+            .send()
+            .await
+            .map_err(|e| rds_err(&format!("DescribeDBInstances {id}"), crate::error::sdk_cause(&e)))?;
         let db = out.db_instances().first().ok_or_else(|| Error::RdsApi(format!("DB instance {id} not found")))?;
-        let ep = db.endpoint().ok_or_else(|| Error::RdsApi(format!("DB instance {id} has no endpoint yet (status {})", db.db_instance_status().unwrap_or("unknown"))))?;
+        let ep = db.endpoint().ok_or_else(|| {
+            Error::RdsApi(format!(
+                "DB instance {id} has no endpoint yet (status {})",
+                db.db_instance_status().unwrap_or("unknown")
+            ))
+        })?;
         let host = ep.address().ok_or_else(|| Error::RdsApi(format!("DB instance {id} has no endpoint address")))?;
         let port = ep.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432);
         Ok((host.to_string(), port, db.db_name().map(str::to_string)))
     } else if let Some(id) = &s.cluster_id {
-        let out = aws.rds.describe_db_clusters().db_cluster_identifier(id).send().await.map_err(|e| {
-            rds_err(&format!("DescribeDBClusters {id}"), crate::error::sdk_cause(&e))
-        })?;
+        let out = aws
+            .rds
+            .describe_db_clusters()
+            .db_cluster_identifier(id)
+            .send()
+            .await
+            .map_err(|e| rds_err(&format!("DescribeDBClusters {id}"), crate::error::sdk_cause(&e)))?;
         let c = out.db_clusters().first().ok_or_else(|| Error::RdsApi(format!("DB cluster {id} not found")))?;
         let host = c.endpoint().ok_or_else(|| Error::RdsApi(format!("DB cluster {id} has no writer endpoint")))?;
         let port = c.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432);
@@ -156,13 +176,14 @@ pub async fn resolve(s: &SecretSettings, aws: &Aws, application_name: &str) -> R
     let mut host = s.host.clone().or(secret.host.clone());
     let mut port = s.port.or(secret.port);
     let mut dbname = s.dbname.clone().or(secret.dbname.clone());
-    if host.is_none() || port.is_none() || dbname.is_none() {
-        if host.is_none() || s.instance_id.is_some() || s.cluster_id.is_some() {
-            let (h, p, d) = describe_endpoint(aws, s).await?;
-            host = host.or(Some(h));
-            port = port.or(Some(p));
-            dbname = dbname.or(d);
-        }
+    // Ask the RDS API only for what the overrides and the secret left open (and always when
+    // there is no host: then describe_endpoint explains which settings would give one).
+    let incomplete = host.is_none() || port.is_none() || dbname.is_none();
+    if incomplete && (host.is_none() || s.instance_id.is_some() || s.cluster_id.is_some()) {
+        let (h, p, d) = describe_endpoint(aws, s).await?;
+        host = host.or(Some(h));
+        port = port.or(Some(p));
+        dbname = dbname.or(d);
     }
     let host = host.unwrap_or_default();
     let port = port.unwrap_or(5432);
@@ -207,8 +228,15 @@ mod tests {
         assert_eq!(managed.username, "admin");
         assert_eq!(managed.password.expose_secret(), "pw");
         assert!(managed.host.is_none() && managed.port.is_none());
-        let rotation = parse_secret("s", r#"{"engine":"postgres","host":"h","port":"6432","dbname":"d","username":"u","password":"p"}"#).unwrap();
-        assert_eq!((rotation.host.as_deref(), rotation.port, rotation.dbname.as_deref()), (Some("h"), Some(6432), Some("d")));
+        let rotation = parse_secret(
+            "s",
+            r#"{"engine":"postgres","host":"h","port":"6432","dbname":"d","username":"u","password":"p"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (rotation.host.as_deref(), rotation.port, rotation.dbname.as_deref()),
+            (Some("h"), Some(6432), Some("d"))
+        );
         assert_eq!(parse_secret("s", r#"{"username":"u","password":"p","port":5433}"#).unwrap().port, Some(5433));
     }
 

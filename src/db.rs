@@ -307,7 +307,9 @@ pub async fn check(conn: &mut PgConnection, check: &Check) -> Result<Option<Stri
                     .map_err(|e| Error::db(ctx(), e))?;
             match valid {
                 None => Some(format!("{check} is missing")),
-                Some(false) => Some(format!("{check} is INVALID (an interrupted concurrent build); run migrate to rebuild it")),
+                Some(false) => {
+                    Some(format!("{check} is INVALID (an interrupted concurrent build); run migrate to rebuild it"))
+                }
                 Some(true) => None,
             }
         }
@@ -328,8 +330,7 @@ pub async fn check(conn: &mut PgConnection, check: &Check) -> Result<Option<Stri
                     let kind: String = r.get("kind");
                     let populated: bool = r.get("populated");
                     let have: Vec<String> = r.get("columns");
-                    let missing: Vec<&str> =
-                        columns.iter().filter(|c| !have.contains(c)).map(String::as_str).collect();
+                    let missing: Vec<&str> = columns.iter().filter(|c| !have.contains(c)).map(String::as_str).collect();
                     if kind != "v" && kind != "m" {
                         Some(format!("{check} is not a view (relkind {kind})"))
                     } else if !missing.is_empty() {

@@ -3,6 +3,47 @@
 
 use serde::Serialize;
 
+/// Where and why a migration failed.
+#[derive(Debug)]
+pub struct MigrationFailure {
+    /// The migration's version.
+    pub version: i64,
+    /// Its name (with " rollback" for a down script).
+    pub name: String,
+    /// Line in the file where the failing statement (or the error position) is.
+    pub line: usize,
+    /// The statement, on one line, shortened.
+    pub statement: String,
+    /// PostgreSQL's error code.
+    pub sqlstate: Option<String>,
+    /// Character position of the error within the statement, as PostgreSQL reports it.
+    pub position: Option<usize>,
+    /// PostgreSQL's message.
+    pub message: String,
+    /// PostgreSQL's detail and hint.
+    pub detail: Option<String>,
+    /// Migrations this run applied before the failure (they stay applied).
+    pub applied_before: Vec<String>,
+}
+
+impl std::fmt::Display for MigrationFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "migration {:03} ({}) failed at line {}", self.version, self.name, self.line)?;
+        if let Some(s) = &self.sqlstate {
+            write!(f, " with SQLSTATE {s}")?;
+        }
+        write!(f, ": {}", self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " ({d})")?;
+        }
+        write!(f, "\n  statement: {}", self.statement)?;
+        if !self.applied_before.is_empty() {
+            write!(f, "\n  applied before the failure: {}", self.applied_before.join(", "))?;
+        }
+        Ok(())
+    }
+}
+
 /// Everything that can go wrong, named for what failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -39,26 +80,8 @@ pub enum Error {
 
     /// A statement of a migration failed; the migration was rolled back (or, for a
     /// no-transaction file, stopped at that statement and is safe to re-run).
-    #[error(
-        "migration {version:03} ({name}) failed at line {line}{}: {message}{}\n  statement: {statement}{}",
-        .sqlstate.as_ref().map(|s| format!(" with SQLSTATE {s}")).unwrap_or_default(),
-        .detail.as_ref().map(|d| format!(" ({d})")).unwrap_or_default(),
-        if .applied_before.is_empty() { String::new() } else { format!("\n  applied before the failure: {}", .applied_before.join(", ")) }
-    )]
-    MigrationFailed {
-        version: i64,
-        name: String,
-        /// Line in the file where the failing statement (or the error position) is.
-        line: usize,
-        statement: String,
-        sqlstate: Option<String>,
-        /// Character position of the error within the statement, as PostgreSQL reports it.
-        position: Option<usize>,
-        message: String,
-        detail: Option<String>,
-        /// Migrations this run applied before the failure (they stay applied).
-        applied_before: Vec<String>,
-    },
+    #[error("{0}")]
+    MigrationFailed(Box<MigrationFailure>),
 
     /// A check after applying (or on `verify`) found the schema not as the migrations leave it.
     #[error("verification failed: {}", .0.join("; "))]
@@ -104,7 +127,7 @@ impl Error {
             Error::ConnectFailed { .. } => "ConnectFailed",
             Error::AuthFailed { .. } => "AuthFailed",
             Error::LockTimeout(_) => "LockTimeout",
-            Error::MigrationFailed { .. } => "MigrationFailed",
+            Error::MigrationFailed(_) => "MigrationFailed",
             Error::VerifyFailed(_) => "VerifyFailed",
             Error::DeadlineReached { .. } => "DeadlineReached",
             Error::Database { .. } => "DatabaseError",
@@ -117,8 +140,7 @@ impl Error {
 
     /// The error as the JSON document the CLI prints and Lambda returns.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(ErrorDoc { error_type: self.kind(), error_message: self.to_string() })
-            .unwrap_or_default()
+        serde_json::to_value(ErrorDoc { error_type: self.kind(), error_message: self.to_string() }).unwrap_or_default()
     }
 
     /// A database error outside a migration, with what we were doing.

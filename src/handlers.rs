@@ -93,8 +93,12 @@ pub fn parse_migrate_event(event: &Value) -> Result<MigrateRequest> {
         ("migrate", target) => Command::Migrate { target },
         ("plan", target) => Command::Plan { target },
         ("rollback", Some(to)) => Command::Rollback { to },
-        ("rollback", None) => return Err(bad("rollback needs an explicit \"target\" (the version to roll back to)".into())),
-        ("status" | "verify", Some(_)) => return Err(bad("\"target\" applies only to migrate, plan and rollback".into())),
+        ("rollback", None) => {
+            return Err(bad("rollback needs an explicit \"target\" (the version to roll back to)".into()));
+        }
+        ("status" | "verify", Some(_)) => {
+            return Err(bad("\"target\" applies only to migrate, plan and rollback".into()));
+        }
         ("status", None) => Command::Status,
         ("verify", None) => Command::Verify,
         (other, _) => return Err(bad(format!("unknown command `{other}`"))),
@@ -127,7 +131,10 @@ pub fn parse_refresh_event(event: &Value) -> Result<RefreshRequest> {
     match event {
         Value::Null => Ok(RefreshRequest::default()),
         Value::Object(obj) if obj.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") => {
-            Ok(RefreshRequest { scheduled_time: obj.get("time").and_then(Value::as_str).map(str::to_string), attempt: None })
+            Ok(RefreshRequest {
+                scheduled_time: obj.get("time").and_then(Value::as_str).map(str::to_string),
+                attempt: None,
+            })
         }
         Value::Object(_) => {
             let p: SchedulerPayload = serde_json::from_value(event.clone()).map_err(|e| bad(e.to_string()))?;
@@ -166,7 +173,8 @@ impl App {
 
     /// Runs a migration command on a fresh dedicated connection, closed afterwards.
     pub async fn migrate(&self, command: Command, applied_by: &str, deadline: Option<Instant>) -> Result<Report> {
-        let (mut conn, target) = connection::open(&self.settings, self.aws.as_ref(), &app_name("migrate", applied_by)).await?;
+        let (mut conn, target) =
+            connection::open(&self.settings, self.aws.as_ref(), &app_name("migrate", applied_by)).await?;
         let run = RunSettings {
             lock_timeout: self.settings.lock_timeout,
             lock_retries: self.settings.lock_retries,
@@ -203,7 +211,8 @@ impl App {
 
     /// Refreshes `job_progress` on a fresh dedicated connection.
     pub async fn refresh(&self, requested_by: &str, deadline: Option<Instant>) -> Result<RefreshReport> {
-        let (mut conn, _) = connection::open(&self.settings, self.aws.as_ref(), &app_name("refresh", requested_by)).await?;
+        let (mut conn, _) =
+            connection::open(&self.settings, self.aws.as_ref(), &app_name("refresh", requested_by)).await?;
         let settings = RefreshSettings {
             min_interval: self.settings.refresh_min_interval,
             statement_timeout: self.settings.statement_timeout,
@@ -230,14 +239,21 @@ async fn close(conn: sqlx::PgConnection) {
 
 /// The Lambda's view of time: its deadline less a margin, so PostgreSQL cancels work first.
 pub fn deadline_from_epoch_ms(deadline_ms: u64) -> Instant {
-    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let now_ms =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
     let remaining = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
     let margin = (remaining / 10).clamp(Duration::from_secs(1), Duration::from_secs(5));
     Instant::now() + remaining.saturating_sub(margin)
 }
 
 /// One invocation of the migrate handler.
-pub async fn handle_migrate(app: &App, event: &Value, request_id: &str, deadline: Instant, function: &str) -> Result<Value> {
+pub async fn handle_migrate(
+    app: &App,
+    event: &Value,
+    request_id: &str,
+    deadline: Instant,
+    function: &str,
+) -> Result<Value> {
     let request = parse_migrate_event(event)?;
     let command = match request {
         MigrateRequest::TerraformDelete => {
@@ -256,30 +272,48 @@ pub async fn handle_migrate(app: &App, event: &Value, request_id: &str, deadline
         let applied = report.applied.len() as f64;
         println!(
             "{}",
-            metrics::emf(function, now_ms(), &[
-                ("MigrationDuration", "Milliseconds", Some(report.duration_ms as f64)),
-                ("MigrationsApplied", "Count", Some(applied)),
-                ("MigrationsPending", "Count", Some(report.pending.len() as f64)),
-            ])
+            metrics::emf(
+                function,
+                now_ms(),
+                &[
+                    ("MigrationDuration", "Milliseconds", Some(report.duration_ms as f64)),
+                    ("MigrationsApplied", "Count", Some(applied)),
+                    ("MigrationsPending", "Count", Some(report.pending.len() as f64)),
+                ]
+            )
         );
     }
     serde_json::to_value(&report).map_err(|e| Error::BadRequest(format!("serialising the result: {e}")))
 }
 
 /// One invocation of the refresh handler.
-pub async fn handle_refresh(app: &App, event: &Value, request_id: &str, deadline: Instant, function: &str) -> Result<Value> {
+pub async fn handle_refresh(
+    app: &App,
+    event: &Value,
+    request_id: &str,
+    deadline: Instant,
+    function: &str,
+) -> Result<Value> {
     let request = parse_refresh_event(event)?;
-    tracing::info!(step = "start", scheduled_time = request.scheduled_time.as_deref().unwrap_or("manual"),
-        attempt = request.attempt.as_deref().unwrap_or("1"), "refresh invocation");
+    tracing::info!(
+        step = "start",
+        scheduled_time = request.scheduled_time.as_deref().unwrap_or("manual"),
+        attempt = request.attempt.as_deref().unwrap_or("1"),
+        "refresh invocation"
+    );
     let report = app.refresh(request_id, Some(deadline)).await?;
     let skipped = report.status == "skipped";
     println!(
         "{}",
-        metrics::emf(function, now_ms(), &[
-            ("RefreshDuration", "Milliseconds", (!skipped).then_some(report.refresh_ms as f64)),
-            ("Staleness", "Seconds", report.staleness_after_s),
-            ("Skipped", "Count", Some(if skipped { 1.0 } else { 0.0 })),
-        ])
+        metrics::emf(
+            function,
+            now_ms(),
+            &[
+                ("RefreshDuration", "Milliseconds", (!skipped).then_some(report.refresh_ms as f64)),
+                ("Staleness", "Seconds", report.staleness_after_s),
+                ("Skipped", "Count", Some(if skipped { 1.0 } else { 0.0 })),
+            ]
+        )
     );
     serde_json::to_value(&report).map_err(|e| Error::BadRequest(format!("serialising the result: {e}")))
 }
@@ -318,7 +352,8 @@ pub async fn run_lambda() -> std::result::Result<(), lambda_runtime::Error> {
             return Err(format!("{}: {err}", err.kind()).into());
         }
     };
-    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| format!("scanner-migrator-{handler_name}"));
+    let function =
+        std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| format!("scanner-migrator-{handler_name}"));
     let app = &app;
     let function = function.as_str();
     lambda_runtime::run(lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| async move {
@@ -378,8 +413,14 @@ mod tests {
     #[test]
     fn commands_and_targets() {
         let p = |v: Value| parse_migrate_event(&v);
-        assert_eq!(p(json!({"command": "rollback", "target": 1})).unwrap(), MigrateRequest::Run(Command::Rollback { to: 1 }));
-        assert_eq!(p(json!({"command": "plan", "target": 2})).unwrap(), MigrateRequest::Run(Command::Plan { target: Some(2) }));
+        assert_eq!(
+            p(json!({"command": "rollback", "target": 1})).unwrap(),
+            MigrateRequest::Run(Command::Rollback { to: 1 })
+        );
+        assert_eq!(
+            p(json!({"command": "plan", "target": 2})).unwrap(),
+            MigrateRequest::Run(Command::Plan { target: Some(2) })
+        );
         assert_eq!(p(json!({"command": "status"})).unwrap(), MigrateRequest::Run(Command::Status));
         for bad in [
             json!({"command": "rollback"}),

@@ -33,10 +33,19 @@ mod tests {
 
     #[test]
     fn emf_lists_each_present_metric_once_with_its_value() {
-        let doc = emf("f", 1, &[("RefreshDuration", "Milliseconds", Some(12.0)), ("Staleness", "Seconds", None), ("Skipped", "Count", Some(0.0))]);
+        let doc = emf(
+            "f",
+            1,
+            &[
+                ("RefreshDuration", "Milliseconds", Some(12.0)),
+                ("Staleness", "Seconds", None),
+                ("Skipped", "Count", Some(0.0)),
+            ],
+        );
         let defs = &doc["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(defs["Namespace"], NAMESPACE);
-        let names: Vec<&str> = defs["Metrics"].as_array().unwrap().iter().map(|m| m["Name"].as_str().unwrap()).collect();
+        let names: Vec<&str> =
+            defs["Metrics"].as_array().unwrap().iter().map(|m| m["Name"].as_str().unwrap()).collect();
         assert_eq!(names, vec!["RefreshDuration", "Skipped"]);
         assert_eq!(doc["RefreshDuration"], 12.0);
         assert!(doc.get("Staleness").is_none());

@@ -107,9 +107,7 @@ impl Migrations {
                 Some(stem) => (stem, true),
                 None => (file.strip_suffix(".sql").ok_or_else(|| invalid("not a .sql file"))?, false),
             };
-            let (number, name) = stem
-                .split_once('_')
-                .ok_or_else(|| invalid("expected NNN_description.sql"))?;
+            let (number, name) = stem.split_once('_').ok_or_else(|| invalid("expected NNN_description.sql"))?;
             if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) || name.is_empty() {
                 return Err(invalid("expected NNN_description.sql"));
             }
@@ -173,10 +171,10 @@ impl Script {
                     }
                 }
             } else if let Some(spec) = comment.strip_prefix("verify:") {
-                checks.extend(parse_checks(spec.trim()).map_err(|problem| Error::InvalidMigration {
-                    file: file.into(),
-                    problem,
-                })?);
+                checks.extend(
+                    parse_checks(spec.trim())
+                        .map_err(|problem| Error::InvalidMigration { file: file.into(), problem })?,
+                );
             }
         }
         Ok(Script { file: file.into(), sql, checksum, no_transaction, checks })
@@ -211,7 +209,8 @@ fn parse_checks(spec: &str) -> std::result::Result<Vec<Check>, String> {
                 .split_once('(')
                 .and_then(|(n, c)| Some((n.trim(), c.trim().strip_suffix(')')?)))
                 .ok_or_else(|| format!("`verify: view {rest}`: expected name(col, col, ...)"))?;
-            let columns: Vec<String> = cols.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
+            let columns: Vec<String> =
+                cols.split(',').map(|c| c.trim().to_string()).filter(|c| !c.is_empty()).collect();
             if name.is_empty() || columns.is_empty() {
                 return Err(format!("`verify: view {rest}`: expected name(col, col, ...)"));
             }
@@ -244,7 +243,11 @@ impl Statement {
                 optional
             }
         };
-        if !(expect("create", false) && expect("unique", true) && expect("index", false) && expect("concurrently", false)) {
+        if !(expect("create", false)
+            && expect("unique", true)
+            && expect("index", false)
+            && expect("concurrently", false))
+        {
             return None;
         }
         if words.get(i).map(String::as_str) == Some("if") {
@@ -351,7 +354,8 @@ impl<'a> Lexer<'a> {
         let body = &rest[1..];
         let end = body.find('$')?;
         let tag = &body[..end];
-        let valid = tag.chars().enumerate().all(|(i, c)| c == '_' || c.is_alphabetic() || (i > 0 && c.is_ascii_digit()));
+        let valid =
+            tag.chars().enumerate().all(|(i, c)| c == '_' || c.is_alphabetic() || (i > 0 && c.is_ascii_digit()));
         valid.then(|| &rest[..end + 2])
     }
 }
@@ -393,7 +397,9 @@ impl<'a> Iterator for Lexer<'a> {
             (Token::Quoted, Self::quoted_len(rest, '\'', escapes))
         } else if c == '"' {
             (Token::Quoted, Self::quoted_len(rest, '"', false))
-        } else if c == '$' && let Some(tag) = Self::dollar_tag(rest) {
+        } else if c == '$'
+            && let Some(tag) = Self::dollar_tag(rest)
+        {
             let len = rest[tag.len()..].find(tag).map(|i| tag.len() + i + tag.len()).unwrap_or(rest.len());
             (Token::Quoted, len)
         } else if c == ';' {
@@ -501,7 +507,9 @@ mod tests {
         let m = Migrations::from_files([f("001_b.sql"), f("000_a.sql"), f("001_b.down.sql")]).unwrap();
         assert_eq!(m.all().iter().map(Migration::label).collect::<Vec<_>>(), vec!["000_a", "001_b"]);
         assert!(m.all()[1].down.is_some() && m.all()[0].down.is_none());
-        for bad in [vec![f("x_a.sql")], vec![f("001.sql")], vec![f("001_a.sql"), f("001_b.sql")], vec![f("002_a.down.sql")]] {
+        for bad in
+            [vec![f("x_a.sql")], vec![f("001.sql")], vec![f("001_a.sql"), f("001_b.sql")], vec![f("002_a.down.sql")]]
+        {
             assert!(matches!(Migrations::from_files(bad), Err(Error::InvalidMigration { .. })));
         }
     }

@@ -70,7 +70,9 @@ pub fn plan<'a>(migrations: &'a Migrations, applied: &[Applied], target: Option<
 /// The migrations `rollback --to target` undoes, newest first.
 pub fn rollback_plan<'a>(migrations: &'a Migrations, applied: &[Applied], target: i64) -> Result<Vec<&'a Migration>> {
     if target < 0 {
-        return Err(Error::BadRequest(format!("rollback target {target} is negative; the oldest migration is irreversible")));
+        return Err(Error::BadRequest(format!(
+            "rollback target {target} is negative; the oldest migration is irreversible"
+        )));
     }
     plan(migrations, applied, None)?;
     let mut undo = Vec::new();

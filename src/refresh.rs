@@ -56,10 +56,11 @@ struct ViewState {
 
 async fn view_state(conn: &mut PgConnection) -> Result<ViewState> {
     let ctx = "reading the state of job_progress";
-    let populated: Option<bool> = sqlx::query_scalar("SELECT relispopulated FROM pg_class WHERE oid = to_regclass('job_progress')")
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| Error::db(ctx, e))?;
+    let populated: Option<bool> =
+        sqlx::query_scalar("SELECT relispopulated FROM pg_class WHERE oid = to_regclass('job_progress')")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
     let Some(populated) = populated else {
         return Err(Error::Database {
             context: "refreshing job_progress".into(),
@@ -111,7 +112,12 @@ pub async fn refresh(conn: &mut PgConnection, settings: &RefreshSettings) -> Res
     Ok(report)
 }
 
-async fn locked(conn: &mut PgConnection, settings: &RefreshSettings, before: ViewState, report: &mut RefreshReport) -> Result<()> {
+async fn locked(
+    conn: &mut PgConnection,
+    settings: &RefreshSettings,
+    before: ViewState,
+    report: &mut RefreshReport,
+) -> Result<()> {
     // Re-read under the lock: a refresh that finished while we waited makes ours a duplicate.
     let before = if before.populated { view_state(conn).await? } else { before };
     if let Some(age) = before.age_s

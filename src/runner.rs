@@ -371,7 +371,13 @@ async fn apply(
                     Err(e) if is_lock_timeout(&e) && attempt < settings.lock_retries => {
                         attempt += 1;
                         step.lock_retries += 1;
-                        tracing::warn!(step = "lock_retry", version = m.version, line = stmt.line, attempt, "lock_timeout; retrying");
+                        tracing::warn!(
+                            step = "lock_retry",
+                            version = m.version,
+                            line = stmt.line,
+                            attempt,
+                            "lock_timeout; retrying"
+                        );
                         tokio::time::sleep(settings.backoff(attempt)).await;
                     }
                     Err(e) => return Err(fail(stmt, e)),
@@ -393,8 +399,13 @@ async fn apply(
                 Err(TxError::Statement(i, e)) if is_lock_timeout(&e) && attempt < settings.lock_retries => {
                     attempt += 1;
                     step.lock_retries += 1;
-                    tracing::warn!(step = "lock_retry", version = m.version, line = statements[i].line, attempt,
-                        "lock_timeout; rolled back, retrying the migration");
+                    tracing::warn!(
+                        step = "lock_retry",
+                        version = m.version,
+                        line = statements[i].line,
+                        attempt,
+                        "lock_timeout; rolled back, retrying the migration"
+                    );
                     tokio::time::sleep(settings.backoff(attempt)).await;
                 }
                 Err(TxError::Statement(i, e)) => break Err(fail(&statements[i], e)),
@@ -431,7 +442,9 @@ async fn run_in_transaction(
         }
     }
     let recorded = match direction {
-        Direction::Up => db::record(&mut tx, m.version, &m.name, &m.up.checksum, started.elapsed(), &settings.applied_by).await,
+        Direction::Up => {
+            db::record(&mut tx, m.version, &m.name, &m.up.checksum, started.elapsed(), &settings.applied_by).await
+        }
         Direction::Down => db::forget(&mut tx, m.version).await,
     };
     if let Err(e) = recorded {
@@ -445,13 +458,19 @@ fn is_lock_timeout(err: &sqlx::Error) -> bool {
     db::sqlstate(err).as_deref() == Some("55P03")
 }
 
-fn migration_failed(m: &Migration, script: &Script, stmt: &Statement, err: &sqlx::Error, applied_before: &[String]) -> Error {
+fn migration_failed(
+    m: &Migration,
+    script: &Script,
+    stmt: &Statement,
+    err: &sqlx::Error,
+    applied_before: &[String],
+) -> Error {
     let (message, detail, position) = db::pg_details(err);
     let mut statement: String = stmt.sql.split_whitespace().collect::<Vec<_>>().join(" ");
     if statement.chars().count() > 200 {
         statement = statement.chars().take(200).collect::<String>() + "…";
     }
-    Error::MigrationFailed {
+    Error::MigrationFailed(Box::new(crate::error::MigrationFailure {
         version: m.version,
         name: if script.file.ends_with(".down.sql") { format!("{} rollback", m.name) } else { m.name.clone() },
         line: position.map_or(stmt.line, |p| stmt.line_of(p)),
@@ -461,11 +480,16 @@ fn migration_failed(m: &Migration, script: &Script, stmt: &Statement, err: &sqlx
         message,
         detail,
         applied_before: applied_before.to_vec(),
-    }
+    }))
 }
 
 /// Runs the checks of every applied migration the binary knows, into `report.verification`.
-async fn verify_applied(conn: &mut PgConnection, migrations: &Migrations, history: &[Applied], report: &mut Report) -> Result<()> {
+async fn verify_applied(
+    conn: &mut PgConnection,
+    migrations: &Migrations,
+    history: &[Applied],
+    report: &mut Report,
+) -> Result<()> {
     report.verification.clear();
     for row in history {
         let Some(m) = migrations.get(row.version) else { continue };
@@ -475,9 +499,19 @@ async fn verify_applied(conn: &mut PgConnection, migrations: &Migrations, histor
                 failures.push(format!("{}: {problem}", m.label()));
             }
         }
-        report.verification.push(Verification { version: m.version, checks: m.up.checks.len(), ok: failures.is_empty(), failures });
+        report.verification.push(Verification {
+            version: m.version,
+            checks: m.up.checks.len(),
+            ok: failures.is_empty(),
+            failures,
+        });
     }
-    tracing::info!(step = "verify", migrations = report.verification.len(), ok = report.verification.iter().all(|v| v.ok), "verified");
+    tracing::info!(
+        step = "verify",
+        migrations = report.verification.len(),
+        ok = report.verification.iter().all(|v| v.ok),
+        "verified"
+    );
     Ok(())
 }
 

@@ -59,11 +59,21 @@ pub async fn create(aws: &Aws, db: &SecretSettings, next: &Migration, deadline: 
     let mut pause = Duration::from_secs(1);
     loop {
         let status = if db.instance_id.is_some() {
-            let out = aws.rds.describe_db_snapshots().db_snapshot_identifier(&id).send().await
+            let out = aws
+                .rds
+                .describe_db_snapshots()
+                .db_snapshot_identifier(&id)
+                .send()
+                .await
                 .map_err(|e| failed(format!("DescribeDBSnapshots: {}", crate::error::sdk_cause(&e))))?;
             out.db_snapshots().first().and_then(|s| s.status()).unwrap_or("unknown").to_string()
         } else {
-            let out = aws.rds.describe_db_cluster_snapshots().db_cluster_snapshot_identifier(&id).send().await
+            let out = aws
+                .rds
+                .describe_db_cluster_snapshots()
+                .db_cluster_snapshot_identifier(&id)
+                .send()
+                .await
                 .map_err(|e| failed(format!("DescribeDBClusterSnapshots: {}", crate::error::sdk_cause(&e))))?;
             out.db_cluster_snapshots().first().and_then(|s| s.status()).unwrap_or("unknown").to_string()
         };

@@ -84,7 +84,8 @@ async fn an_edited_applied_migration_is_refused_and_nothing_runs() {
     let msg = run.error_message();
     let old = scanner_migrator::migrations::Migrations::embedded().unwrap().get(1).unwrap().up.checksum.clone();
     assert!(msg.contains("001") && msg.contains(&old), "names the version and the applied checksum: {msg}");
-    let new = scanner_migrator::migrations::Script::parse("x", &std::fs::read_to_string(&file).unwrap()).unwrap().checksum;
+    let new =
+        scanner_migrator::migrations::Script::parse("x", &std::fs::read_to_string(&file).unwrap()).unwrap().checksum;
     assert!(msg.contains(&new), "and the new one: {msg}");
     assert_eq!(db.fingerprint().await, before);
     assert_eq!(db.history().await, vec![0, 1, 2]);
@@ -109,10 +110,16 @@ async fn a_failing_statement_rolls_back_its_migration_and_names_where() {
     assert!(msg.contains("SQLSTATE 42P01"), "{msg}");
     assert!(msg.contains("no_such_table") && msg.contains("UPDATE jobs SET half_done"), "{msg}");
     assert!(msg.contains("line 6"), "the error position is mapped to the file's line: {msg}");
-    assert!(msg.contains("applied before the failure: 000_initial_schema, 001_add_execution_arn, 002_optimize_for_scale"), "{msg}");
+    assert!(
+        msg.contains("applied before the failure: 000_initial_schema, 001_add_execution_arn, 002_optimize_for_scale"),
+        "{msg}"
+    );
     // 000-002 stay applied; 003's first statement was rolled back with it.
     assert_eq!(db.history().await, vec![0, 1, 2]);
-    assert!(!db.scalar::<bool>("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE column_name = 'half_done')").await);
+    assert!(
+        !db.scalar::<bool>("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE column_name = 'half_done')")
+            .await
+    );
     assert_eq!(db.advisory_locks().await, 0, "the lock is released on failure");
 }
 
@@ -159,7 +166,10 @@ async fn a_held_lock_gives_lock_timeout_naming_the_holder_and_leaves_the_lock_fr
     assert_eq!(run.code, 1);
     assert_eq!(run.error_type(), "LockTimeout");
     let msg = run.error_message();
-    assert!(msg.contains(&format!("pid {pid}")) && msg.contains("other-migrator") && msg.contains("connected"), "{msg}");
+    assert!(
+        msg.contains(&format!("pid {pid}")) && msg.contains("other-migrator") && msg.contains("connected"),
+        "{msg}"
+    );
     assert!(db.history().await.is_empty(), "nothing ran");
 
     holder.close().await.unwrap();
@@ -174,13 +184,19 @@ async fn ddl_behind_a_long_reader_times_out_and_retries_instead_of_queueing() {
     let mut reader = db.conn().await;
     reader.execute("BEGIN; SELECT count(*) FROM jobs;").await.unwrap();
     let url = db.url.clone();
-    let run = tokio::spawn(async move { migrator(&url, &["--lock-timeout-ms", "100", "--lock-retries", "30", "migrate"]).await });
+    let run =
+        tokio::spawn(
+            async move { migrator(&url, &["--lock-timeout-ms", "100", "--lock-retries", "30", "migrate"]).await },
+        );
     // While the reader holds its lock, the migrator keeps giving up its place in the queue,
     // so a writer is never stuck behind the ALTER.
     tokio::time::sleep(Duration::from_millis(700)).await;
     let mut writer = db.conn().await;
     writer.execute("SET statement_timeout = '5s'").await.unwrap();
-    writer.execute("INSERT INTO jobs (bucket) VALUES ('w')").await.expect("writer not blocked by the waiting migration");
+    writer
+        .execute("INSERT INTO jobs (bucket) VALUES ('w')")
+        .await
+        .expect("writer not blocked by the waiting migration");
     reader.execute("COMMIT").await.unwrap();
     let run = run.await.unwrap();
     assert_eq!(run.code, 0, "{:#}", run.json);
@@ -196,7 +212,11 @@ async fn lock_retries_run_out_with_a_clear_error() {
     reader.execute("BEGIN; SELECT count(*) FROM jobs;").await.unwrap();
     let run = migrator(&db.url, &["--lock-timeout-ms", "50", "--lock-retries", "2", "migrate"]).await;
     assert_eq!(run.error_type(), "MigrationFailed");
-    assert!(run.error_message().contains("SQLSTATE 55P03") && run.error_message().contains("001"), "{}", run.error_message());
+    assert!(
+        run.error_message().contains("SQLSTATE 55P03") && run.error_message().contains("001"),
+        "{}",
+        run.error_message()
+    );
     reader.execute("ROLLBACK").await.unwrap();
     assert_eq!(db.history().await, vec![0]);
 }
@@ -227,7 +247,11 @@ async fn a_backend_killed_in_the_middle_of_002_is_completed_by_the_next_run() {
     let run = run.await.unwrap();
     assert_eq!(run.code, 1, "the killed run reports failure: {:#}", run.json);
     writer.execute("ROLLBACK").await.unwrap();
-    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pg_index WHERE NOT indisvalid").await, 1, "the interruption left an INVALID index");
+    assert_eq!(
+        db.scalar::<i64>("SELECT count(*) FROM pg_index WHERE NOT indisvalid").await,
+        1,
+        "the interruption left an INVALID index"
+    );
     assert_eq!(db.history().await, vec![0, 1]);
     assert_eq!(db.advisory_locks().await, 0);
 
@@ -258,7 +282,12 @@ async fn rollback_to_1_then_migrate_returns_to_the_same_schema() {
 
     let to0 = migrator(&db.url, &["rollback", "--to", "0"]).await;
     assert_eq!(to0.versions("rolled_back"), vec![2, 1]);
-    assert!(!db.scalar::<bool>("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE column_name = 'execution_arn')").await);
+    assert!(
+        !db.scalar::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE column_name = 'execution_arn')"
+        )
+        .await
+    );
     let irreversible = migrator(&db.url, &["rollback", "--to", "-1"]).await;
     assert_eq!(irreversible.error_type(), "BadRequest");
 }
@@ -271,10 +300,14 @@ async fn plan_shows_what_would_run_and_changes_nothing() {
     assert_eq!(run.code, 0);
     assert_eq!(run.status(), "planned");
     assert_eq!(run.versions("pending"), vec![0, 1, 2]);
-    let modes: Vec<&str> = run.json["pending"].as_array().unwrap().iter().map(|p| p["mode"].as_str().unwrap()).collect();
+    let modes: Vec<&str> =
+        run.json["pending"].as_array().unwrap().iter().map(|p| p["mode"].as_str().unwrap()).collect();
     assert_eq!(modes, vec!["transaction", "no-transaction", "no-transaction"]);
     assert_eq!(db.fingerprint().await, before);
-    assert!(!db.scalar::<bool>("SELECT to_regclass('scanner_migrator_history') IS NOT NULL").await, "not even the history table");
+    assert!(
+        !db.scalar::<bool>("SELECT to_regclass('scanner_migrator_history') IS NOT NULL").await,
+        "not even the history table"
+    );
     let partial = migrator(&db.url, &["plan", "--target", "1"]).await;
     assert_eq!(partial.versions("pending"), vec![0, 1]);
 }
@@ -287,7 +320,11 @@ async fn verify_fails_when_an_object_is_missing() {
     let run = migrator(&db.url, &["verify"]).await;
     assert_eq!(run.code, 1);
     assert_eq!(run.error_type(), "VerifyFailed");
-    assert!(run.error_message().contains("002_optimize_for_scale: index idx_job_objects_job_updated_at is missing"), "{}", run.error_message());
+    assert!(
+        run.error_message().contains("002_optimize_for_scale: index idx_job_objects_job_updated_at is missing"),
+        "{}",
+        run.error_message()
+    );
 }
 
 #[tokio::test]
@@ -299,7 +336,11 @@ async fn an_unreachable_database_fails_within_the_connect_timeout() {
     let run = migrator(&url, &["--connect-timeout-s", "1", "migrate"]).await;
     assert_eq!(run.code, 1);
     assert_eq!(run.error_type(), "ConnectFailed");
-    assert!(run.error_message().contains("127.0.0.1") && run.error_message().contains("within 1 s"), "{}", run.error_message());
+    assert!(
+        run.error_message().contains("127.0.0.1") && run.error_message().contains("within 1 s"),
+        "{}",
+        run.error_message()
+    );
     assert!(started.elapsed() < Duration::from_secs(20), "bounded by the timeout, not hanging");
     drop(listener);
 

@@ -108,7 +108,11 @@ async fn the_migrate_handler_end_to_end() {
     assert_eq!(api.invoke(json!({}), T).await.ok()["status"], "up_to_date");
 
     let status = api.invoke(json!({"command": "status"}), T).await;
-    assert_eq!(status.ok()["history"][0]["applied_by"], "00000000-0000-4000-8000-000000000000", "the request id is recorded");
+    assert_eq!(
+        status.ok()["history"][0]["applied_by"],
+        "00000000-0000-4000-8000-000000000000",
+        "the request id is recorded"
+    );
     assert_eq!(api.invoke(json!({"command": "plan"}), T).await.ok()["status"], "planned");
     assert_eq!(api.invoke(json!({"command": "verify"}), T).await.ok()["status"], "verified");
 
@@ -117,7 +121,9 @@ async fn the_migrate_handler_end_to_end() {
     assert_eq!(fx.db.history().await, vec![0, 1]);
 
     // Terraform's destroy never drops the schema.
-    let delete = api.invoke(json!({"command": "migrate", "tf": {"action": "delete", "prev_input": {"command": "migrate"}}}), T).await;
+    let delete = api
+        .invoke(json!({"command": "migrate", "tf": {"action": "delete", "prev_input": {"command": "migrate"}}}), T)
+        .await;
     assert_eq!(delete.ok()["status"], "noop");
     assert_eq!(fx.db.history().await, vec![0, 1]);
     let create = api.invoke(json!({"command": "migrate", "tf": {"action": "create", "prev_input": null}}), T).await;
@@ -134,12 +140,16 @@ async fn the_migrate_handler_end_to_end() {
     let logs = f.stop().await;
     secrets::assert_absent("function logs", &logs);
     // JSON logs, one line per step, and EMF metrics.
-    let lines: Vec<Value> = logs.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"))).collect();
+    let lines: Vec<Value> =
+        logs.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|_| panic!("not JSON: {l}"))).collect();
     let steps: Vec<&str> = lines.iter().filter_map(|l| l["fields"]["step"].as_str()).collect();
     for step in ["resolve", "connect", "lock", "migration", "verify", "rollback", "noop"] {
         assert!(steps.contains(&step), "no {step} step in the logs: {steps:?}");
     }
-    let emf = lines.iter().find(|l| l["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"] == "MigrationDuration").expect("an EMF line");
+    let emf = lines
+        .iter()
+        .find(|l| l["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"] == "MigrationDuration")
+        .expect("an EMF line");
     assert_eq!(emf["MigrationsApplied"], 3.0);
 }
 
@@ -250,11 +260,19 @@ async fn missing_malformed_and_binary_secrets_are_named_without_their_values() {
     let fx = Fixture::rotation().await;
     let missing = fx.cli(&[("DB_SECRET_ARN", "db/does-not-exist")], &["status"]).await;
     assert_eq!(missing.error_type(), "SecretUnavailable");
-    assert!(missing.error_message().contains("db/does-not-exist") && missing.error_message().contains("ResourceNotFound"), "{}", missing.error_message());
+    assert!(
+        missing.error_message().contains("db/does-not-exist") && missing.error_message().contains("ResourceNotFound"),
+        "{}",
+        missing.error_message()
+    );
 
     let leaked = "malformed-secret-value-9f3";
     secrets::register(leaked);
-    let arn = moto::create_secret(&format!("bad/{}", fx.db.name), &format!("{{\"username\": \"u\", \"pass\": \"{leaked}\"}}")).await;
+    let arn = moto::create_secret(
+        &format!("bad/{}", fx.db.name),
+        &format!("{{\"username\": \"u\", \"pass\": \"{leaked}\"}}"),
+    )
+    .await;
     let bad = fx.cli(&[("DB_SECRET_ARN", &arn)], &["status"]).await;
     assert_eq!(bad.error_type(), "SecretFormat");
     assert!(bad.error_message().contains("`password`"), "{}", bad.error_message());
@@ -301,7 +319,11 @@ async fn a_rotated_password_is_picked_up_by_the_next_invocation() {
     fx.db.exec(&format!("ALTER ROLE {} PASSWORD '{new_password}'", fx.user)).await;
     let rotated = json!({"engine": "postgres", "host": "localhost", "port": server().port, "dbname": fx.db.name, "username": fx.user, "password": new_password});
     moto::put_secret(&fx.secret_arn, &rotated.to_string()).await;
-    assert_eq!(api.invoke(json!({}), T).await.ok()["status"], "applied", "the same warm function uses the new password");
+    assert_eq!(
+        api.invoke(json!({}), T).await.ok()["status"],
+        "applied",
+        "the same warm function uses the new password"
+    );
 
     // The database changed but the secret did not: re-read once, then a clear AuthFailed.
     let other = random_password();

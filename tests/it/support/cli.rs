@@ -40,7 +40,11 @@ pub fn bin() -> &'static str {
 /// Runs `scanner-migrator ARGS` with only the environment given (plus PATH/HOME).
 pub async fn cli(args: &[&str], envs: &[(&str, &str)]) -> Run {
     let mut cmd = tokio::process::Command::new(bin());
-    cmd.args(args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).env("RUST_LOG", "info").env("NO_COLOR", "1");
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1");
     for (k, v) in envs {
         cmd.env(k, v);
     }
@@ -49,7 +53,8 @@ pub async fn cli(args: &[&str], envs: &[(&str, &str)]) -> Run {
     let stderr = String::from_utf8_lossy(&out.stderr).to_string();
     super::secrets::assert_absent("stdout", &stdout);
     super::secrets::assert_absent("stderr", &stderr);
-    let json = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
+    let json = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{stdout}\nstderr:\n{stderr}"));
     Run { code: out.status.code().unwrap_or(-1), json, stderr }
 }
 

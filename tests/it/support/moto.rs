@@ -20,6 +20,8 @@ pub fn endpoint() -> &'static str {
             log = log.display(),
             pid = std::process::id()
         );
+        // Not waited for on purpose: the watchdog outlives this process to clean up after it.
+        #[allow(clippy::zombie_processes)]
         Command::new("setsid")
             .args(["sh", "-c", &script])
             .stdin(std::process::Stdio::null())

@@ -17,8 +17,6 @@ pub struct Server {
     pub port: u16,
     /// The superuser's password (asserted never to appear in any output).
     pub password: String,
-    /// The temp dir holding the server, certificates and logs.
-    pub dir: PathBuf,
     /// CA that signed the server's certificate (for `localhost` only).
     pub ca: PathBuf,
     /// A CA that did not sign it.
@@ -61,6 +59,8 @@ pub fn server() -> &'static Server {
             pg = pg_sh.display(),
             dir = dir.display()
         );
+        // Not waited for on purpose: the watchdog outlives this process to clean up after it.
+        #[allow(clippy::zombie_processes)]
         Command::new("setsid")
             .args(["sh", "-c", &watchdog])
             .stdin(std::process::Stdio::null())
@@ -69,7 +69,7 @@ pub fn server() -> &'static Server {
             .spawn()
             .expect("start the PostgreSQL watchdog");
         super::secrets::register(&password);
-        Server { port, password, dir, ca, wrong_ca }
+        Server { port, password, ca, wrong_ca }
     })
 }
 
@@ -107,7 +107,10 @@ impl TestDb {
     /// Runs SQL (several statements allowed).
     pub async fn exec(&self, sql: &str) {
         let mut c = self.conn().await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut c).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         c.close().await.unwrap();
     }
 
@@ -117,7 +120,10 @@ impl TestDb {
         T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
     {
         let mut c = self.conn().await;
-        let v = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string())).fetch_one(&mut c).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let v = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
         c.close().await.unwrap();
         v
     }
@@ -163,7 +169,10 @@ impl TestDb {
             return Vec::new();
         }
         let mut c = self.conn().await;
-        let v = sqlx::query_scalar("SELECT version FROM scanner_migrator_history ORDER BY version").fetch_all(&mut c).await.unwrap();
+        let v = sqlx::query_scalar("SELECT version FROM scanner_migrator_history ORDER BY version")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
         c.close().await.unwrap();
         v
     }

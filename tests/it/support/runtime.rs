@@ -86,7 +86,6 @@ struct Shared {
     queue: tokio::sync::Mutex<Option<mpsc::Receiver<Invocation>>>,
     waiting: Mutex<HashMap<String, oneshot::Sender<Outcome>>>,
     init_error: Mutex<Option<Outcome>>,
-    polls: std::sync::atomic::AtomicUsize,
 }
 
 /// The Runtime API on 127.0.0.1, a free port.
@@ -106,7 +105,6 @@ impl Drop for RuntimeApi {
 }
 
 async fn next(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
-    shared.polls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let mut guard = shared.queue.lock().await;
     let Some(rx) = guard.as_mut() else { return (StatusCode::GONE, HeaderMap::new(), String::new()) };
     match rx.recv().await {
@@ -118,7 +116,10 @@ async fn next(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
                 "lambda-runtime-invoked-function-arn",
                 "arn:aws:lambda:us-east-1:123456789012:function:scanner-migrator".parse().unwrap(),
             );
-            headers.insert("lambda-runtime-trace-id", "Root=1-00000000-000000000000000000000000;Sampled=0".parse().unwrap());
+            headers.insert(
+                "lambda-runtime-trace-id",
+                "Root=1-00000000-000000000000000000000000;Sampled=0".parse().unwrap(),
+            );
             headers.insert("content-type", "application/json".parse().unwrap());
             (StatusCode::OK, headers, inv.payload.to_string())
         }
@@ -179,11 +180,6 @@ impl RuntimeApi {
         RuntimeApi { addr, shared, sender, next_id: Default::default(), server }
     }
 
-    /// How many times the runtime has asked for the next invocation.
-    pub fn polls(&self) -> usize {
-        self.shared.polls.load(std::sync::atomic::Ordering::SeqCst)
-    }
-
     /// Invokes the function with `timeout` as its configured timeout; waits for the outcome.
     pub async fn invoke(&self, payload: Value, timeout: Duration) -> Outcome {
         if let Some(init) = self.shared.init_error.lock().unwrap().clone() {
@@ -199,8 +195,13 @@ impl RuntimeApi {
         // Lambda would kill the function at the deadline; a little slack to observe that it did not need to.
         match tokio::time::timeout(timeout + Duration::from_secs(10), rx).await {
             Ok(Ok(outcome)) => outcome,
-            Ok(Err(_)) => Outcome::InitError { error_type: "Runtime.ExitError".into(), error_message: "runtime gone".into() },
-            Err(_) => Outcome::Error { error_type: "Sandbox.Timedout".into(), error_message: format!("no answer within {timeout:?}") },
+            Ok(Err(_)) => {
+                Outcome::InitError { error_type: "Runtime.ExitError".into(), error_message: "runtime gone".into() }
+            }
+            Err(_) => Outcome::Error {
+                error_type: "Sandbox.Timedout".into(),
+                error_message: format!("no answer within {timeout:?}"),
+            },
         }
     }
 }

@@ -1,0 +1,93 @@
+# scanner-migrator: every target installs what it needs (see README, "Make targets").
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+# moto: the AWS API server (Secrets Manager, RDS) the tests and the demo talk to.
+# squawk-cli: the PostgreSQL migration linter.
+TEST_TOOLS  := moto[server]==5.2.5 squawk-cli==2.70.0
+# cargo-lambda (and zig, through ziglang) cross-compile the arm64 Lambda zip.
+BUILD_TOOLS := cargo-lambda==1.9.2 ziglang==0.13.0.post1
+LAMBDA_ZIP  := target/lambda/scanner-migrator/bootstrap.zip
+CA_BUNDLE   := target/rds-ca-bundle.pem
+# Amazon RDS global CA bundle, pinned: set RDS_CA_BUNDLE_SHA256 to the published bundle's checksum.
+RDS_CA_URL  := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
+TF_DIR      ?= terraform/examples/complete
+FUNCTION    ?= scanner-migrator-migrate
+CMD         ?= status
+TARGET      ?=
+
+.PHONY: help test lint demo build deploy invoke logs bench postgres tools clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+$(VENV)/.test-tools: Makefile
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(TEST_TOOLS)
+	touch $@
+
+$(VENV)/.build-tools: Makefile
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check $(BUILD_TOOLS)
+	touch $@
+
+tools: $(VENV)/.test-tools ## install the Python tools the tests use into .venv
+
+postgres: ## make sure a PostgreSQL server is installed (Debian's postgresql package)
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null; then :; else \
+	  echo "installing PostgreSQL (apt-get install postgresql)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null; fi
+	@command -v psql >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-client >/dev/null; }
+
+lint: $(VENV)/.test-tools ## cargo fmt, clippy, squawk over migrations/, terraform fmt + checkov
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	$(VENV)/bin/squawk --config .squawk.toml migrations/*.sql
+	@if [ -x scripts/tf-check.sh ]; then scripts/tf-check.sh; fi
+
+test: lint postgres ## everything: lint, the benchmark smoke run, all tests (starts its own PostgreSQL and moto)
+	@if [ -x scripts/bench.sh ]; then scripts/bench.sh --smoke; fi
+	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server cargo test --all-targets
+
+demo: $(VENV)/.test-tools postgres ## migrate a throwaway database through the real Lambda path, then refresh
+	cargo build --quiet --bin scanner-migrator --example local_lambda
+	scripts/demo.sh
+
+bench: $(VENV)/.test-tools postgres ## measure the guide's claims side by side; writes bench/RESULTS.md
+	scripts/bench.sh
+
+$(CA_BUNDLE):
+	@mkdir -p $(dir $@)
+	@if [ -z "$(RDS_CA_BUNDLE_SHA256)" ]; then \
+	  echo "set RDS_CA_BUNDLE_SHA256 to the checksum AWS publishes for $(RDS_CA_URL) (it is pinned, never trusted on first use)"; exit 1; fi
+	@curl -fsS --max-time 30 -o $@.tmp $(RDS_CA_URL) || { rm -f $@.tmp; \
+	  echo "cannot download the RDS CA bundle (offline?): fetch $(RDS_CA_URL) on a connected machine and put it at $@"; exit 1; }
+	@echo "$(RDS_CA_BUNDLE_SHA256)  $@.tmp" | sha256sum -c --quiet - || { rm -f $@.tmp; echo "RDS CA bundle checksum mismatch"; exit 1; }
+	@mv $@.tmp $@
+
+build: $(VENV)/.build-tools $(CA_BUNDLE) ## the arm64 Lambda zip (bootstrap + rds-ca-bundle.pem) at target/lambda/scanner-migrator/bootstrap.zip
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH cargo lambda build --release --arm64 --bin scanner-migrator \
+	  --output-format zip --include $(CA_BUNDLE)
+	@unzip -l $(LAMBDA_ZIP)
+
+deploy: build ## terraform apply in TF_DIR (default: the complete example); migrates as part of the apply
+	terraform -chdir=$(TF_DIR) init -input=false
+	terraform -chdir=$(TF_DIR) apply -input=false
+
+invoke: ## run a command in the deployed function: make invoke CMD=status|plan|verify|migrate|rollback [TARGET=N]
+	@payload='{"command":"$(CMD)"$(if $(TARGET),$(comma)"target":$(TARGET))}'; \
+	out=$$(mktemp); \
+	meta=$$(aws lambda invoke --function-name $(FUNCTION) --cli-binary-format raw-in-base64-out \
+	  --cli-read-timeout 900 --cli-connect-timeout 10 --payload "$$payload" $$out) || exit 1; \
+	echo "$$meta"; cat $$out; echo; \
+	if grep -q FunctionError <<<"$$meta"; then exit 1; fi
+
+logs: ## follow the function's logs: make logs FUNCTION=scanner-migrator-refresh
+	aws logs tail /aws/lambda/$(FUNCTION) --follow --format short
+
+clean: ## remove build output and the virtualenvs
+	cargo clean
+	rm -rf $(VENV) .venv-checkov
+
+comma := ,
