@@ -12,7 +12,9 @@ fn main() {
         .filter(|name| name.ends_with(".sql"))
         .collect();
     files.sort();
-    let mut out = String::from("/// (file name, contents) of every embedded migration file.\npub const FILES: &[(&str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// (file name, contents) of every embedded migration file.\npub const FILES: &[(&str, &str)] = &[\n",
+    );
     for name in &files {
         println!("cargo:rerun-if-changed=migrations/{name}");
         let path = fs::canonicalize(dir.join(name)).expect("migration file readable");

@@ -2,4 +2,5 @@
 
 mod engine;
 mod lambda;
+mod refresh;
 mod support;
