@@ -48,7 +48,7 @@ lint: $(VENV)/.test-tools ## cargo fmt, clippy, squawk over migrations/, terrafo
 
 test: lint postgres ## everything: lint, the benchmark smoke run, all tests (starts its own PostgreSQL and moto)
 	@if [ -x scripts/bench.sh ]; then scripts/bench.sh --smoke; fi
-	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server cargo test --all-targets
+	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server cargo test --lib --tests
 
 demo: $(VENV)/.test-tools postgres ## migrate a throwaway database through the real Lambda path, then refresh
 	cargo build --quiet --bin scanner-migrator --example local_lambda

@@ -402,3 +402,20 @@ async fn outcomes_print_like_aws_lambda_invoke() {
     let ok = Outcome::Response(json!({"status": "up_to_date"}));
     assert!(ok.as_aws_cli().contains("\"StatusCode\": 200") && !ok.as_aws_cli().contains("FunctionError"));
 }
+
+#[tokio::test]
+async fn too_little_time_stops_cleanly_between_migrations_and_says_what_is_pending() {
+    let fx = Fixture::rotation().await;
+    let (api, f) = function("migrate", &fx.env).await;
+    // 3 s less the safety margin leaves under the 2 s needed to start a migration.
+    let (kind, msg) = api.invoke(json!({}), Duration::from_secs(3)).await.err();
+    assert_eq!(kind, "DeadlineReached", "{msg}");
+    assert!(
+        msg.contains("still pending: [000_initial_schema, 001_add_execution_arn, 002_optimize_for_scale]"),
+        "{msg}"
+    );
+    assert!(fx.db.history().await.is_empty(), "nothing half-applied");
+    assert_eq!(fx.db.advisory_locks().await, 0);
+    assert_eq!(api.invoke(json!({}), T).await.ok()["status"], "applied", "the next invocation continues");
+    f.stop().await;
+}
