@@ -10,8 +10,6 @@ TEST_TOOLS  := moto[server]==5.2.5 squawk-cli==2.70.0
 BUILD_TOOLS := cargo-lambda==1.9.2 ziglang==0.13.0.post1
 LAMBDA_ZIP  := target/lambda/scanner-migrator/bootstrap.zip
 CA_BUNDLE   := target/rds-ca-bundle.pem
-# Amazon RDS global CA bundle, pinned: set RDS_CA_BUNDLE_SHA256 to the published bundle's checksum.
-RDS_CA_URL  := https://truststore.pki.rds.amazonaws.com/global/global-bundle.pem
 TF_DIR      ?= terraform/examples/complete
 FUNCTION    ?= scanner-migrator-migrate
 CMD         ?= status
@@ -57,14 +55,8 @@ demo: $(VENV)/.test-tools postgres ## migrate a throwaway database through the r
 bench: $(VENV)/.test-tools postgres ## measure the guide's claims side by side; writes bench/RESULTS.md
 	scripts/bench.sh
 
-$(CA_BUNDLE):
-	@mkdir -p $(dir $@)
-	@if [ -z "$(RDS_CA_BUNDLE_SHA256)" ]; then \
-	  echo "set RDS_CA_BUNDLE_SHA256 to the checksum AWS publishes for $(RDS_CA_URL) (it is pinned, never trusted on first use)"; exit 1; fi
-	@curl -fsS --max-time 30 -o $@.tmp $(RDS_CA_URL) || { rm -f $@.tmp; \
-	  echo "cannot download the RDS CA bundle (offline?): fetch $(RDS_CA_URL) on a connected machine and put it at $@"; exit 1; }
-	@echo "$(RDS_CA_BUNDLE_SHA256)  $@.tmp" | sha256sum -c --quiet - || { rm -f $@.tmp; echo "RDS CA bundle checksum mismatch"; exit 1; }
-	@mv $@.tmp $@
+$(CA_BUNDLE): scripts/rds-ca-bundle.sh
+	scripts/rds-ca-bundle.sh $@
 
 build: $(VENV)/.build-tools $(CA_BUNDLE) ## the arm64 Lambda zip (bootstrap + rds-ca-bundle.pem) at target/lambda/scanner-migrator/bootstrap.zip
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH cargo lambda build --release --arm64 --bin scanner-migrator \
