@@ -59,8 +59,11 @@ $(CA_BUNDLE): scripts/rds-ca-bundle.sh
 	scripts/rds-ca-bundle.sh $@
 
 build: $(VENV)/.build-tools $(CA_BUNDLE) ## the arm64 Lambda zip (bootstrap + rds-ca-bundle.pem) at target/lambda/scanner-migrator/bootstrap.zip
-	PATH=$(CURDIR)/$(VENV)/bin:$$PATH cargo lambda build --release --arm64 --bin scanner-migrator \
-	  --output-format zip --include $(CA_BUNDLE)
+	PATH=$(CURDIR)/$(VENV)/bin:$$PATH cargo lambda build --release --arm64 --bin scanner-migrator --output-format zip
+	@# Beside bootstrap in /var/task, where the binary looks for it (DB_CA_BUNDLE's default).
+	python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], "a", zipfile.ZIP_DEFLATED); \
+	  "rds-ca-bundle.pem" in z.namelist() or z.write(sys.argv[2], "rds-ca-bundle.pem"); z.close()' \
+	  $(LAMBDA_ZIP) $(CA_BUNDLE)
 	@unzip -l $(LAMBDA_ZIP)
 
 deploy: build ## terraform apply in TF_DIR (default: the complete example); migrates as part of the apply

@@ -187,7 +187,7 @@ impl App {
             (DbSource::Secret(s), Some(aws)) if self.settings.snapshot_before_migrate => Some((s, aws)),
             _ => None,
         };
-        let hook = move |m: &Migration| -> runner::futures_like::BoxFuture<'_, Result<String>> {
+        let hook = move |m: &Migration| -> runner::BoxFuture<'_, Result<String>> {
             let m = m.clone();
             Box::pin(async move {
                 let (db, aws) = snapshot_db.expect("hook only installed with a snapshot target");

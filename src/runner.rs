@@ -93,14 +93,11 @@ impl RunSettings {
     }
 }
 
-/// Called before the first pending migration is applied (the RDS snapshot); returns an id.
-pub type BeforeApply<'a> = &'a (dyn Fn(&Migration) -> futures_like::BoxFuture<'a, Result<String>> + Sync);
+/// A boxed, sendable future, so a hook's future type need not be named.
+pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-/// A tiny boxed-future alias so callers need not name the future type.
-pub mod futures_like {
-    /// A boxed, sendable future.
-    pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
-}
+/// Called before the first pending migration is applied (the RDS snapshot); returns an id.
+pub type BeforeApply<'a> = &'a (dyn Fn(&Migration) -> BoxFuture<'a, Result<String>> + Sync);
 
 /// The outcome of a command: the JSON Terraform and `aws lambda invoke` print.
 #[derive(Debug, Serialize)]

@@ -419,3 +419,15 @@ async fn too_little_time_stops_cleanly_between_migrations_and_says_what_is_pendi
     assert_eq!(api.invoke(json!({}), T).await.ok()["status"], "applied", "the next invocation continues");
     f.stop().await;
 }
+
+#[tokio::test]
+async fn iam_authentication_uses_a_signed_token_instead_of_the_password() {
+    let fx = Fixture::rotation().await;
+    // The local server knows only the password, so a token is refused: proof the password was not sent.
+    let run = fx.cli(&[("DB_AUTH", "iam")], &["status"]).await;
+    assert_eq!(run.error_type(), "AuthFailed", "{:#}", run.json);
+    assert!(!run.stderr.contains("re-reading the secret"), "a token is not retried with a re-read secret");
+    let everything = format!("{}{}", run.json, run.stderr);
+    assert!(!everything.contains("X-Amz-Signature"), "the token is a credential too: {everything}");
+    assert_eq!(fx.cli(&[("DB_AUTH", "password")], &["status"]).await.code, 0);
+}
