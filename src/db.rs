@@ -113,6 +113,15 @@ pub fn pg_details(err: &sqlx::Error) -> (String, Option<String>, Option<usize>) 
     }
 }
 
+/// The configured timeout cut to the time left before `deadline`; `None` is no limit.
+pub fn bounded_timeout(configured: Option<Duration>, deadline: Option<Instant>) -> Option<Duration> {
+    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    match (configured, remaining) {
+        (Some(c), Some(r)) => Some(c.min(r)),
+        (c, r) => c.or(r),
+    }
+}
+
 /// Sets a session setting given as a duration; zero means no limit.
 pub async fn set_timeout(conn: &mut PgConnection, setting: &str, value: Option<Duration>) -> Result<()> {
     let ms = value.map(|d| d.as_millis().max(1)).unwrap_or(0);

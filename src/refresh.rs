@@ -129,11 +129,7 @@ async fn locked(
         ));
         return Ok(());
     }
-    let remaining = settings.deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    let timeout = match (settings.statement_timeout, remaining) {
-        (Some(s), Some(r)) => Some(s.min(r)),
-        (s, r) => s.or(r),
-    };
+    let timeout = db::bounded_timeout(settings.statement_timeout, settings.deadline);
     db::set_timeout(conn, "statement_timeout", timeout).await?;
     let mode = if before.populated { "concurrent" } else { "populate" };
     tracing::info!(step = "refresh", mode, "refreshing job_progress");

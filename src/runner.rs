@@ -79,14 +79,6 @@ impl RunSettings {
         self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
     }
 
-    /// The statement timeout to use now: the configured one, cut to the time left.
-    fn statement_timeout_now(&self) -> Option<Duration> {
-        match (self.statement_timeout, self.remaining()) {
-            (Some(s), Some(r)) => Some(s.min(r)),
-            (s, r) => s.or(r),
-        }
-    }
-
     fn backoff(&self, attempt: u32) -> Duration {
         let pause = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5));
         self.remaining().map_or(pause, |r| pause.min(r))
@@ -336,7 +328,8 @@ async fn apply(
 ) -> Result<AppliedStep> {
     let started = Instant::now();
     let statements = script.statements();
-    db::set_timeout(conn, "statement_timeout", settings.statement_timeout_now()).await?;
+    db::set_timeout(conn, "statement_timeout", db::bounded_timeout(settings.statement_timeout, settings.deadline))
+        .await?;
     db::set_timeout(conn, "lock_timeout", Some(settings.lock_timeout)).await?;
     let mut step = AppliedStep {
         version: m.version,

@@ -225,20 +225,8 @@ async fn both_secret_shapes_and_port_as_string_or_number() {
 #[tokio::test]
 async fn the_rds_managed_secret_with_the_endpoint_from_describe_db_instances() {
     let fx = Fixture::new(|u, p, _, _| json!({"username": u, "password": p})).await;
-    let rds = aws_sdk_rds::Client::new(&moto::sdk().await);
     let id = format!("db-{}", fx.db.name.replace('_', "-"));
-    rds.create_db_instance()
-        .db_instance_identifier(&id)
-        .db_instance_class("db.t4g.micro")
-        .engine("postgres")
-        .master_username("ignored")
-        .master_user_password("ignored-pw")
-        .allocated_storage(20)
-        .port(i32::from(server().port))
-        .db_name(&fx.db.name)
-        .send()
-        .await
-        .unwrap();
+    moto::create_db_instance(&id, Some(server().port), Some(&fx.db.name)).await;
     // moto's endpoint address is not resolvable here, so DB_HOST points the host at the local
     // server; the port and the database name can only have come from DescribeDBInstances.
     let run = fx.cli(&[("DB_INSTANCE_IDENTIFIER", &id), ("DB_HOST", "localhost")], &["migrate"]).await;
@@ -343,16 +331,7 @@ async fn a_snapshot_is_taken_only_when_there_is_pending_work() {
     let fx = Fixture::rotation().await;
     let rds = aws_sdk_rds::Client::new(&moto::sdk().await);
     let id = format!("snap-{}", fx.db.name.replace('_', "-"));
-    rds.create_db_instance()
-        .db_instance_identifier(&id)
-        .db_instance_class("db.t4g.micro")
-        .engine("postgres")
-        .master_username("ignored")
-        .master_user_password("ignored-pw")
-        .allocated_storage(20)
-        .send()
-        .await
-        .unwrap();
+    moto::create_db_instance(&id, None, None).await;
     let snapshots = || async {
         rds.describe_db_snapshots().db_instance_identifier(&id).send().await.unwrap().db_snapshots().to_vec()
     };

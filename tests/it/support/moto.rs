@@ -75,3 +75,20 @@ pub async fn put_secret(arn: &str, text: &str) {
     let client = aws_sdk_secretsmanager::Client::new(&sdk().await);
     client.put_secret_value().secret_id(arn).secret_string(text).send().await.unwrap();
 }
+
+/// Creates an RDS instance in moto (its endpoint address is not resolvable; its port is what we say).
+pub async fn create_db_instance(id: &str, port: Option<u16>, db_name: Option<&str>) {
+    let rds = aws_sdk_rds::Client::new(&sdk().await);
+    rds.create_db_instance()
+        .db_instance_identifier(id)
+        .db_instance_class("db.t4g.micro")
+        .engine("postgres")
+        .master_username("ignored")
+        .master_user_password("ignored-pw")
+        .allocated_storage(20)
+        .set_port(port.map(i32::from))
+        .set_db_name(db_name.map(str::to_string))
+        .send()
+        .await
+        .unwrap();
+}
