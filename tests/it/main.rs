@@ -4,3 +4,4 @@ mod engine;
 mod lambda;
 mod refresh;
 mod support;
+mod terraform;

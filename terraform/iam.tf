@@ -1,0 +1,209 @@
+# One role per function, each allowed exactly what its code calls (src/credentials.rs AWS_ACTIONS;
+# tests/terraform.rs checks the two agree) plus what Lambda itself needs: network interfaces in the
+# VPC, its log group, X-Ray.
+
+data "aws_iam_policy_document" "lambda_assume" {
+  statement {
+    sid     = "LambdaAssumesRole"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+# What both functions need to open a connection.
+data "aws_iam_policy_document" "db_access" {
+  statement {
+    sid       = "ReadDatabaseSecret"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [var.db_secret_arn]
+  }
+
+  dynamic "statement" {
+    for_each = var.db_secret_kms_key_arn == null ? [] : [var.db_secret_kms_key_arn]
+    content {
+      sid       = "DecryptDatabaseSecretViaSecretsManager"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value]
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["secretsmanager.${local.region}.${local.dns_suffix}"]
+      }
+    }
+  }
+
+  statement {
+    sid       = "LookUpDatabaseEndpoint"
+    actions   = local.is_cluster ? ["rds:DescribeDBClusters"] : ["rds:DescribeDBInstances"]
+    resources = [local.db_arn]
+  }
+
+  dynamic "statement" {
+    for_each = var.db_auth == "iam" ? [1] : []
+    content {
+      sid       = "ConnectWithIamToken"
+      actions   = ["rds-db:connect"]
+      resources = ["arn:${local.partition}:rds-db:${local.region}:${local.account_id}:dbuser:${var.db_resource_id}/${var.db_iam_username}"]
+    }
+  }
+}
+
+# What Lambda needs to run a function in the VPC and trace it. The Describe actions
+# support no resource-level permissions; the ones that change something are held to
+# this account and region.
+data "aws_iam_policy_document" "lambda_runtime" {
+  statement {
+    sid       = "DescribeNetworkInterfaces"
+    actions   = ["ec2:DescribeNetworkInterfaces", "ec2:DescribeSubnets"]
+    resources = ["*"]
+  }
+
+  statement {
+    sid = "ManageNetworkInterfaces"
+    actions = [
+      "ec2:CreateNetworkInterface",
+      "ec2:DeleteNetworkInterface",
+      "ec2:AssignPrivateIpAddresses",
+      "ec2:UnassignPrivateIpAddresses",
+    ]
+    resources = ["arn:${local.partition}:ec2:${local.region}:${local.account_id}:*"]
+  }
+
+  statement {
+    sid       = "XRayTracing"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+}
+
+# --- migrate --------------------------------------------------------------------
+
+resource "aws_iam_role" "migrate" {
+  name                 = "${var.name_prefix}-migrate"
+  description          = "scanner-migrator migrate function"
+  assume_role_policy   = data.aws_iam_policy_document.lambda_assume.json
+  max_session_duration = 3600
+  tags                 = local.tags
+}
+
+data "aws_iam_policy_document" "migrate" {
+  source_policy_documents = [
+    data.aws_iam_policy_document.db_access.json,
+    data.aws_iam_policy_document.lambda_runtime.json,
+  ]
+
+  statement {
+    sid       = "WriteOwnLogGroup"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.migrate.arn}:*"]
+  }
+
+  # The snapshot before migrating: of this database only, named as the binary names them.
+  dynamic "statement" {
+    for_each = var.snapshot_before_migrate ? [1] : []
+    content {
+      sid       = "SnapshotBeforeMigrating"
+      actions   = local.is_cluster ? ["rds:CreateDBClusterSnapshot", "rds:DescribeDBClusterSnapshots"] : ["rds:CreateDBSnapshot", "rds:DescribeDBSnapshots"]
+      resources = [local.db_arn, local.snapshot_arn]
+    }
+  }
+
+  # CreateDB*Snapshot with tags also needs AddTagsToResource, on the new snapshot only.
+  dynamic "statement" {
+    for_each = var.snapshot_before_migrate ? [1] : []
+    content {
+      sid       = "TagOwnSnapshots"
+      actions   = ["rds:AddTagsToResource"]
+      resources = [local.snapshot_arn]
+    }
+  }
+}
+
+resource "aws_iam_role_policy" "migrate" {
+  name   = "scanner-migrator-migrate"
+  role   = aws_iam_role.migrate.id
+  policy = data.aws_iam_policy_document.migrate.json
+}
+
+# --- refresh --------------------------------------------------------------------
+
+resource "aws_iam_role" "refresh" {
+  name                 = "${var.name_prefix}-refresh"
+  description          = "scanner-migrator refresh function"
+  assume_role_policy   = data.aws_iam_policy_document.lambda_assume.json
+  max_session_duration = 3600
+  tags                 = local.tags
+}
+
+data "aws_iam_policy_document" "refresh" {
+  source_policy_documents = [
+    data.aws_iam_policy_document.db_access.json,
+    data.aws_iam_policy_document.lambda_runtime.json,
+  ]
+
+  statement {
+    sid       = "WriteOwnLogGroup"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["${aws_cloudwatch_log_group.refresh.arn}:*"]
+  }
+}
+
+resource "aws_iam_role_policy" "refresh" {
+  name   = "scanner-migrator-refresh"
+  role   = aws_iam_role.refresh.id
+  policy = data.aws_iam_policy_document.refresh.json
+}
+
+# --- the schedule ----------------------------------------------------------------
+
+data "aws_iam_policy_document" "scheduler_assume" {
+  statement {
+    sid     = "SchedulerAssumesRole"
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["scheduler.amazonaws.com"]
+    }
+
+    # Only schedules of this account may use the role (the confused-deputy guard the Scheduler docs give).
+    condition {
+      test     = "StringEquals"
+      variable = "aws:SourceAccount"
+      values   = [local.account_id]
+    }
+  }
+}
+
+resource "aws_iam_role" "scheduler" {
+  name                 = "${var.name_prefix}-scheduler"
+  description          = "EventBridge Scheduler: invokes the scanner-migrator refresh function"
+  assume_role_policy   = data.aws_iam_policy_document.scheduler_assume.json
+  max_session_duration = 3600
+  tags                 = local.tags
+}
+
+data "aws_iam_policy_document" "scheduler" {
+  statement {
+    sid       = "InvokeRefreshOnly"
+    actions   = ["lambda:InvokeFunction"]
+    resources = [aws_lambda_function.refresh.arn]
+  }
+
+  statement {
+    sid       = "DeadLetters"
+    actions   = ["sqs:SendMessage"]
+    resources = [aws_sqs_queue.refresh_dlq.arn]
+  }
+}
+
+resource "aws_iam_role_policy" "scheduler" {
+  name   = "scanner-migrator-scheduler"
+  role   = aws_iam_role.scheduler.id
+  policy = data.aws_iam_policy_document.scheduler.json
+}

@@ -1,0 +1,46 @@
+# scanner-migrator: two Lambda functions from one zip, for an existing VPC and PostgreSQL database.
+#   migrate  - applies the migrations; invoked by `terraform apply` (invocation.tf) and by hand.
+#   refresh  - refreshes job_progress on an EventBridge Scheduler schedule (schedule.tf).
+
+data "aws_partition" "current" {}
+data "aws_region" "current" {}
+data "aws_caller_identity" "current" {}
+
+locals {
+  partition  = data.aws_partition.current.partition
+  region     = data.aws_region.current.region
+  account_id = data.aws_caller_identity.current.account_id
+  dns_suffix = data.aws_partition.current.dns_suffix
+
+  is_cluster = var.db_cluster_identifier != null
+  db_id      = local.is_cluster ? var.db_cluster_identifier : var.db_instance_identifier
+  db_arn     = "arn:${local.partition}:rds:${local.region}:${local.account_id}:${local.is_cluster ? "cluster" : "db"}:${local.db_id}"
+  # The binary names its snapshots scanner-migrator-before-<migration>-<time> (src/snapshot.rs).
+  snapshot_arn = "arn:${local.partition}:rds:${local.region}:${local.account_id}:${local.is_cluster ? "cluster-snapshot" : "snapshot"}:scanner-migrator-before-*"
+
+  code_hash      = filebase64sha256(var.lambda_zip_path)
+  migrations_dir = coalesce(var.migrations_dir, "${path.module}/../migrations")
+  # One hash over every migration file (names and contents), so adding, editing or removing one re-invokes migrate.
+  migrations_hash = sha256(join("\n", [
+    for f in sort(fileset(local.migrations_dir, "*.sql")) : "${f} ${filesha256("${local.migrations_dir}/${f}")}"
+  ]))
+
+  endpoint_subnet_ids = coalesce(var.vpc_endpoint_subnet_ids, var.subnet_ids)
+
+  # The environment both functions share. Only variables the binary reads (src/config.rs ENV_VARS;
+  # tests/terraform.rs checks it) and nothing secret: the credentials stay in Secrets Manager.
+  common_environment = merge(
+    {
+      DB_SECRET_ARN = var.db_secret_arn
+      DB_PORT       = tostring(var.db_port)
+      DB_AUTH       = var.db_auth
+      DB_SSLMODE    = "verify-full"
+      # `make build` puts the RDS CA bundle beside bootstrap in the zip, i.e. in /var/task.
+      DB_CA_BUNDLE = "/var/task/rds-ca-bundle.pem"
+    },
+    var.db_name == null ? {} : { DB_NAME = var.db_name },
+    local.is_cluster ? { DB_CLUSTER_IDENTIFIER = var.db_cluster_identifier } : { DB_INSTANCE_IDENTIFIER = var.db_instance_identifier },
+  )
+
+  tags = merge(var.tags, { "app" = "scanner-migrator" })
+}

@@ -1,0 +1,103 @@
+# The functions reach two things: PostgreSQL on db_port, and the AWS APIs (Secrets Manager, RDS) on 443
+# through interface endpoints. Nothing else, and nothing reaches them.
+
+resource "aws_security_group" "lambda" {
+  name_prefix = "${var.name_prefix}-lambda-"
+  description = "scanner-migrator functions: egress to the database and the VPC endpoints only"
+  vpc_id      = var.vpc_id
+  tags        = merge(local.tags, { Name = "${var.name_prefix}-lambda" })
+
+  # No inline rules: Terraform removes the default allow-all egress rule, and the rules below are all there is.
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_egress_rule" "lambda_to_db" {
+  security_group_id            = aws_security_group.lambda.id
+  description                  = "PostgreSQL"
+  referenced_security_group_id = var.db_security_group_id
+  ip_protocol                  = "tcp"
+  from_port                    = var.db_port
+  to_port                      = var.db_port
+  tags                         = local.tags
+}
+
+resource "aws_vpc_security_group_ingress_rule" "db_from_lambda" {
+  security_group_id            = var.db_security_group_id
+  description                  = "PostgreSQL from ${var.name_prefix} (scanner-migrator)"
+  referenced_security_group_id = aws_security_group.lambda.id
+  ip_protocol                  = "tcp"
+  from_port                    = var.db_port
+  to_port                      = var.db_port
+  tags                         = local.tags
+}
+
+resource "aws_vpc_security_group_egress_rule" "lambda_to_endpoints" {
+  count = var.create_vpc_endpoints ? 1 : 0
+
+  security_group_id            = aws_security_group.lambda.id
+  description                  = "HTTPS to the Secrets Manager and RDS API endpoints"
+  referenced_security_group_id = aws_security_group.endpoints[0].id
+  ip_protocol                  = "tcp"
+  from_port                    = 443
+  to_port                      = 443
+  tags                         = local.tags
+}
+
+# Without our own endpoints, the VPC's existing ones are somewhere in its CIDR.
+data "aws_vpc" "this" {
+  count = var.create_vpc_endpoints ? 0 : 1
+  id    = var.vpc_id
+}
+
+resource "aws_vpc_security_group_egress_rule" "lambda_to_vpc_https" {
+  count = var.create_vpc_endpoints ? 0 : 1
+
+  security_group_id = aws_security_group.lambda.id
+  description       = "HTTPS to the VPC's existing interface endpoints"
+  cidr_ipv4         = data.aws_vpc.this[0].cidr_block
+  ip_protocol       = "tcp"
+  from_port         = 443
+  to_port           = 443
+  tags              = local.tags
+}
+
+resource "aws_security_group" "endpoints" {
+  count = var.create_vpc_endpoints ? 1 : 0
+
+  name_prefix = "${var.name_prefix}-endpoints-"
+  description = "scanner-migrator VPC endpoints: HTTPS from the functions only"
+  vpc_id      = var.vpc_id
+  tags        = merge(local.tags, { Name = "${var.name_prefix}-endpoints" })
+
+  lifecycle {
+    create_before_destroy = true
+  }
+}
+
+resource "aws_vpc_security_group_ingress_rule" "endpoints_from_lambda" {
+  count = var.create_vpc_endpoints ? 1 : 0
+
+  security_group_id            = aws_security_group.endpoints[0].id
+  description                  = "HTTPS from the scanner-migrator functions"
+  referenced_security_group_id = aws_security_group.lambda.id
+  ip_protocol                  = "tcp"
+  from_port                    = 443
+  to_port                      = 443
+  tags                         = local.tags
+}
+
+# Secrets Manager: the credentials, read on every invocation. RDS API: the endpoint lookup
+# (DB_INSTANCE_IDENTIFIER / DB_CLUSTER_IDENTIFIER are always set) and the snapshots.
+resource "aws_vpc_endpoint" "this" {
+  for_each = var.create_vpc_endpoints ? toset(["secretsmanager", "rds"]) : toset([])
+
+  vpc_id              = var.vpc_id
+  service_name        = "com.amazonaws.${local.region}.${each.key}"
+  vpc_endpoint_type   = "Interface"
+  subnet_ids          = local.endpoint_subnet_ids
+  security_group_ids  = [aws_security_group.endpoints[0].id]
+  private_dns_enabled = true
+  tags                = merge(local.tags, { Name = "${var.name_prefix}-${each.key}" })
+}

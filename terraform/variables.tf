@@ -1,0 +1,321 @@
+# --- Naming -------------------------------------------------------------------
+
+variable "name_prefix" {
+  description = "Prefix of every name this module creates: the functions are <prefix>-migrate and <prefix>-refresh, their log groups /aws/lambda/<prefix>-migrate and /aws/lambda/<prefix>-refresh."
+  type        = string
+
+  validation {
+    # Lambda function and IAM role names allow 64 characters; "-scheduler" is the longest suffix added.
+    condition     = can(regex("^[a-zA-Z][a-zA-Z0-9-]{0,39}$", var.name_prefix))
+    error_message = "name_prefix must start with a letter, hold only letters, digits and hyphens, and be at most 40 characters long."
+  }
+}
+
+variable "tags" {
+  description = "Tags added to every resource this module creates."
+  type        = map(string)
+  default     = {}
+}
+
+# --- Network ------------------------------------------------------------------
+
+variable "vpc_id" {
+  description = "The VPC the database lives in; the functions run in it."
+  type        = string
+
+  validation {
+    condition     = can(regex("^vpc-[0-9a-f]+$", var.vpc_id))
+    error_message = "vpc_id must look like vpc-0123456789abcdef0."
+  }
+}
+
+variable "subnet_ids" {
+  description = "Private subnets (no route to the internet needed) for the functions' network interfaces, preferably in two or more availability zones. They must be able to reach the database."
+  type        = list(string)
+
+  validation {
+    condition     = length(var.subnet_ids) > 0 && alltrue([for s in var.subnet_ids : can(regex("^subnet-[0-9a-f]+$", s))])
+    error_message = "subnet_ids must hold at least one id like subnet-0123456789abcdef0."
+  }
+}
+
+variable "create_vpc_endpoints" {
+  description = "Create interface VPC endpoints (private DNS on) for Secrets Manager and the RDS API. Set false when the VPC already has them (a second endpoint with private DNS for the same service cannot be created); the functions may then reach 443 anywhere in the VPC's CIDR."
+  type        = bool
+  default     = true
+}
+
+variable "vpc_endpoint_subnet_ids" {
+  description = "Subnets for the interface endpoints, at most one per availability zone. Default: subnet_ids."
+  type        = list(string)
+  default     = null
+
+  validation {
+    condition     = var.vpc_endpoint_subnet_ids == null ? true : length(var.vpc_endpoint_subnet_ids) > 0 && alltrue([for s in var.vpc_endpoint_subnet_ids : can(regex("^subnet-[0-9a-f]+$", s))])
+    error_message = "vpc_endpoint_subnet_ids must hold ids like subnet-0123456789abcdef0."
+  }
+}
+
+# --- Database -----------------------------------------------------------------
+
+variable "db_instance_identifier" {
+  description = "The RDS instance to migrate: its endpoint is looked up with the RDS API and it is what snapshot_before_migrate snapshots. Set this or db_cluster_identifier, not both."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.db_instance_identifier == null ? true : can(regex("^[a-zA-Z][a-zA-Z0-9-]{0,62}$", var.db_instance_identifier))
+    error_message = "db_instance_identifier must be an RDS identifier: a letter, then letters, digits and hyphens, at most 63 characters."
+  }
+}
+
+variable "db_cluster_identifier" {
+  description = "The Aurora PostgreSQL cluster to migrate (its writer endpoint). Set this or db_instance_identifier, not both."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.db_cluster_identifier == null ? true : can(regex("^[a-zA-Z][a-zA-Z0-9-]{0,62}$", var.db_cluster_identifier))
+    error_message = "db_cluster_identifier must be an RDS identifier: a letter, then letters, digits and hyphens, at most 63 characters."
+  }
+}
+
+variable "db_security_group_id" {
+  description = "The database's security group; the module adds one ingress rule to it, from the functions' security group on db_port."
+  type        = string
+
+  validation {
+    condition     = can(regex("^sg-[0-9a-f]+$", var.db_security_group_id))
+    error_message = "db_security_group_id must look like sg-0123456789abcdef0."
+  }
+}
+
+variable "db_port" {
+  description = "The database port: the security-group rules open it and the functions connect to it (DB_PORT)."
+  type        = number
+  default     = 5432
+
+  validation {
+    condition     = var.db_port >= 1 && var.db_port <= 65535 && floor(var.db_port) == var.db_port
+    error_message = "db_port must be a port number (1-65535)."
+  }
+}
+
+variable "db_name" {
+  description = "The database to migrate (DB_NAME). Default: the name the secret or the RDS API gives, else postgres."
+  type        = string
+  default     = null
+}
+
+variable "db_secret_arn" {
+  description = "ARN of the Secrets Manager secret with the database username and password: the RDS-managed master secret (aws_db_instance.master_user_secret[0].secret_arn) or a rotation secret. Only the ARN is passed to the functions; they read the secret on every invocation."
+  type        = string
+
+  validation {
+    condition     = can(regex("^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+$", var.db_secret_arn))
+    error_message = "db_secret_arn must be a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-XXXXXX)."
+  }
+}
+
+variable "db_secret_kms_key_arn" {
+  description = "ARN of the customer-managed KMS key the secret is encrypted with, if any. The functions then get kms:Decrypt on it, through Secrets Manager only. Leave null for the AWS-managed key."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.db_secret_kms_key_arn == null ? true : can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", var.db_secret_kms_key_arn))
+    error_message = "db_secret_kms_key_arn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID), not an alias."
+  }
+}
+
+variable "db_auth" {
+  description = "How the functions authenticate to PostgreSQL: password (from the secret) or iam (an IAM auth token; needs iam_database_authentication_enabled, a user granted rds_iam, db_resource_id and db_iam_username)."
+  type        = string
+  default     = "password"
+
+  validation {
+    condition     = contains(["password", "iam"], var.db_auth)
+    error_message = "db_auth must be password or iam."
+  }
+}
+
+variable "db_resource_id" {
+  description = "With db_auth = iam: the instance's DbiResourceId (aws_db_instance.resource_id, db-...) or the cluster's resource id (aws_rds_cluster.cluster_resource_id, cluster-...), for the rds-db:connect permission."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.db_resource_id == null ? true : can(regex("^(db|cluster)-[A-Z0-9]+$", var.db_resource_id))
+    error_message = "db_resource_id must look like db-ABCDEFGHIJKL0123456789 or cluster-ABCDEFGHIJKL0123456789."
+  }
+}
+
+variable "db_iam_username" {
+  description = "With db_auth = iam: the database user the secret names, granted rds_iam; rds-db:connect is allowed for this user only."
+  type        = string
+  default     = null
+}
+
+# --- The functions ------------------------------------------------------------
+
+variable "lambda_zip_path" {
+  description = "Path of the zip `make build` writes (target/lambda/scanner-migrator/bootstrap.zip in the repository), holding bootstrap and rds-ca-bundle.pem. Both functions are made from it."
+  type        = string
+
+  validation {
+    condition     = endswith(var.lambda_zip_path, ".zip")
+    error_message = "lambda_zip_path must name the .zip file `make build` writes."
+  }
+}
+
+variable "migrations_dir" {
+  description = "Directory of the migration files: a change to any of them re-invokes migrate on the next apply. Default: the migrations/ directory beside this module."
+  type        = string
+  default     = null
+}
+
+variable "migrate_memory_mb" {
+  description = "Memory of the migrate function, in MB (CPU grows with it)."
+  type        = number
+  default     = 256
+
+  validation {
+    condition     = var.migrate_memory_mb >= 128 && var.migrate_memory_mb <= 10240
+    error_message = "migrate_memory_mb must be between 128 and 10240."
+  }
+}
+
+variable "migrate_timeout_s" {
+  description = "Timeout of the migrate function, in seconds. statement_timeout is derived from it, so PostgreSQL cancels a statement before Lambda stops the process."
+  type        = number
+  default     = 900
+
+  validation {
+    condition     = var.migrate_timeout_s >= 30 && var.migrate_timeout_s <= 900
+    error_message = "migrate_timeout_s must be between 30 and 900 (the Lambda maximum)."
+  }
+}
+
+variable "refresh_memory_mb" {
+  description = "Memory of the refresh function, in MB."
+  type        = number
+  default     = 128
+
+  validation {
+    condition     = var.refresh_memory_mb >= 128 && var.refresh_memory_mb <= 10240
+    error_message = "refresh_memory_mb must be between 128 and 10240."
+  }
+}
+
+variable "refresh_timeout_s" {
+  description = "Timeout of the refresh function, in seconds."
+  type        = number
+  default     = 120
+
+  validation {
+    condition     = var.refresh_timeout_s >= 10 && var.refresh_timeout_s <= 900
+    error_message = "refresh_timeout_s must be between 10 and 900."
+  }
+}
+
+variable "reserved_concurrency" {
+  description = "Reserved concurrency of each function (1 is enough: migrations serialise on a lock anyway). Null reserves nothing, for accounts whose unreserved pool cannot spare it."
+  type        = number
+  default     = null
+
+  validation {
+    condition     = var.reserved_concurrency == null ? true : var.reserved_concurrency >= 1 && floor(var.reserved_concurrency) == var.reserved_concurrency
+    error_message = "reserved_concurrency must be null or at least 1 (0 would stop the functions)."
+  }
+}
+
+variable "snapshot_before_migrate" {
+  description = "Take an RDS snapshot (scanner-migrator-before-<migration>-<time>) before applying pending migrations, and wait for it. Grants the migrate function CreateDBSnapshot on this database only."
+  type        = bool
+  default     = false
+}
+
+variable "log_retention_days" {
+  description = "Retention of the functions' log groups, in days (0: never expire)."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = contains([0, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be one CloudWatch Logs accepts: 0, 1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288 or 3653."
+  }
+}
+
+variable "log_kms_key_arn" {
+  description = "KMS key ARN to encrypt the log groups with (its key policy must allow logs.<region>.amazonaws.com). Null: CloudWatch Logs' own encryption."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.log_kms_key_arn == null ? true : can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", var.log_kms_key_arn))
+    error_message = "log_kms_key_arn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)."
+  }
+}
+
+# --- The refresh schedule -----------------------------------------------------
+
+variable "refresh_schedule_expression" {
+  description = "When EventBridge Scheduler refreshes job_progress: rate(...), cron(...) or at(...), in UTC."
+  type        = string
+  default     = "rate(5 minutes)"
+
+  validation {
+    condition     = can(regex("^(rate|cron|at)\\(.+\\)$", var.refresh_schedule_expression))
+    error_message = "refresh_schedule_expression must be rate(...), cron(...) or at(...)."
+  }
+}
+
+variable "refresh_min_interval_s" {
+  description = "The refresh skips when job_progress is younger than this many seconds (REFRESH_MIN_INTERVAL_S), so duplicate deliveries cost nothing."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.refresh_min_interval_s >= 0
+    error_message = "refresh_min_interval_s must not be negative."
+  }
+}
+
+variable "refresh_retry_attempts" {
+  description = "How often the scheduler retries delivering one refresh (throttling, the function unavailable) before sending it to the dead-letter queue."
+  type        = number
+  default     = 2
+
+  validation {
+    condition     = var.refresh_retry_attempts >= 0 && var.refresh_retry_attempts <= 185
+    error_message = "refresh_retry_attempts must be between 0 and 185."
+  }
+}
+
+variable "refresh_max_event_age_s" {
+  description = "How long one refresh may wait for delivery before it is dropped (to the dead-letter queue); past that the next scheduled one is as good."
+  type        = number
+  default     = 240
+
+  validation {
+    condition     = var.refresh_max_event_age_s >= 60 && var.refresh_max_event_age_s <= 21600
+    error_message = "refresh_max_event_age_s must be between 60 and 21600 (the smaller of the Scheduler and Lambda limits)."
+  }
+}
+
+variable "refresh_enabled" {
+  description = "Whether the refresh schedule runs. Turn it off while investigating the database without removing the schedule."
+  type        = bool
+  default     = true
+}
+
+variable "dlq_kms_key_arn" {
+  description = "KMS key ARN for the refresh dead-letter queue. Null: SQS-managed encryption (SSE-SQS)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.dlq_kms_key_arn == null ? true : can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", var.dlq_kms_key_arn))
+    error_message = "dlq_kms_key_arn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)."
+  }
+}

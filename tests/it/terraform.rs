@@ -1,0 +1,495 @@
+//! The Terraform module checked against the binary it deploys, offline: `terraform validate` needs the
+//! AWS provider, which cannot be downloaded here, so these tests parse the HCL and hold it to what the
+//! code reads, dispatches on, accepts and calls.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    path::{Path, PathBuf},
+};
+
+use hcl::{
+    Block, Body, Expression, ObjectKey, TemplateExpr, TraversalOperator,
+    eval::{Context, Evaluate},
+};
+use scanner_migrator::{
+    config::{ENV_VARS, Settings},
+    credentials::AWS_ACTIONS,
+    handlers::{HANDLER_NAMES, MigrateRequest, parse_migrate_event, parse_refresh_event},
+    runner::Command,
+};
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Every `*.tf` file of one directory (a module), parsed.
+struct Module {
+    dir: PathBuf,
+    files: Vec<(String, Body)>,
+}
+
+impl Module {
+    fn load(dir: &Path) -> Module {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "tf") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                let body = hcl::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                files.push((path.file_name().unwrap().to_string_lossy().into_owned(), body));
+            }
+        }
+        assert!(!files.is_empty(), "no .tf files in {}", dir.display());
+        Module { dir: dir.to_path_buf(), files }
+    }
+
+    /// The blocks `kind "labels[0]" "labels[1]"`, in any file.
+    fn blocks(&self, kind: &str, labels: &[&str]) -> Vec<&Block> {
+        self.files
+            .iter()
+            .flat_map(|(_, body)| body.blocks())
+            .filter(|b| b.identifier() == kind)
+            .filter(|b| labels.iter().zip(b.labels()).all(|(want, got)| *want == got.as_str()))
+            .filter(|b| b.labels().len() >= labels.len())
+            .collect()
+    }
+
+    fn block(&self, kind: &str, labels: &[&str]) -> &Block {
+        match self.blocks(kind, labels).as_slice() {
+            [one] => one,
+            other => panic!("expected one `{kind} {labels:?}` in {}, found {}", self.dir.display(), other.len()),
+        }
+    }
+
+    fn local(&self, name: &str) -> &Expression {
+        self.blocks("locals", &[])
+            .into_iter()
+            .find_map(|b| attr(b.body(), name))
+            .unwrap_or_else(|| panic!("no local.{name}"))
+    }
+
+    /// A variable's default (null when it has none).
+    fn default(&self, name: &str) -> &Expression {
+        static NULL: Expression = Expression::Null;
+        attr(self.block("variable", &[name]).body(), "default").unwrap_or(&NULL)
+    }
+}
+
+fn attr<'a>(body: &'a Body, key: &str) -> Option<&'a Expression> {
+    body.attributes().find(|a| a.key() == key).map(|a| a.expr())
+}
+
+fn nested<'a>(body: &'a Body, kind: &str) -> &'a Body {
+    body.blocks().find(|b| b.identifier() == kind).unwrap_or_else(|| panic!("no `{kind}` block")).body()
+}
+
+fn string(expr: &Expression) -> String {
+    match expr {
+        Expression::String(s) => s.clone(),
+        Expression::TemplateExpr(t) => match t.as_ref() {
+            TemplateExpr::QuotedString(s) => s.clone(),
+            TemplateExpr::Heredoc(h) => h.template.clone(),
+        },
+        other => panic!("expected a string, found {other:?}"),
+    }
+}
+
+fn key(k: &ObjectKey) -> String {
+    match k {
+        ObjectKey::Identifier(id) => id.to_string(),
+        ObjectKey::Expression(e) => string(e),
+        other => panic!("unexpected object key {other:?}"),
+    }
+}
+
+fn text(expr: &Expression) -> String {
+    hcl::format::to_string(expr).unwrap()
+}
+
+/// `a.b.c` for a traversal of plain attribute accesses.
+fn path(expr: &Expression) -> Option<String> {
+    let Expression::Traversal(t) = expr else { return None };
+    let Expression::Variable(root) = &t.expr else { return None };
+    let mut out = root.to_string();
+    for op in &t.operators {
+        match op {
+            TraversalOperator::GetAttr(name) => out += &format!(".{name}"),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The argument of `jsonencode(...)`, evaluated (it must be a literal) into JSON.
+fn jsonencoded(expr: &Expression) -> Value {
+    let Expression::FuncCall(call) = expr else { panic!("expected jsonencode(...), found {}", text(expr)) };
+    assert_eq!(call.name.name.as_str(), "jsonencode");
+    let value = call.args[0].evaluate(&Context::new()).unwrap_or_else(|e| panic!("{}: {e}", text(expr)));
+    serde_json::to_value(value).unwrap()
+}
+
+/// The environment keys an expression sets (through merge(), locals and conditionals). With
+/// `always`, only the keys set on every branch of every conditional.
+fn env_keys(module: &Module, expr: &Expression, always: bool) -> BTreeSet<String> {
+    match expr {
+        Expression::Object(obj) => obj.keys().map(key).collect(),
+        Expression::FuncCall(call) if call.name.name.as_str() == "merge" => {
+            call.args.iter().flat_map(|a| env_keys(module, a, always)).collect()
+        }
+        Expression::Conditional(c) => {
+            let (t, f) = (env_keys(module, &c.true_expr, always), env_keys(module, &c.false_expr, always));
+            if always { t.intersection(&f).cloned().collect() } else { t.union(&f).cloned().collect() }
+        }
+        Expression::Parenthesis(inner) => env_keys(module, inner, always),
+        other => match path(other).as_deref().and_then(|p| p.strip_prefix("local.")) {
+            Some(local) => env_keys(module, module.local(local), always),
+            None => panic!("cannot follow the environment expression {}", text(other)),
+        },
+    }
+}
+
+/// The values of the keys set unconditionally, where they are literals, variables with defaults, or
+/// `tostring()` of those (`sample` stands in for required variables).
+fn env_values(module: &Module, expr: &Expression, sample: &BTreeMap<&str, &str>) -> BTreeMap<String, String> {
+    fn value(module: &Module, e: &Expression, sample: &BTreeMap<&str, &str>) -> Option<String> {
+        match e {
+            Expression::String(s) => Some(s.clone()),
+            Expression::Number(n) => Some(n.to_string()),
+            Expression::Bool(b) => Some(b.to_string()),
+            Expression::TemplateExpr(_) => Some(string(e)).filter(|s| !s.contains("${")),
+            Expression::FuncCall(call) if call.name.name.as_str() == "tostring" => value(module, &call.args[0], sample),
+            other => {
+                let var = path(other)?.strip_prefix("var.")?.to_string();
+                match sample.get(var.as_str()) {
+                    Some(s) => Some(s.to_string()),
+                    None => value(module, module.default(&var), sample),
+                }
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    match expr {
+        Expression::Object(obj) => {
+            for (k, v) in obj {
+                if let Some(v) = value(module, v, sample) {
+                    out.insert(key(k), v);
+                }
+            }
+        }
+        Expression::FuncCall(call) if call.name.name.as_str() == "merge" => {
+            for a in &call.args {
+                out.extend(env_values(module, a, sample));
+            }
+        }
+        other => {
+            if let Some(local) = path(other).as_deref().and_then(|p| p.strip_prefix("local.")) {
+                out.extend(env_values(module, module.local(local), sample));
+            }
+        }
+    }
+    out
+}
+
+/// Every string in `actions = [...]` of a policy document's statements (static and dynamic), through
+/// conditionals (both branches), and of the documents it sources.
+fn policy_actions(module: &Module, document: &str) -> BTreeSet<String> {
+    fn strings(e: &Expression, out: &mut BTreeSet<String>) {
+        match e {
+            Expression::Array(items) => items.iter().for_each(|i| strings(i, out)),
+            Expression::Conditional(c) => {
+                strings(&c.true_expr, out);
+                strings(&c.false_expr, out);
+            }
+            Expression::Parenthesis(inner) => strings(inner, out),
+            other => {
+                out.insert(string(other));
+            }
+        }
+    }
+    fn statements(body: &Body, out: &mut BTreeSet<String>) {
+        for block in body.blocks() {
+            match block.identifier() {
+                "statement" | "content" => {
+                    if let Some(actions) = attr(block.body(), "actions") {
+                        strings(actions, out);
+                    }
+                }
+                "dynamic" => statements(block.body(), out),
+                _ => {}
+            }
+        }
+    }
+    let doc = module.block("data", &["aws_iam_policy_document", document]);
+    let mut out = BTreeSet::new();
+    statements(doc.body(), &mut out);
+    if let Some(Expression::Array(sources)) = attr(doc.body(), "source_policy_documents") {
+        for source in sources {
+            let p = path(source).unwrap_or_else(|| panic!("source document {}", text(source)));
+            let name = p.strip_prefix("data.aws_iam_policy_document.").and_then(|n| n.strip_suffix(".json")).unwrap();
+            out.extend(policy_actions(module, name));
+        }
+    }
+    out
+}
+
+fn module() -> Module {
+    Module::load(&repo().join("terraform"))
+}
+
+fn functions(module: &Module) -> Vec<&Block> {
+    let functions = module.blocks("resource", &["aws_lambda_function"]);
+    assert_eq!(functions.len(), 2, "one function per handler");
+    functions
+}
+
+#[test]
+fn handler_names_are_the_ones_the_binary_dispatches_on() {
+    let module = module();
+    let handlers: BTreeSet<String> =
+        functions(&module).iter().map(|f| string(attr(f.body(), "handler").unwrap())).collect();
+    assert_eq!(handlers, HANDLER_NAMES.iter().map(|h| h.to_string()).collect());
+    for f in functions(&module) {
+        let body = f.body();
+        assert_eq!(string(attr(body, "runtime").unwrap()), "provided.al2023");
+        assert_eq!(text(attr(body, "architectures").unwrap()), text(&hcl::expression!(["arm64"])));
+        assert_eq!(path(attr(body, "filename").unwrap()).as_deref(), Some("var.lambda_zip_path"));
+        assert_eq!(string(attr(nested(body, "tracing_config"), "mode").unwrap()), "Active");
+    }
+}
+
+#[test]
+fn environment_holds_only_variables_the_binary_reads_and_every_required_one() {
+    let module = module();
+    let known: BTreeSet<&str> = ENV_VARS.iter().map(|v| v.name).collect();
+    let required: BTreeSet<String> =
+        ENV_VARS.iter().filter(|v| v.required_in_lambda).map(|v| v.name.to_string()).collect();
+    // Sample values for the module's required inputs.
+    let sample = BTreeMap::from([
+        ("db_secret_arn", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:scanner-db-AbCdEf"),
+        ("db_instance_identifier", "scanner"),
+    ]);
+    let ca_bundle = tempfile::NamedTempFile::new().unwrap();
+    for f in functions(&module) {
+        let name = f.labels()[1].as_str();
+        let variables = attr(nested(f.body(), "environment"), "variables");
+        let variables = variables.unwrap_or_else(|| panic!("{name}: no environment variables"));
+        let keys = env_keys(&module, variables, false);
+        let unknown: Vec<_> = keys.iter().filter(|k| !known.contains(k.as_str())).collect();
+        assert!(unknown.is_empty(), "{name} sets variables the binary never reads: {unknown:?}");
+        let always = env_keys(&module, variables, true);
+        let missing: Vec<_> = required.difference(&always).collect();
+        assert!(missing.is_empty(), "{name} does not always set required variables {missing:?}");
+        for secretish in ["DATABASE_URL", "PASSWORD", "DB_PASSWORD"] {
+            assert!(!keys.contains(secretish), "{name} puts {secretish} in the environment");
+        }
+        // The values Terraform sets by default are ones the binary accepts.
+        let mut values = env_values(&module, variables, &sample);
+        assert!(values.contains_key("DB_SSLMODE") && values.contains_key("DB_PORT"), "{name}: {values:?}");
+        // /var/task/rds-ca-bundle.pem exists in Lambda (ca_bundle_path_is_where_make_build_puts_it); here, a
+        // stand-in file at another path.
+        assert!(values.contains_key("DB_CA_BUNDLE"), "{name}: verify-full needs DB_CA_BUNDLE");
+        values.insert("DB_CA_BUNDLE".into(), ca_bundle.path().to_string_lossy().into_owned());
+        Settings::from_lookup(|k| values.get(k).cloned())
+            .unwrap_or_else(|e| panic!("{name}: the binary refuses the environment {values:?}: {e}"));
+    }
+}
+
+#[test]
+fn ca_bundle_path_is_where_make_build_puts_it() {
+    let module = module();
+    let env = env_values(&module, module.local("common_environment"), &BTreeMap::new());
+    let makefile = std::fs::read_to_string(repo().join("Makefile")).unwrap();
+    assert_eq!(env["DB_CA_BUNDLE"], "/var/task/rds-ca-bundle.pem", "Lambda unpacks the zip into /var/task");
+    assert!(
+        makefile.contains(r#""rds-ca-bundle.pem""#),
+        "make build no longer adds rds-ca-bundle.pem at the zip's root"
+    );
+}
+
+#[test]
+fn migrate_invocation_input_is_accepted_in_every_lifecycle_action() {
+    let module = module();
+    let invocation = module.block("resource", &["aws_lambda_invocation", "migrate"]).body();
+    assert_eq!(string(attr(invocation, "lifecycle_scope").unwrap()), "CRUD");
+    let key = string(attr(invocation, "terraform_key").unwrap());
+    assert_eq!(
+        path(attr(invocation, "function_name").unwrap()).as_deref(),
+        Some("aws_lambda_function.migrate.function_name")
+    );
+    let input = jsonencoded(attr(invocation, "input").unwrap());
+    // What the provider sends: the input plus {key: {action, prev_input}}.
+    for (action, expected) in [
+        ("create", MigrateRequest::Run(Command::Migrate { target: None })),
+        ("update", MigrateRequest::Run(Command::Migrate { target: None })),
+        ("delete", MigrateRequest::TerraformDelete),
+    ] {
+        let mut event = input.clone();
+        let prev = if action == "create" { Value::Null } else { input.clone() };
+        event[key.as_str()] = json!({"action": action, "prev_input": prev});
+        let parsed = parse_migrate_event(&event).unwrap_or_else(|e| panic!("{action}: {event} refused: {e}"));
+        assert_eq!(parsed, expected, "{action}");
+    }
+    // Re-run when the code or the migrations change.
+    let triggers = text(attr(invocation, "triggers").unwrap());
+    assert!(triggers.contains("local.code_hash") && triggers.contains("local.migrations_hash"), "{triggers}");
+    let hash = text(module.local("migrations_hash"));
+    assert!(hash.contains("fileset") && hash.contains("*.sql") && hash.contains("filesha256"), "{hash}");
+    // ... only once the database and the endpoints can be reached.
+    let depends = text(attr(invocation, "depends_on").unwrap());
+    for needed in ["db_from_lambda", "lambda_to_db", "lambda_to_endpoints", "aws_vpc_endpoint.this"] {
+        assert!(depends.contains(needed), "the invocation does not wait for {needed}: {depends}");
+    }
+    // The postcondition accepts exactly the statuses a finished migrate reports.
+    let lifecycle = nested(invocation, "lifecycle");
+    let condition = text(attr(nested(lifecycle, "postcondition"), "condition").unwrap());
+    for status in ["\"applied\"", "\"up_to_date\"", "\"noop\""] {
+        assert!(condition.contains(status), "postcondition {condition} misses {status}");
+    }
+    assert!(!condition.contains("planned") && !condition.contains("rolled_back"), "{condition}");
+}
+
+#[test]
+fn schedule_input_is_accepted_by_the_refresh_handler_and_targets_it() {
+    let module = module();
+    let schedule = module.block("resource", &["aws_scheduler_schedule", "refresh"]).body();
+    let target = nested(schedule, "target");
+    assert_eq!(path(attr(target, "arn").unwrap()).as_deref(), Some("aws_lambda_function.refresh.arn"));
+    let input = jsonencoded(attr(target, "input").unwrap());
+    // The scheduler substitutes its context attributes before invoking.
+    let delivered = json!({
+        "scheduled_time": "2026-11-25T07:05:00Z",
+        "execution_id": "d2c6a1b8-0000-4000-8000-000000000000",
+        "attempt_number": "1",
+    });
+    assert_eq!(
+        input.as_object().unwrap().keys().collect::<Vec<_>>(),
+        delivered.as_object().unwrap().keys().collect::<Vec<_>>()
+    );
+    for v in input.as_object().unwrap().values() {
+        assert!(v.as_str().unwrap().starts_with("<aws.scheduler."), "{v} is not a scheduler context attribute");
+    }
+    let request = parse_refresh_event(&delivered).unwrap();
+    assert_eq!(request.scheduled_time.as_deref(), Some("2026-11-25T07:05:00Z"));
+    parse_refresh_event(&input).expect("the raw template is accepted too");
+    // The scheduler retries delivery, then dead-letters; Lambda does not retry on top.
+    assert!(target.blocks().any(|b| b.identifier() == "retry_policy"));
+    assert!(target.blocks().any(|b| b.identifier() == "dead_letter_config"));
+    let invoke_config = module.block("resource", &["aws_lambda_function_event_invoke_config", "refresh"]).body();
+    assert_eq!(text(attr(invoke_config, "maximum_retry_attempts").unwrap()), "0");
+}
+
+#[test]
+fn zip_path_is_what_make_build_writes() {
+    let makefile = std::fs::read_to_string(repo().join("Makefile")).unwrap();
+    let built = makefile
+        .lines()
+        .find_map(|l| l.strip_prefix("LAMBDA_ZIP").map(|r| r.trim_start().trim_start_matches(":=").trim()))
+        .expect("LAMBDA_ZIP in the Makefile");
+    let built = repo().join(built);
+    let example_dir = repo().join("terraform/examples/complete");
+    let example = Module::load(&example_dir);
+    let Expression::FuncCall(coalesce) = example.local("lambda_zip_path") else { panic!("coalesce(var, DEFAULT)") };
+    let default = string(&coalesce.args[1]);
+    let relative = default.strip_prefix("${path.root}/").expect("a default relative to the example");
+    let tfvars = std::fs::read_to_string(example_dir.join("terraform.tfvars.example")).unwrap();
+    let tfvars = hcl::parse(&tfvars).unwrap();
+    let in_tfvars = string(attr(&tfvars, "lambda_zip_path").unwrap());
+    for (what, p) in [("the example's default", relative.to_string()), ("terraform.tfvars.example", in_tfvars)] {
+        assert_eq!(normalize(&example_dir.join(&p)), normalize(&built), "{what}: {p}");
+    }
+}
+
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                out.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// What Lambda itself needs besides what the code calls: network interfaces in the VPC, X-Ray, its log
+/// group; the scheduler's invoke and dead-letter; kms:Decrypt for a secret under a customer key, which
+/// GetSecretValue performs on the function's behalf.
+const PLATFORM_ACTIONS: &[&str] = &[
+    "ec2:DescribeNetworkInterfaces",
+    "ec2:DescribeSubnets",
+    "ec2:CreateNetworkInterface",
+    "ec2:DeleteNetworkInterface",
+    "ec2:AssignPrivateIpAddresses",
+    "ec2:UnassignPrivateIpAddresses",
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "logs:CreateLogStream",
+    "logs:PutLogEvents",
+    "kms:Decrypt",
+];
+
+#[test]
+fn iam_allows_exactly_the_calls_the_code_makes() {
+    let module = module();
+    let code: BTreeSet<String> = AWS_ACTIONS.iter().map(|a| a.to_string()).collect();
+    let platform: BTreeSet<String> = PLATFORM_ACTIONS.iter().map(|a| a.to_string()).collect();
+    let migrate = policy_actions(&module, "migrate");
+    let refresh = policy_actions(&module, "refresh");
+    let granted: BTreeSet<String> = migrate.union(&refresh).cloned().collect();
+    let missing: Vec<_> = code.difference(&granted).collect();
+    assert!(missing.is_empty(), "the code calls {missing:?}, which no function may");
+    let extra: Vec<_> = granted.difference(&code).filter(|a| !platform.contains(*a)).collect();
+    assert!(extra.is_empty(), "granted but never called: {extra:?}");
+    assert!(granted.iter().all(|a| !a.contains('*')), "wildcard action in {granted:?}");
+    // Only migrate snapshots; refresh reads the secret and looks the endpoint up, nothing more.
+    for snapshot in ["rds:CreateDBSnapshot", "rds:CreateDBClusterSnapshot", "rds:AddTagsToResource"] {
+        assert!(migrate.contains(snapshot) && !refresh.contains(snapshot), "{snapshot}");
+    }
+    // The scheduler may invoke the refresh function and nothing else.
+    let scheduler = module.block("data", &["aws_iam_policy_document", "scheduler"]).body();
+    let invoke = scheduler
+        .blocks()
+        .find(|s| attr(s.body(), "actions").map(text).is_some_and(|a| a.contains("lambda:InvokeFunction")))
+        .expect("scheduler invoke statement");
+    let Some(Expression::Array(resources)) = attr(invoke.body(), "resources") else { panic!("resources") };
+    let resources: Vec<_> = resources.iter().map(path).collect();
+    assert_eq!(resources, [Some("aws_lambda_function.refresh.arn".to_string())]);
+    assert_eq!(
+        policy_actions(&module, "scheduler"),
+        ["lambda:InvokeFunction", "sqs:SendMessage"].map(String::from).into()
+    );
+}
+
+#[test]
+fn nothing_is_reachable_from_outside() {
+    let module = module();
+    // The functions' security group has no ingress rule at all; the endpoints admit the functions only.
+    for rule in module.blocks("resource", &["aws_vpc_security_group_ingress_rule"]) {
+        let body = rule.body();
+        assert!(attr(body, "cidr_ipv4").is_none() && attr(body, "cidr_ipv6").is_none(), "{:?}", rule.labels());
+        assert_eq!(
+            path(attr(body, "referenced_security_group_id").unwrap()).as_deref(),
+            Some("aws_security_group.lambda.id"),
+            "{:?}",
+            rule.labels()
+        );
+    }
+    for endpoint in module.blocks("resource", &["aws_vpc_endpoint"]) {
+        assert_eq!(text(attr(endpoint.body(), "private_dns_enabled").unwrap()), "true");
+    }
+    let example = Module::load(&repo().join("terraform/examples/complete"));
+    let db = example.block("resource", &["aws_db_instance", "this"]).body();
+    assert_eq!(text(attr(db, "publicly_accessible").unwrap()), "false");
+    assert_eq!(text(attr(db, "storage_encrypted").unwrap()), "true");
+    assert_eq!(text(attr(db, "manage_master_user_password").unwrap()), "true");
+    let params = example.block("resource", &["aws_db_parameter_group", "this"]).body();
+    assert!(
+        params.blocks().any(|p| attr(p.body(), "name").map(string).as_deref() == Some("rds.force_ssl")
+            && attr(p.body(), "value").map(string).as_deref() == Some("1")),
+        "rds.force_ssl=1"
+    );
+    assert!(example.blocks("resource", &["aws_internet_gateway"]).is_empty(), "the example VPC is private");
+}
