@@ -71,11 +71,12 @@ deploy: build ## terraform apply in TF_DIR (default: the complete example); migr
 	terraform -chdir=$(TF_DIR) apply -input=false
 
 invoke: ## run a command in the deployed function: make invoke CMD=status|plan|verify|migrate|rollback [TARGET=N]
+	@# AWS_MAX_ATTEMPTS=1: a client-side retry of a synchronous invoke would run the command twice.
 	@payload='{"command":"$(CMD)"$(if $(TARGET),$(comma)"target":$(TARGET))}'; \
 	out=$$(mktemp); \
-	meta=$$(aws lambda invoke --function-name $(FUNCTION) --cli-binary-format raw-in-base64-out \
+	meta=$$(AWS_MAX_ATTEMPTS=1 aws lambda invoke --function-name $(FUNCTION) --cli-binary-format raw-in-base64-out \
 	  --cli-read-timeout 900 --cli-connect-timeout 10 --payload "$$payload" $$out) || exit 1; \
-	echo "$$meta"; cat $$out; echo; \
+	echo "$$meta"; cat $$out; echo; rm -f $$out; \
 	if grep -q FunctionError <<<"$$meta"; then exit 1; fi
 
 logs: ## follow the function's logs: make logs FUNCTION=scanner-migrator-refresh
