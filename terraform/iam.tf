@@ -16,10 +16,17 @@ data "aws_iam_policy_document" "lambda_assume" {
 
 # What both functions need to open a connection.
 data "aws_iam_policy_document" "db_access" {
+  lifecycle {
+    precondition {
+      condition     = local.db_secret_arn != null
+      error_message = "No database secret: set db_secret_arn, or let the database manage its master password (manage_master_user_password) so the module can look it up."
+    }
+  }
+
   statement {
     sid       = "ReadDatabaseSecret"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [var.db_secret_arn]
+    resources = [local.db_secret_arn]
   }
 
   dynamic "statement" {

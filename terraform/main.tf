@@ -6,6 +6,37 @@ data "aws_partition" "current" {}
 data "aws_region" "current" {}
 data "aws_caller_identity" "current" {}
 
+# Values not given are looked up from the database itself.
+locals {
+  lookup_instance = (var.db_secret_arn == null || var.db_security_group_id == null) && var.db_instance_identifier != null
+  lookup_cluster  = (var.db_secret_arn == null || var.db_security_group_id == null) && var.db_cluster_identifier != null
+}
+
+data "aws_db_instance" "this" {
+  count                  = local.lookup_instance ? 1 : 0
+  db_instance_identifier = var.db_instance_identifier
+}
+
+data "aws_rds_cluster" "this" {
+  count              = local.lookup_cluster ? 1 : 0
+  cluster_identifier = var.db_cluster_identifier
+}
+
+locals {
+  looked_up_secret_arn = try(
+    one(data.aws_db_instance.this[0].master_user_secret).secret_arn,
+    one(data.aws_rds_cluster.this[0].master_user_secret).secret_arn,
+    null,
+  )
+  looked_up_security_groups = try(
+    tolist(data.aws_db_instance.this[0].vpc_security_groups),
+    tolist(data.aws_rds_cluster.this[0].vpc_security_group_ids),
+    [],
+  )
+  db_secret_arn        = var.db_secret_arn != null ? var.db_secret_arn : local.looked_up_secret_arn
+  db_security_group_id = var.db_security_group_id != null ? var.db_security_group_id : length(local.looked_up_security_groups) == 1 ? local.looked_up_security_groups[0] : null
+}
+
 locals {
   partition  = data.aws_partition.current.partition
   region     = data.aws_region.current.region
@@ -31,7 +62,7 @@ locals {
   # tests/terraform.rs checks it) and nothing secret: the credentials stay in Secrets Manager.
   common_environment = merge(
     {
-      DB_SECRET_ARN = var.db_secret_arn
+      DB_SECRET_ARN = local.db_secret_arn
       DB_PORT       = tostring(var.db_port)
       DB_AUTH       = var.db_auth
       DB_SSLMODE    = "verify-full"

@@ -16,21 +16,35 @@ resource "aws_security_group" "lambda" {
 resource "aws_vpc_security_group_egress_rule" "lambda_to_db" {
   security_group_id            = aws_security_group.lambda.id
   description                  = "PostgreSQL"
-  referenced_security_group_id = var.db_security_group_id
+  referenced_security_group_id = local.db_security_group_id
   ip_protocol                  = "tcp"
   from_port                    = var.db_port
   to_port                      = var.db_port
   tags                         = local.tags
+
+  lifecycle {
+    precondition {
+      condition     = local.db_security_group_id != null
+      error_message = "Set db_security_group_id: the database does not have exactly one security group to look it up from (it has ${length(local.looked_up_security_groups)})."
+    }
+  }
 }
 
 resource "aws_vpc_security_group_ingress_rule" "db_from_lambda" {
-  security_group_id            = var.db_security_group_id
+  security_group_id            = local.db_security_group_id
   description                  = "PostgreSQL from ${var.name_prefix} (scanner-migrator)"
   referenced_security_group_id = aws_security_group.lambda.id
   ip_protocol                  = "tcp"
   from_port                    = var.db_port
   to_port                      = var.db_port
   tags                         = local.tags
+
+  lifecycle {
+    precondition {
+      condition     = local.db_security_group_id != null
+      error_message = "Set db_security_group_id: the database does not have exactly one security group to look it up from (it has ${length(local.looked_up_security_groups)})."
+    }
+  }
 }
 
 resource "aws_vpc_security_group_egress_rule" "lambda_to_endpoints" {

@@ -81,11 +81,12 @@ variable "db_cluster_identifier" {
 }
 
 variable "db_security_group_id" {
-  description = "The database's security group; the module adds one ingress rule to it, from the functions' security group on db_port."
+  description = "The database's security group; the module adds one ingress rule to it, from the functions' security group on db_port. Null: looked up from the database, which must then have exactly one."
   type        = string
+  default     = null
 
   validation {
-    condition     = can(regex("^sg-[0-9a-f]+$", var.db_security_group_id))
+    condition     = var.db_security_group_id == null ? true : can(regex("^sg-[0-9a-f]+$", var.db_security_group_id))
     error_message = "db_security_group_id must look like sg-0123456789abcdef0."
   }
 }
@@ -108,11 +109,12 @@ variable "db_name" {
 }
 
 variable "db_secret_arn" {
-  description = "ARN of the Secrets Manager secret with the database username and password: the RDS-managed master secret (aws_db_instance.master_user_secret[0].secret_arn) or a rotation secret. Only the ARN is passed to the functions; they read the secret on every invocation."
+  description = "ARN of the Secrets Manager secret with the database username and password: the RDS-managed master secret (aws_db_instance.master_user_secret[0].secret_arn) or a rotation secret. Null: the database's RDS-managed master secret, looked up. Only the ARN is passed to the functions; they read the secret on every invocation."
   type        = string
+  default     = null
 
   validation {
-    condition     = can(regex("^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+$", var.db_secret_arn))
+    condition     = var.db_secret_arn == null ? true : can(regex("^arn:aws[a-z-]*:secretsmanager:[a-z0-9-]+:[0-9]{12}:secret:.+$", var.db_secret_arn))
     error_message = "db_secret_arn must be a Secrets Manager secret ARN (arn:aws:secretsmanager:REGION:ACCOUNT:secret:NAME-XXXXXX)."
   }
 }

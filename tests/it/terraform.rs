@@ -150,7 +150,7 @@ fn env_keys(module: &Module, expr: &Expression, always: bool) -> BTreeSet<String
 }
 
 /// The values of the keys set unconditionally, where they are literals, variables with defaults, or
-/// `tostring()` of those (`sample` stands in for required variables).
+/// `tostring()` of those (`sample` stands in for required variables and looked-up locals, by path).
 fn env_values(module: &Module, expr: &Expression, sample: &BTreeMap<&str, &str>) -> BTreeMap<String, String> {
     fn value(module: &Module, e: &Expression, sample: &BTreeMap<&str, &str>) -> Option<String> {
         match e {
@@ -160,11 +160,11 @@ fn env_values(module: &Module, expr: &Expression, sample: &BTreeMap<&str, &str>)
             Expression::TemplateExpr(_) => Some(string(e)).filter(|s| !s.contains("${")),
             Expression::FuncCall(call) if call.name.name.as_str() == "tostring" => value(module, &call.args[0], sample),
             other => {
-                let var = path(other)?.strip_prefix("var.")?.to_string();
-                match sample.get(var.as_str()) {
-                    Some(s) => Some(s.to_string()),
-                    None => value(module, module.default(&var), sample),
+                let path = path(other)?;
+                if let Some(s) = sample.get(path.as_str()) {
+                    return Some(s.to_string());
                 }
+                value(module, module.default(path.strip_prefix("var.")?), sample)
             }
         }
     }
@@ -266,8 +266,8 @@ fn environment_holds_only_variables_the_binary_reads_and_every_required_one() {
         ENV_VARS.iter().filter(|v| v.required_in_lambda).map(|v| v.name.to_string()).collect();
     // Sample values for the module's required inputs.
     let sample = BTreeMap::from([
-        ("db_secret_arn", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:scanner-db-AbCdEf"),
-        ("db_instance_identifier", "scanner"),
+        ("local.db_secret_arn", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:scanner-db-AbCdEf"),
+        ("var.db_instance_identifier", "scanner"),
     ]);
     let ca_bundle = tempfile::NamedTempFile::new().unwrap();
     for f in functions(&module) {
