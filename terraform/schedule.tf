@@ -44,6 +44,7 @@ resource "aws_scheduler_schedule" "refresh" {
     }
   }
 
-  # The role's policy must exist before the scheduler first assumes it.
-  depends_on = [aws_iam_role_policy.scheduler]
+  # The role's policy must exist before the scheduler first assumes it, and job_progress before the first
+  # refresh: on a new database, only the migration creates it.
+  depends_on = [aws_iam_role_policy.scheduler, aws_lambda_invocation.migrate]
 }

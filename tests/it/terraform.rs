@@ -375,6 +375,9 @@ fn schedule_input_is_accepted_by_the_refresh_handler_and_targets_it() {
     // The scheduler retries delivery, then dead-letters; Lambda does not retry on top.
     assert!(target.blocks().any(|b| b.identifier() == "retry_policy"));
     assert!(target.blocks().any(|b| b.identifier() == "dead_letter_config"));
+    // No refresh before the migration has created job_progress.
+    let depends = text(attr(schedule, "depends_on").unwrap());
+    assert!(depends.contains("aws_lambda_invocation.migrate"), "{depends}");
     let invoke_config = module.block("resource", &["aws_lambda_function_event_invoke_config", "refresh"]).body();
     assert_eq!(text(attr(invoke_config, "maximum_retry_attempts").unwrap()), "0");
 }
