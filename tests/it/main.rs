@@ -2,6 +2,7 @@
 
 mod engine;
 mod lambda;
+mod make;
 mod refresh;
 mod support;
 mod terraform;
