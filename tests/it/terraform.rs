@@ -129,29 +129,17 @@ fn jsonencoded(expr: &Expression) -> Value {
     serde_json::to_value(value).unwrap()
 }
 
-/// The environment keys an expression sets (through merge(), locals and conditionals). With
-/// `always`, only the keys set on every branch of every conditional.
-fn env_keys(module: &Module, expr: &Expression, always: bool) -> BTreeSet<String> {
-    match expr {
-        Expression::Object(obj) => obj.keys().map(key).collect(),
-        Expression::FuncCall(call) if call.name.name.as_str() == "merge" => {
-            call.args.iter().flat_map(|a| env_keys(module, a, always)).collect()
-        }
-        Expression::Conditional(c) => {
-            let (t, f) = (env_keys(module, &c.true_expr, always), env_keys(module, &c.false_expr, always));
-            if always { t.intersection(&f).cloned().collect() } else { t.union(&f).cloned().collect() }
-        }
-        Expression::Parenthesis(inner) => env_keys(module, inner, always),
-        other => match path(other).as_deref().and_then(|p| p.strip_prefix("local.")) {
-            Some(local) => env_keys(module, module.local(local), always),
-            None => panic!("cannot follow the environment expression {}", text(other)),
-        },
-    }
+/// One environment variable a function sets.
+struct EnvEntry {
+    /// Set on every branch of every conditional.
+    always: bool,
+    /// Its value, when set always and determined by literals, variables with defaults, or `tostring()` of
+    /// those (`sample` stands in for required variables and looked-up locals, by path).
+    value: Option<String>,
 }
 
-/// The values of the keys set unconditionally, where they are literals, variables with defaults, or
-/// `tostring()` of those (`sample` stands in for required variables and looked-up locals, by path).
-fn env_values(module: &Module, expr: &Expression, sample: &BTreeMap<&str, &str>) -> BTreeMap<String, String> {
+/// The environment an expression sets, through merge(), locals and conditionals.
+fn environment(module: &Module, expr: &Expression, sample: &BTreeMap<&str, &str>) -> BTreeMap<String, EnvEntry> {
     fn value(module: &Module, e: &Expression, sample: &BTreeMap<&str, &str>) -> Option<String> {
         match e {
             Expression::String(s) => Some(s.clone()),
@@ -168,27 +156,35 @@ fn env_values(module: &Module, expr: &Expression, sample: &BTreeMap<&str, &str>)
             }
         }
     }
-    let mut out = BTreeMap::new();
     match expr {
         Expression::Object(obj) => {
-            for (k, v) in obj {
-                if let Some(v) = value(module, v, sample) {
-                    out.insert(key(k), v);
-                }
-            }
+            obj.iter().map(|(k, v)| (key(k), EnvEntry { always: true, value: value(module, v, sample) })).collect()
         }
         Expression::FuncCall(call) if call.name.name.as_str() == "merge" => {
-            for a in &call.args {
-                out.extend(env_values(module, a, sample));
+            let mut out = BTreeMap::new();
+            for arg in &call.args {
+                for (k, entry) in environment(module, arg, sample) {
+                    // A later unconditional setting wins; a conditional one does not undo an earlier one.
+                    if entry.always || !out.contains_key(&k) {
+                        out.insert(k, entry);
+                    }
+                }
             }
+            out
         }
-        other => {
-            if let Some(local) = path(other).as_deref().and_then(|p| p.strip_prefix("local.")) {
-                out.extend(env_values(module, module.local(local), sample));
-            }
+        Expression::Conditional(c) => {
+            let (t, f) = (environment(module, &c.true_expr, sample), environment(module, &c.false_expr, sample));
+            let on_both = |k: &String| t.get(k).is_some_and(|e| e.always) && f.get(k).is_some_and(|e| e.always);
+            let keys: BTreeSet<String> = t.keys().chain(f.keys()).cloned().collect();
+            // Which branch applies depends on the inputs: no value is certain.
+            keys.into_iter().map(|k| (k.clone(), EnvEntry { always: on_both(&k), value: None })).collect()
         }
+        Expression::Parenthesis(inner) => environment(module, inner, sample),
+        other => match path(other).as_deref().and_then(|p| p.strip_prefix("local.")) {
+            Some(local) => environment(module, module.local(local), sample),
+            None => panic!("cannot follow the environment expression {}", text(other)),
+        },
     }
-    out
 }
 
 /// Every string in `actions = [...]` of a policy document's statements (static and dynamic), through
@@ -274,17 +270,17 @@ fn environment_holds_only_variables_the_binary_reads_and_every_required_one() {
         let name = f.labels()[1].as_str();
         let variables = attr(nested(f.body(), "environment"), "variables");
         let variables = variables.unwrap_or_else(|| panic!("{name}: no environment variables"));
-        let keys = env_keys(&module, variables, false);
-        let unknown: Vec<_> = keys.iter().filter(|k| !known.contains(k.as_str())).collect();
+        let env = environment(&module, variables, &sample);
+        let unknown: Vec<_> = env.keys().filter(|k| !known.contains(k.as_str())).collect();
         assert!(unknown.is_empty(), "{name} sets variables the binary never reads: {unknown:?}");
-        let always = env_keys(&module, variables, true);
+        let always: BTreeSet<String> = env.iter().filter(|(_, e)| e.always).map(|(k, _)| k.clone()).collect();
         let missing: Vec<_> = required.difference(&always).collect();
         assert!(missing.is_empty(), "{name} does not always set required variables {missing:?}");
         for secretish in ["DATABASE_URL", "PASSWORD", "DB_PASSWORD"] {
-            assert!(!keys.contains(secretish), "{name} puts {secretish} in the environment");
+            assert!(!env.contains_key(secretish), "{name} puts {secretish} in the environment");
         }
         // The values Terraform sets by default are ones the binary accepts.
-        let mut values = env_values(&module, variables, &sample);
+        let mut values: BTreeMap<String, String> = env.into_iter().filter_map(|(k, e)| Some((k, e.value?))).collect();
         assert!(values.contains_key("DB_SSLMODE") && values.contains_key("DB_PORT"), "{name}: {values:?}");
         // /var/task/rds-ca-bundle.pem exists in Lambda (ca_bundle_path_is_where_make_build_puts_it); here, a
         // stand-in file at another path.
@@ -298,9 +294,13 @@ fn environment_holds_only_variables_the_binary_reads_and_every_required_one() {
 #[test]
 fn ca_bundle_path_is_where_make_build_puts_it() {
     let module = module();
-    let env = env_values(&module, module.local("common_environment"), &BTreeMap::new());
+    let env = environment(&module, module.local("common_environment"), &BTreeMap::new());
     let makefile = std::fs::read_to_string(repo().join("Makefile")).unwrap();
-    assert_eq!(env["DB_CA_BUNDLE"], "/var/task/rds-ca-bundle.pem", "Lambda unpacks the zip into /var/task");
+    assert_eq!(
+        env["DB_CA_BUNDLE"].value.as_deref(),
+        Some("/var/task/rds-ca-bundle.pem"),
+        "Lambda unpacks the zip into /var/task"
+    );
     assert!(
         makefile.contains(r#""rds-ca-bundle.pem""#),
         "make build no longer adds rds-ca-bundle.pem at the zip's root"
