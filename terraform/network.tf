@@ -10,6 +10,12 @@ resource "aws_security_group" "lambda" {
   # No inline rules: Terraform removes the default allow-all egress rule, and the rules below are all there is.
   lifecycle {
     create_before_destroy = true
+
+    # Checked here, once: every rule to and from the database depends on this group.
+    precondition {
+      condition     = local.db_security_group_id != null
+      error_message = "Set db_security_group_id: the database does not have exactly one security group to look it up from (it has ${length(local.looked_up_security_groups)})."
+    }
   }
 }
 
@@ -21,13 +27,6 @@ resource "aws_vpc_security_group_egress_rule" "lambda_to_db" {
   from_port                    = var.db_port
   to_port                      = var.db_port
   tags                         = local.tags
-
-  lifecycle {
-    precondition {
-      condition     = local.db_security_group_id != null
-      error_message = "Set db_security_group_id: the database does not have exactly one security group to look it up from (it has ${length(local.looked_up_security_groups)})."
-    }
-  }
 }
 
 resource "aws_vpc_security_group_ingress_rule" "db_from_lambda" {
@@ -38,13 +37,6 @@ resource "aws_vpc_security_group_ingress_rule" "db_from_lambda" {
   from_port                    = var.db_port
   to_port                      = var.db_port
   tags                         = local.tags
-
-  lifecycle {
-    precondition {
-      condition     = local.db_security_group_id != null
-      error_message = "Set db_security_group_id: the database does not have exactly one security group to look it up from (it has ${length(local.looked_up_security_groups)})."
-    }
-  }
 }
 
 resource "aws_vpc_security_group_egress_rule" "lambda_to_endpoints" {
