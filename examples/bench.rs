@@ -406,8 +406,8 @@ async fn drop_db(cfg: &Config, name: &str) -> R<()> {
 
 /// A fresh copy of the dataset (a file copy of the template database).
 async fn copy_dataset(cfg: &Config, name: &str) -> R<()> {
+    drop_db(cfg, name).await?;
     let mut admin = cfg.server.connect("postgres").await?;
-    exec(&mut admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
     let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
         .fetch_one(&mut admin)
         .await
