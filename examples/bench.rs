@@ -643,8 +643,11 @@ async fn case1(cfg: &Config, res: &mut Results) -> R<()> {
             if update_third(v2).await? != updated {
                 return Err("the two copies did not update the same rows".into());
             }
-            let settings =
-                refresh::RefreshSettings { min_interval: Duration::ZERO, statement_timeout: None, deadline: None };
+            let settings = refresh::RefreshSettings {
+                min_interval: Duration::ZERO,
+                statement_timeout: None,
+                deadline: Default::default(),
+            };
             let r = refresh::refresh(v2, &settings).await.ctx("refresh")?;
             if r.status != "refreshed" {
                 return Err(format!("the refresh was {}: {:?}", r.status, r.reason));
@@ -720,7 +723,11 @@ fn spawn_reader(opts: PgConnectOptions, stop: Arc<AtomicBool>) -> JoinHandle<R<R
 async fn case2(cfg: &Config, res: &mut Results) -> R<()> {
     eprintln!("case 2: refreshing job_progress");
     let mut c = cfg.server.connect("bench_v2").await?;
-    let settings = refresh::RefreshSettings { min_interval: Duration::ZERO, statement_timeout: None, deadline: None };
+    let settings = refresh::RefreshSettings {
+        min_interval: Duration::ZERO,
+        statement_timeout: None,
+        deadline: Default::default(),
+    };
     let (mut plain_d, mut plain_w, mut ours_d, mut ours_w) = (vec![], vec![], vec![], vec![]);
     for rep in 0..cfg.refresh_reps {
         for ours in if rep % 2 == 0 { [false, true] } else { [true, false] } {

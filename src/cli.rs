@@ -3,14 +3,20 @@
 
 use std::{collections::HashMap, path::PathBuf, process::ExitCode};
 
-use clap::{Parser, Subcommand};
+use clap::{Arg, ArgAction, Args, FromArgMatches};
 
-use crate::{config::Settings, error::Error, handlers::App, migrations::Migrations, runner::Command};
+use crate::{
+    app::App,
+    command::{COMMANDS, Command, TargetArg},
+    config::Settings,
+    deadline::Deadline,
+    error::Error,
+    migrations::Migrations,
+};
 
-/// Keeps the S3 scanner's PostgreSQL schema current and its job_progress view fresh.
-#[derive(Debug, Parser)]
-#[command(name = "scanner-migrator", version, about)]
-pub struct Cli {
+/// The options every command takes.
+#[derive(Debug, Args)]
+pub struct Global {
     /// postgres:// URL; without it the DB_SECRET_ARN settings are used, as in Lambda.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
@@ -35,42 +41,42 @@ pub struct Cli {
     /// Skip a refresh when the view is younger than this many seconds [env REFRESH_MIN_INTERVAL_S; default 60].
     #[arg(long, global = true)]
     refresh_min_interval_s: Option<f64>,
-    #[command(subcommand)]
-    command: Cmd,
 }
 
-#[derive(Debug, Subcommand)]
-enum Cmd {
-    /// Apply pending migrations (all, or up to --target), then verify.
-    Migrate {
-        /// Stop after this version.
-        #[arg(long)]
-        target: Option<i64>,
-    },
-    /// Show applied and pending migrations.
-    Status,
-    /// Show what migrate would run, and how; changes nothing.
-    Plan {
-        /// Plan up to this version.
-        #[arg(long)]
-        target: Option<i64>,
-    },
-    /// Check that every applied migration's objects exist and are valid.
-    Verify,
-    /// Undo applied migrations above --to, newest first.
-    Rollback {
-        /// The version to roll back to (required: a rollback is never implicit).
-        #[arg(long, required = true)]
-        to: i64,
-    },
-    /// Refresh the job_progress materialized view (skips while a migration runs).
-    Refresh,
+/// The command line: the global options, and one subcommand per entry of [`COMMANDS`].
+pub fn command_line() -> clap::Command {
+    let cli = clap::Command::new("scanner-migrator")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Keeps the S3 scanner's PostgreSQL schema current and its job_progress statistics fresh.")
+        .subcommand_required(true);
+    let cli = Global::augment_args(cli);
+    cli.subcommands(COMMANDS.iter().map(|spec| {
+        let sub = clap::Command::new(spec.name).about(spec.about);
+        match spec.target {
+            TargetArg::None => sub,
+            target => sub.arg(
+                Arg::new("target")
+                    .long("target")
+                    // `rollback --to N` reads naturally; --target is the word the payload uses.
+                    .visible_alias("to")
+                    .value_parser(clap::value_parser!(i64).range(0..))
+                    .action(ArgAction::Set)
+                    .required(target == TargetArg::Required)
+                    .help(spec.target_help),
+            ),
+        }
+    }))
 }
 
 /// Runs the CLI and returns its exit code: 0 success, 1 failure, 2 bad usage.
 pub async fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
+    let parsed = command_line().try_get_matches().and_then(|m| {
+        let global = Global::from_arg_matches(&m)?;
+        let (name, sub) = m.subcommand().expect("a subcommand is required");
+        Ok((global, name.to_string(), sub.try_get_one::<i64>("target").ok().flatten().copied()))
+    });
+    let (cli, name, target) = match parsed {
+        Ok(parsed) => parsed,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             let _ = e.print();
             return ExitCode::SUCCESS;
@@ -93,7 +99,7 @@ pub async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match run(cli).await {
+    match run(cli, &name, target).await {
         Ok(value) => {
             print_json(&value);
             ExitCode::SUCCESS
@@ -110,7 +116,8 @@ fn print_json(value: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
 }
 
-async fn run(cli: Cli) -> Result<serde_json::Value, Error> {
+async fn run(cli: Global, name: &str, target: Option<i64>) -> Result<serde_json::Value, Error> {
+    let command = Command::parse(name, target).map_err(Error::BadRequest)?;
     let mut flags: HashMap<&str, String> = HashMap::new();
     let mut flag = |name: &'static str, value: Option<String>| {
         if let Some(v) = value {
@@ -139,17 +146,27 @@ async fn run(cli: Cli) -> Result<serde_json::Value, Error> {
             .unwrap_or_default()
             .trim()
     );
-    let command = match cli.command {
-        Cmd::Migrate { target } => Command::Migrate { target },
-        Cmd::Status => Command::Status,
-        Cmd::Plan { target } => Command::Plan { target },
-        Cmd::Verify => Command::Verify,
-        Cmd::Rollback { to } => Command::Rollback { to },
-        Cmd::Refresh => {
-            let report = app.refresh(&who, None).await?;
-            return serde_json::to_value(report).map_err(|e| Error::BadRequest(e.to_string()));
+    app.run(command, &who, Deadline::NONE).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_command_is_a_subcommand_with_its_target() {
+        command_line().debug_assert();
+        for spec in COMMANDS {
+            let mut args = vec!["scanner-migrator", spec.name];
+            if spec.target == TargetArg::Required {
+                args.extend(["--target", "1"]);
+            }
+            let m = command_line().try_get_matches_from(&args).unwrap();
+            assert_eq!(m.subcommand_name(), Some(spec.name));
         }
-    };
-    let report = app.migrate(command, &who, None).await?;
-    serde_json::to_value(report).map_err(|e| Error::BadRequest(e.to_string()))
+        let m = command_line().try_get_matches_from(["scanner-migrator", "rollback", "--to", "1"]).unwrap();
+        assert_eq!(m.subcommand().unwrap().1.get_one::<i64>("target"), Some(&1));
+        assert!(command_line().try_get_matches_from(["scanner-migrator", "rollback"]).is_err());
+        assert!(command_line().try_get_matches_from(["scanner-migrator", "status", "--target", "1"]).is_err());
+    }
 }

@@ -87,6 +87,17 @@ pub const ENV_VARS: &[EnvVar] = &[
         doc: "`true` to snapshot the database before applying pending migrations",
     },
     EnvVar {
+        name: "ALLOW_ROLLBACK",
+        required_in_lambda: false,
+        doc: "`true` to let the migrate function run `rollback` (drops what migrations added; off by default)",
+    },
+    EnvVar {
+        name: "INDEX_BUILD_ROWS_PER_S",
+        required_in_lambda: false,
+        doc: "rows per second an index build is assumed to manage, to refuse builds that cannot finish \
+              before the Lambda deadline (default 250000)",
+    },
+    EnvVar {
         name: "REFRESH_MIN_INTERVAL_S",
         required_in_lambda: false,
         doc: "skip a refresh when the view is younger than this (default 60)",
@@ -153,6 +164,10 @@ pub struct Settings {
     pub snapshot_before_migrate: bool,
     /// Refresh skipped when the view is younger than this.
     pub refresh_min_interval: Duration,
+    /// Whether the migrate function may run `rollback` (the CLI always may).
+    pub allow_rollback: bool,
+    /// Assumed index build speed, to refuse a build that cannot finish before the deadline.
+    pub index_build_rows_per_s: f64,
 }
 
 impl Settings {
@@ -179,6 +194,8 @@ impl Settings {
             },
             snapshot_before_migrate: boolean(&get, "SNAPSHOT_BEFORE_MIGRATE")?,
             refresh_min_interval: Duration::from_secs_f64(number(&get, "REFRESH_MIN_INTERVAL_S", 60.0)?),
+            allow_rollback: boolean(&get, "ALLOW_ROLLBACK")?,
+            index_build_rows_per_s: number(&get, "INDEX_BUILD_ROWS_PER_S", 250_000.0)?.max(1.0),
         })
     }
 }

@@ -11,8 +11,7 @@ use sqlx::{
 
 use crate::{
     error::{Error, Result, cause_chain},
-    migrations::Check,
-    plan::Applied,
+    plan::{Applied, State},
 };
 
 /// The history table's name.
@@ -75,7 +74,10 @@ pub async fn connect(opts: &PgConnectOptions, timeout: Duration) -> Result<PgCon
             target: target.to_string(),
             cause: format!("no connection within {} s", timeout.as_secs_f64()),
         }),
-        Ok(Ok(conn)) => Ok(conn),
+        Ok(Ok(mut conn)) => {
+            watch_client(&mut conn).await;
+            Ok(conn)
+        }
         Ok(Err(err)) => {
             let code = err.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
             let cause = cause_chain(&err);
@@ -85,6 +87,21 @@ pub async fn connect(opts: &PgConnectOptions, timeout: Duration) -> Result<PgCon
                 Err(Error::ConnectFailed { target: target.to_string(), cause })
             }
         }
+    }
+}
+
+/// PostgreSQL 14+ checks every second whether the client of a running statement is still
+/// there, so a statement whose Lambda was killed is cancelled instead of running on (holding
+/// locks and the migration lock).
+async fn watch_client(conn: &mut PgConnection) {
+    let set = sqlx::query(
+        "SELECT set_config('client_connection_check_interval', '1000', false)
+          WHERE current_setting('server_version_num')::int >= 140000",
+    )
+    .execute(&mut *conn)
+    .await;
+    if let Err(e) = set {
+        tracing::warn!(error = %cause_chain(&e), "client_connection_check_interval could not be set");
     }
 }
 
@@ -113,13 +130,83 @@ pub fn pg_details(err: &sqlx::Error) -> (String, Option<String>, Option<usize>) 
     }
 }
 
-/// The configured timeout cut to the time left before `deadline`; `None` is no limit.
-pub fn bounded_timeout(configured: Option<Duration>, deadline: Option<Instant>) -> Option<Duration> {
-    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    match (configured, remaining) {
-        (Some(c), Some(r)) => Some(c.min(r)),
-        (c, r) => c.or(r),
-    }
+/// SQLSTATE 55P03: `lock_timeout` expired.
+pub fn is_lock_timeout(err: &sqlx::Error) -> bool {
+    sqlstate(err).as_deref() == Some("55P03")
+}
+
+/// SQLSTATE 57014: the statement was cancelled (`statement_timeout`, or a cancel request).
+pub fn is_query_canceled(err: &sqlx::Error) -> bool {
+    sqlstate(err).as_deref() == Some("57014")
+}
+
+/// `statement_timeout` and `lock_timeout` for the next statements, in one round trip; `None` is no limit.
+pub async fn set_limits(
+    conn: &mut PgConnection,
+    statement: Option<Duration>,
+    lock: Option<Duration>,
+) -> std::result::Result<(), sqlx::Error> {
+    let ms = |d: Option<Duration>| d.map(|d| d.as_millis().clamp(1, i32::MAX as u128)).unwrap_or(0).to_string();
+    sqlx::query("SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false)")
+        .bind(ms(statement))
+        .bind(ms(lock))
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// Back to the server's defaults.
+pub async fn reset_limits(conn: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
+    exec(conn, "RESET statement_timeout; RESET lock_timeout").await
+}
+
+/// The schema unqualified names are created in (where the history table and the migrations' objects are).
+pub async fn current_schema(conn: &mut PgConnection) -> Result<String> {
+    sqlx::query_scalar::<_, Option<String>>("SELECT current_schema()")
+        .fetch_one(conn)
+        .await
+        .map_err(|e| Error::db("reading current_schema()", e))?
+        .ok_or_else(|| Error::Database {
+            context: "reading current_schema()".into(),
+            cause: "no schema of the search_path exists; set search_path to the scanner's schema".into(),
+        })
+}
+
+/// An index of this name on this table (as the statement that builds it names them):
+/// `(schema-qualified name, valid)`.
+pub async fn index_on_table(
+    conn: &mut PgConnection,
+    table: &str,
+    index: &str,
+) -> std::result::Result<Option<(String, bool)>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT format('%I.%I', n.nspname, c.relname) AS name, i.indisvalid AS valid
+           FROM pg_index AS i
+           JOIN pg_class AS c ON c.oid = i.indexrelid
+           JOIN pg_namespace AS n ON n.oid = c.relnamespace
+          WHERE i.indrelid = to_regclass($1) AND c.relname = (parse_ident($2))[1]",
+    )
+    .bind(table)
+    .bind(index)
+    .fetch_optional(conn)
+    .await?;
+    Ok(row.map(|r| (r.get("name"), r.get("valid"))))
+}
+
+/// Drops one index (schema-qualified name) without blocking the table's writers.
+pub async fn drop_index_concurrently(conn: &mut PgConnection, qualified: &str) -> std::result::Result<(), sqlx::Error> {
+    exec(conn, &format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}")).await
+}
+
+/// The planner's row estimate for a table (from its size when it was never analysed).
+pub async fn estimated_rows(conn: &mut PgConnection, table: &str) -> std::result::Result<Option<f64>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN c.reltuples >= 0 THEN c.reltuples::float8 ELSE pg_relation_size(c.oid) / 100.0 END
+           FROM pg_class AS c WHERE c.oid = to_regclass($1)",
+    )
+    .bind(table)
+    .fetch_optional(conn)
+    .await
 }
 
 /// Sets a session setting given as a duration; zero means no limit.
@@ -138,7 +225,9 @@ pub async fn ensure_history(conn: &mut PgConnection) -> Result<()> {
             applied_at  timestamptz NOT NULL DEFAULT now(),
             duration_ms bigint NOT NULL,
             applied_by  text NOT NULL
-        )"
+        );
+        -- 'applied', or 'rolling_back' while (or after) a no-transaction down script ran part-way.
+        ALTER TABLE {HISTORY_TABLE} ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'applied'"
     );
     exec(conn, &sql).await.map_err(|e| Error::db("creating the history table", e))
 }
@@ -154,8 +243,18 @@ pub async fn history(conn: &mut PgConnection) -> Result<Vec<Applied>> {
     if !exists {
         return Ok(Vec::new());
     }
+    let has_state: bool = sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'state' AND NOT attisdropped)",
+    )
+    .bind(HISTORY_TABLE)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| Error::db(ctx, e))?;
+    // A history table written by an earlier version has no state column until the next migrate adds it.
+    let state = if has_state { "state" } else { "'applied'" };
     let sql = format!(
-        "SELECT version, name, checksum, applied_at, duration_ms, applied_by FROM {HISTORY_TABLE} ORDER BY version"
+        "SELECT version, name, checksum, applied_at, duration_ms, applied_by, {state} AS state
+           FROM {HISTORY_TABLE} ORDER BY version"
     );
     let rows = sqlx::query(AssertSqlSafe(sql)).fetch_all(&mut *conn).await.map_err(|e| Error::db(ctx, e))?;
     rows.iter()
@@ -167,6 +266,7 @@ pub async fn history(conn: &mut PgConnection) -> Result<Vec<Applied>> {
                 applied_at: r.try_get("applied_at")?,
                 duration_ms: r.try_get("duration_ms")?,
                 applied_by: r.try_get("applied_by")?,
+                state: State::from_column(&r.try_get::<String, _>("state")?),
             })
         })
         .collect::<std::result::Result<_, sqlx::Error>>()
@@ -183,9 +283,11 @@ pub async fn record(
     applied_by: &str,
 ) -> std::result::Result<(), sqlx::Error> {
     let sql = format!(
-        "INSERT INTO {HISTORY_TABLE} (version, name, checksum, duration_ms, applied_by) VALUES ($1, $2, $3, $4, $5)
+        "INSERT INTO {HISTORY_TABLE} (version, name, checksum, duration_ms, applied_by, state)
+         VALUES ($1, $2, $3, $4, $5, 'applied')
          ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum,
-             applied_at = now(), duration_ms = EXCLUDED.duration_ms, applied_by = EXCLUDED.applied_by"
+             applied_at = now(), duration_ms = EXCLUDED.duration_ms, applied_by = EXCLUDED.applied_by,
+             state = 'applied'"
     );
     sqlx::query(AssertSqlSafe(sql))
         .bind(version)
@@ -201,6 +303,13 @@ pub async fn record(
 /// Removes a rolled-back migration from the history.
 pub async fn forget(conn: &mut PgConnection, version: i64) -> std::result::Result<(), sqlx::Error> {
     let sql = format!("DELETE FROM {HISTORY_TABLE} WHERE version = $1");
+    sqlx::query(AssertSqlSafe(sql)).bind(version).execute(conn).await.map(|_| ())
+}
+
+/// Marks a migration as being rolled back, before its no-transaction down script starts: if the
+/// script stops part-way, the history says so and the next `migrate` re-applies the version.
+pub async fn mark_rolling_back(conn: &mut PgConnection, version: i64) -> std::result::Result<(), sqlx::Error> {
+    let sql = format!("UPDATE {HISTORY_TABLE} SET state = 'rolling_back' WHERE version = $1");
     sqlx::query(AssertSqlSafe(sql)).bind(version).execute(conn).await.map(|_| ())
 }
 
@@ -279,87 +388,4 @@ pub async fn unlock(conn: &mut PgConnection) -> Result<()> {
         .await
         .map(|_| ())
         .map_err(|e| Error::db("releasing the migration lock", e))
-}
-
-/// Whether the index named exists but was left INVALID by an interrupted concurrent build.
-pub async fn index_is_invalid(conn: &mut PgConnection, name: &str) -> std::result::Result<bool, sqlx::Error> {
-    let invalid: Option<bool> =
-        sqlx::query_scalar("SELECT NOT i.indisvalid FROM pg_index AS i WHERE i.indexrelid = to_regclass($1)")
-            .bind(name)
-            .fetch_optional(conn)
-            .await?;
-    Ok(invalid.unwrap_or(false))
-}
-
-/// Runs one check; `Ok(None)` when it holds, `Ok(Some(problem))` when it does not.
-pub async fn check(conn: &mut PgConnection, check: &Check) -> Result<Option<String>> {
-    let ctx = || format!("checking {check}");
-    let problem = match check {
-        Check::Column { table, column } => {
-            let found: bool = sqlx::query_scalar(
-                "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1)
-                                   AND attname = $2 AND attnum > 0 AND NOT attisdropped)",
-            )
-            .bind(table)
-            .bind(column)
-            .fetch_one(conn)
-            .await
-            .map_err(|e| Error::db(ctx(), e))?;
-            (!found).then(|| format!("{check} is missing"))
-        }
-        Check::Index(name) => {
-            let valid: Option<bool> =
-                sqlx::query_scalar("SELECT i.indisvalid FROM pg_index AS i WHERE i.indexrelid = to_regclass($1)")
-                    .bind(name)
-                    .fetch_optional(conn)
-                    .await
-                    .map_err(|e| Error::db(ctx(), e))?;
-            match valid {
-                None => Some(format!("{check} is missing")),
-                Some(false) => {
-                    Some(format!("{check} is INVALID (an interrupted concurrent build); run migrate to rebuild it"))
-                }
-                Some(true) => None,
-            }
-        }
-        Check::View { name, columns } => {
-            let row = sqlx::query(
-                "SELECT c.relkind::text AS kind, c.relispopulated AS populated,
-                        array(SELECT a.attname::text FROM pg_attribute AS a
-                               WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped) AS columns
-                   FROM pg_class AS c WHERE c.oid = to_regclass($1)",
-            )
-            .bind(name)
-            .fetch_optional(conn)
-            .await
-            .map_err(|e| Error::db(ctx(), e))?;
-            match row {
-                None => Some(format!("{check} is missing")),
-                Some(r) => {
-                    let kind: String = r.get("kind");
-                    let populated: bool = r.get("populated");
-                    let have: Vec<String> = r.get("columns");
-                    let missing: Vec<&str> = columns.iter().filter(|c| !have.contains(c)).map(String::as_str).collect();
-                    if kind != "v" && kind != "m" {
-                        Some(format!("{check} is not a view (relkind {kind})"))
-                    } else if !missing.is_empty() {
-                        Some(format!("{check} lacks columns {}", missing.join(", ")))
-                    } else if kind == "m" && !populated {
-                        Some(format!("{check} has never been populated; run refresh"))
-                    } else {
-                        None
-                    }
-                }
-            }
-        }
-        Check::Function(signature) => {
-            let found: bool = sqlx::query_scalar("SELECT to_regprocedure($1) IS NOT NULL")
-                .bind(signature)
-                .fetch_one(conn)
-                .await
-                .map_err(|e| Error::db(ctx(), e))?;
-            (!found).then(|| format!("{check} is missing"))
-        }
-    };
-    Ok(problem)
 }

@@ -24,6 +24,8 @@ pub struct MigrationFailure {
     pub detail: Option<String>,
     /// Migrations this run applied before the failure (they stay applied).
     pub applied_before: Vec<String>,
+    /// What the history now says, when that is not obvious (a rollback stopped part-way).
+    pub note: Option<String>,
 }
 
 impl std::fmt::Display for MigrationFailure {
@@ -39,6 +41,9 @@ impl std::fmt::Display for MigrationFailure {
         write!(f, "\n  statement: {}", self.statement)?;
         if !self.applied_before.is_empty() {
             write!(f, "\n  applied before the failure: {}", self.applied_before.join(", "))?;
+        }
+        if let Some(note) = &self.note {
+            write!(f, "\n  {note}")?;
         }
         Ok(())
     }
@@ -87,13 +92,22 @@ pub enum Error {
     #[error("verification failed: {}", .0.join("; "))]
     VerifyFailed(Vec<String>),
 
-    /// Too little of the invocation's time was left to start the next migration.
+    /// The invocation's deadline came (or too little was left to start the next step): work
+    /// stopped cleanly between steps, or PostgreSQL cancelled the running statement.
     #[error(
-        "stopped before migration {next} because only {remaining_ms} ms of the invocation were left; \
-         applied this run: [{}]; still pending: [{}]; invoke again to continue",
-        .applied.join(", "), .pending.join(", ")
+        "stopped at the invocation's deadline {during} ({remaining_ms} ms were left); finished this run: [{}]; \
+         left to do: [{}]; nothing is half-applied: invoke again to continue",
+        .done.join(", "), .left.join(", ")
     )]
-    DeadlineReached { next: String, remaining_ms: u64, applied: Vec<String>, pending: Vec<String> },
+    DeadlineReached { during: String, remaining_ms: u64, done: Vec<String>, left: Vec<String> },
+
+    /// A step cannot finish within the invocation's time however often it is retried.
+    #[error("{0}")]
+    DeadlineTooShort(String),
+
+    /// The migrate function was asked to roll back but is not configured to allow it.
+    #[error("rollback not allowed: {0}")]
+    RollbackNotAllowed(String),
 
     /// A query outside a migration failed (history, locks, verification, refresh).
     #[error("{context}: {cause}")]
@@ -130,6 +144,8 @@ impl Error {
             Error::MigrationFailed(_) => "MigrationFailed",
             Error::VerifyFailed(_) => "VerifyFailed",
             Error::DeadlineReached { .. } => "DeadlineReached",
+            Error::DeadlineTooShort(_) => "DeadlineTooShort",
+            Error::RollbackNotAllowed(_) => "RollbackNotAllowed",
             Error::Database { .. } => "DatabaseError",
             Error::SecretFormat { .. } => "SecretFormat",
             Error::SecretUnavailable { .. } => "SecretUnavailable",

@@ -1,21 +1,16 @@
-//! The two Lambda handlers and what they share with the CLI: parse the event, resolve the
-//! connection, run, close, report.
-
-use std::time::{Duration, Instant};
+//! The two Lambda handlers: parse the event, run it through the shared [`App`], report.
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::{
+    app::App,
+    command::{COMMANDS, Command, TargetArg},
     config::{DbSource, Settings},
-    connection,
-    credentials::Aws,
+    deadline::Deadline,
     error::{Error, Result},
     metrics,
-    migrations::{Migration, Migrations},
-    refresh::{self, RefreshReport, RefreshSettings},
-    runner::{self, Command, Report, RunSettings},
-    snapshot,
+    migrations::Migrations,
 };
 
 /// The handler names the binary dispatches on (`_HANDLER`, Terraform's `handler`).
@@ -69,11 +64,21 @@ struct TfEnvelope {
     prev_input: Option<Value>,
 }
 
-const MIGRATE_ACCEPTS: &str = r#"accepted: {"command": "migrate|status|plan|verify|rollback", "target": <version>, "tf": {"action": "create|update|delete", "prev_input": ...}}, all optional; {} migrates"#;
+/// `accepted: {...}`, derived from the command table so it can never disagree with the parser.
+fn migrate_accepts() -> String {
+    let commands: Vec<&str> = COMMANDS.iter().filter(|c| c.in_migrate_payload).map(|c| c.name).collect();
+    let with_target: Vec<&str> =
+        COMMANDS.iter().filter(|c| c.in_migrate_payload && c.target != TargetArg::None).map(|c| c.name).collect();
+    format!(
+        r#"accepted: {{"command": "{}", "target": <version, for {}>, "tf": {{"action": "create|update|delete", "prev_input": ...}}}}, all optional; {{}} migrates"#,
+        commands.join("|"),
+        with_target.join(", ")
+    )
+}
 
 /// Parses the migrate handler's payload. `{}` (or no payload) means migrate.
 pub fn parse_migrate_event(event: &Value) -> Result<MigrateRequest> {
-    let bad = |problem: String| Error::BadRequest(format!("{problem}; {MIGRATE_ACCEPTS}"));
+    let bad = |problem: String| Error::BadRequest(format!("{problem}; {}", migrate_accepts()));
     let event = if event.is_null() { json!({}) } else { event.clone() };
     let payload: MigratePayload = serde_json::from_value(event).map_err(|e| bad(e.to_string()))?;
     if let Some(tf) = &payload.tf {
@@ -83,27 +88,11 @@ pub fn parse_migrate_event(event: &Value) -> Result<MigrateRequest> {
             other => return Err(bad(format!("unknown tf.action `{other}`"))),
         }
     }
-    let target = payload.target;
-    if let Some(t) = target
-        && t < 0
-    {
-        return Err(bad(format!("target {t} is negative")));
+    let name = payload.command.as_deref().unwrap_or("migrate");
+    if COMMANDS.iter().any(|c| c.name == name && !c.in_migrate_payload) {
+        return Err(bad(format!("`{name}` is not run by the migrate function (it has its own handler)")));
     }
-    let command = match (payload.command.as_deref().unwrap_or("migrate"), target) {
-        ("migrate", target) => Command::Migrate { target },
-        ("plan", target) => Command::Plan { target },
-        ("rollback", Some(to)) => Command::Rollback { to },
-        ("rollback", None) => {
-            return Err(bad("rollback needs an explicit \"target\" (the version to roll back to)".into()));
-        }
-        ("status" | "verify", Some(_)) => {
-            return Err(bad("\"target\" applies only to migrate, plan and rollback".into()));
-        }
-        ("status", None) => Command::Status,
-        ("verify", None) => Command::Verify,
-        (other, _) => return Err(bad(format!("unknown command `{other}`"))),
-    };
-    Ok(MigrateRequest::Run(command))
+    Command::parse(name, payload.target).map(MigrateRequest::Run).map_err(bad)
 }
 
 /// What the refresh handler was invoked by (for the logs).
@@ -151,107 +140,12 @@ pub fn parse_refresh_event(event: &Value) -> Result<RefreshRequest> {
     }
 }
 
-/// What both faces of the binary need, built once per process.
-pub struct App {
-    /// Settings from the environment (and the CLI's flags).
-    pub settings: Settings,
-    /// AWS clients, when the settings use a secret.
-    pub aws: Option<Aws>,
-    /// The migrations to run.
-    pub migrations: Migrations,
-}
-
-impl App {
-    /// Builds the AWS clients only when the settings need them.
-    pub async fn new(settings: Settings, migrations: Migrations) -> Self {
-        let aws = match settings.db {
-            DbSource::Secret(_) => Some(Aws::load().await),
-            DbSource::Url(_) => None,
-        };
-        App { settings, aws, migrations }
-    }
-
-    /// Runs a migration command on a fresh dedicated connection, closed afterwards.
-    pub async fn migrate(&self, command: Command, applied_by: &str, deadline: Option<Instant>) -> Result<Report> {
-        let (mut conn, target) =
-            connection::open(&self.settings, self.aws.as_ref(), &app_name("migrate", applied_by)).await?;
-        let run = RunSettings {
-            lock_timeout: self.settings.lock_timeout,
-            lock_retries: self.settings.lock_retries,
-            advisory_wait: self.settings.advisory_wait,
-            statement_timeout: self.settings.statement_timeout,
-            deadline,
-            applied_by: applied_by.to_string(),
-        };
-        let snapshot_db = match (&self.settings.db, &self.aws) {
-            (DbSource::Secret(s), Some(aws)) if self.settings.snapshot_before_migrate => Some((s, aws)),
-            _ => None,
-        };
-        let hook = move |m: &Migration| -> runner::BoxFuture<'_, Result<String>> {
-            let m = m.clone();
-            Box::pin(async move {
-                let (db, aws) = snapshot_db.expect("hook only installed with a snapshot target");
-                // Without a Lambda deadline, wait for the snapshot at most 30 minutes.
-                let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(1800));
-                snapshot::create(aws, db, &m, until).await
-            })
-        };
-        let hook_ref: Option<runner::BeforeApply<'_>> = if snapshot_db.is_some() { Some(&hook) } else { None };
-        let outcome = runner::run(&mut conn, &self.migrations, command, &run, hook_ref).await;
-        close(conn).await;
-        let mut report = outcome?;
-        report.database = Some(target);
-        if command == Command::Verify
-            && let Some(err) = runner::verification_failures(&report)
-        {
-            return Err(err);
-        }
-        Ok(report)
-    }
-
-    /// Refreshes `job_progress` on a fresh dedicated connection.
-    pub async fn refresh(&self, requested_by: &str, deadline: Option<Instant>) -> Result<RefreshReport> {
-        let (mut conn, _) =
-            connection::open(&self.settings, self.aws.as_ref(), &app_name("refresh", requested_by)).await?;
-        let settings = RefreshSettings {
-            min_interval: self.settings.refresh_min_interval,
-            statement_timeout: self.settings.statement_timeout,
-            deadline,
-        };
-        let outcome = refresh::refresh(&mut conn, &settings).await;
-        close(conn).await;
-        outcome
-    }
-}
-
-/// `scanner-migrator:<what>:<who>`, visible in pg_stat_activity and in LockTimeout errors.
-fn app_name(what: &str, who: &str) -> String {
-    // PostgreSQL truncates application_name at 63 bytes.
-    format!("scanner-migrator:{what}:{who}").chars().take(63).collect()
-}
-
-async fn close(conn: sqlx::PgConnection) {
-    use sqlx::Connection;
-    if let Err(e) = conn.close().await {
-        tracing::warn!(error = %e, "closing the connection failed; the server ends the session anyway");
-    }
-}
-
-/// The Lambda's view of time: its deadline less a margin, so PostgreSQL cancels work first.
-pub fn deadline_from_epoch_ms(deadline_ms: u64) -> Instant {
-    let now_ms =
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-    let remaining = Duration::from_millis(deadline_ms.saturating_sub(now_ms));
-    let margin = (remaining / 10).clamp(Duration::from_secs(1), Duration::from_secs(5));
-    Instant::now() + remaining.saturating_sub(margin)
-}
-
 /// One invocation of the migrate handler.
 pub async fn handle_migrate(
     app: &App,
     event: &Value,
     request_id: &str,
-    deadline: Instant,
+    deadline: Deadline,
     function: &str,
 ) -> Result<Value> {
     let request = parse_migrate_event(event)?;
@@ -266,8 +160,16 @@ pub async fn handle_migrate(
         }
         MigrateRequest::Run(command) => command,
     };
+    if matches!(command, Command::Rollback { .. }) && !app.settings.allow_rollback {
+        return Err(Error::RollbackNotAllowed(
+            "rollback runs the .down.sql scripts, which drop what the migrations added (columns with their data \
+             among them); this function is not configured to allow it. Set ALLOW_ROLLBACK=true on the function \
+             (the module's `allow_rollback` input), or run `scanner-migrator rollback` from the command line"
+                .into(),
+        ));
+    }
     tracing::info!(step = "start", command = command.name(), "invocation");
-    let report = app.migrate(command, request_id, Some(deadline)).await?;
+    let report = app.migrate(command, request_id, deadline).await?;
     if matches!(command, Command::Migrate { .. }) {
         let applied = report.applied.len() as f64;
         println!(
@@ -291,7 +193,7 @@ pub async fn handle_refresh(
     app: &App,
     event: &Value,
     request_id: &str,
-    deadline: Instant,
+    deadline: Deadline,
     function: &str,
 ) -> Result<Value> {
     let request = parse_refresh_event(event)?;
@@ -301,7 +203,7 @@ pub async fn handle_refresh(
         attempt = request.attempt.as_deref().unwrap_or("1"),
         "refresh invocation"
     );
-    let report = app.refresh(request_id, Some(deadline)).await?;
+    let report = app.refresh(request_id, deadline).await?;
     let skipped = report.status == "skipped";
     println!(
         "{}",
@@ -357,7 +259,7 @@ pub async fn run_lambda() -> std::result::Result<(), lambda_runtime::Error> {
     let app = &app;
     let function = function.as_str();
     lambda_runtime::run(lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| async move {
-        let deadline = deadline_from_epoch_ms(event.context.deadline);
+        let deadline = Deadline::from_lambda_epoch_ms(event.context.deadline);
         let id = event.context.request_id.clone();
         let result = match handler {
             Handler::Migrate => handle_migrate(app, &event.payload, &id, deadline, function).await,

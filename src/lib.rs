@@ -1,11 +1,15 @@
 //! scanner-migrator: keeps the S3 scanner's PostgreSQL schema current and its `job_progress`
 //! statistics fresh, as an AWS Lambda (handlers `migrate` and `refresh`) or a CLI.
 
+pub mod adopt;
+pub mod app;
 pub mod cli;
+pub mod command;
 pub mod config;
 pub mod connection;
 pub mod credentials;
 pub mod db;
+pub mod deadline;
 pub mod error;
 pub mod handlers;
 pub mod metrics;
@@ -14,3 +18,5 @@ pub mod plan;
 pub mod refresh;
 pub mod runner;
 pub mod snapshot;
+pub mod split;
+pub mod verify;

@@ -22,6 +22,26 @@ pub struct Applied {
     pub duration_ms: i64,
     /// Who applied it: the Lambda request id, or `cli:<user>@<host>`.
     pub applied_by: String,
+    /// Whether it is wholly applied, or a rollback of it stopped part-way.
+    pub state: State,
+}
+
+/// The state of a version in the history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Applied wholly.
+    Applied,
+    /// Its no-transaction down script started and did not finish: some of its objects may be
+    /// gone. `migrate` re-applies it (migrations are idempotent); `rollback` runs the rest.
+    RollingBack,
+}
+
+impl State {
+    /// From the history table's `state` column.
+    pub fn from_column(s: &str) -> Self {
+        if s == "rolling_back" { State::RollingBack } else { State::Applied }
+    }
 }
 
 /// The outcome of comparing the binary's migrations with the database's history.
@@ -61,7 +81,7 @@ pub fn plan<'a>(migrations: &'a Migrations, applied: &[Applied], target: Option<
         .all()
         .iter()
         .filter(|m| target.is_none_or(|t| m.version <= t))
-        .filter(|m| !applied.iter().any(|a| a.version == m.version))
+        .filter(|m| !applied.iter().any(|a| a.version == m.version && a.state == State::Applied))
         .collect();
     let unknown = applied.iter().filter(|a| migrations.get(a.version).is_none()).cloned().collect();
     Ok(Plan { pending, unknown, current: applied.iter().map(|a| a.version).max() })
@@ -128,6 +148,7 @@ mod tests {
                     applied_at: chrono::Utc::now(),
                     duration_ms: 1,
                     applied_by: "test".into(),
+                    state: State::Applied,
                 }
             })
             .collect()
@@ -164,6 +185,16 @@ mod tests {
         let text = err.to_string();
         assert!(matches!(err, Error::ChecksumMismatch { version: 1, .. }));
         assert!(text.contains("deadbeef") && text.contains(&m.get(1).unwrap().up.checksum), "{text}");
+    }
+
+    #[test]
+    fn a_rollback_stopped_part_way_is_pending_again() {
+        let m = migrations();
+        let mut rows = applied(&m, &[0, 1, 2]);
+        rows[2].state = State::RollingBack;
+        assert_eq!(pending_versions(&plan(&m, &rows, None).unwrap()), vec![2]);
+        let undo: Vec<i64> = rollback_plan(&m, &rows, 1).unwrap().iter().map(|m| m.version).collect();
+        assert_eq!(undo, vec![2], "and rollback can finish it");
     }
 
     #[test]

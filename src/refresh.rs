@@ -8,6 +8,7 @@ use sqlx::{PgConnection, Row};
 
 use crate::{
     db,
+    deadline::Deadline,
     error::{Error, Result},
 };
 
@@ -19,7 +20,7 @@ pub struct RefreshSettings {
     /// statement_timeout; bounded by `deadline` too.
     pub statement_timeout: Option<Duration>,
     /// When the work must be finished.
-    pub deadline: Option<Instant>,
+    pub deadline: Deadline,
 }
 
 /// What a refresh did, as the handler and the CLI print it.
@@ -129,7 +130,7 @@ async fn locked(
         ));
         return Ok(());
     }
-    let timeout = db::bounded_timeout(settings.statement_timeout, settings.deadline);
+    let timeout = settings.deadline.cap(settings.statement_timeout);
     db::set_timeout(conn, "statement_timeout", timeout).await?;
     let mode = if before.populated { "concurrent" } else { "populate" };
     tracing::info!(step = "refresh", mode, "refreshing job_progress");

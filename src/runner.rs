@@ -1,45 +1,23 @@
-//! The commands: migrate, status, plan, verify, rollback. Takes the lock, plans, applies
-//! each migration with lock_timeout and retries, verifies, and reports.
+//! The commands that touch the schema: migrate, status, plan, verify, rollback. The runner
+//! orchestrates (lock, plan, adopt, apply statement by statement under the deadline, verify,
+//! report); the SQL and SQLSTATEs live in `db`, the catalog work in `verify` and `adopt`.
 
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use sqlx::{Connection, PgConnection};
 
+pub use crate::command::Command;
 use crate::{
+    adopt::{self, Adoption, Decision, Step},
     db::{self, Target},
+    deadline::Deadline,
     error::{Error, Result},
-    migrations::{Migration, Migrations, Script, Statement},
-    plan::{self, Applied},
+    migrations::{Migration, Migrations, Script},
+    plan::{self, Applied, State},
+    split::Statement,
+    verify::{self, VerifyReport},
 };
-
-/// What to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    /// Apply pending migrations, up to `target` when given.
-    Migrate { target: Option<i64> },
-    /// Report applied and pending migrations.
-    Status,
-    /// Dry run: what `migrate` would do. Changes nothing.
-    Plan { target: Option<i64> },
-    /// Run every applied migration's checks.
-    Verify,
-    /// Run the down scripts of every applied migration above `to`, newest first.
-    Rollback { to: i64 },
-}
-
-impl Command {
-    /// The command's name as users type it.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Command::Migrate { .. } => "migrate",
-            Command::Status => "status",
-            Command::Plan { .. } => "plan",
-            Command::Verify => "verify",
-            Command::Rollback { .. } => "rollback",
-        }
-    }
-}
 
 /// How carefully to run.
 #[derive(Debug, Clone)]
@@ -50,10 +28,12 @@ pub struct RunSettings {
     pub lock_retries: u32,
     /// How long to wait for another migrator's advisory lock.
     pub advisory_wait: Duration,
-    /// `statement_timeout`; `None` is unlimited (still bounded by `deadline`).
+    /// `statement_timeout`; `None` is unlimited (still cut by `deadline`).
     pub statement_timeout: Option<Duration>,
+    /// Assumed index build speed, to refuse a build that cannot finish before the deadline.
+    pub index_build_rows_per_s: f64,
     /// When work must be finished (Lambda's deadline less a margin).
-    pub deadline: Option<Instant>,
+    pub deadline: Deadline,
     /// Recorded in the history: the Lambda request id or the CLI user.
     pub applied_by: String,
 }
@@ -65,7 +45,8 @@ impl Default for RunSettings {
             lock_retries: 10,
             advisory_wait: Duration::from_secs(60),
             statement_timeout: None,
-            deadline: None,
+            index_build_rows_per_s: 250_000.0,
+            deadline: Deadline::NONE,
             applied_by: "unknown".into(),
         }
     }
@@ -75,21 +56,17 @@ impl Default for RunSettings {
 const MIN_TIME_TO_START: Duration = Duration::from_secs(2);
 
 impl RunSettings {
-    fn remaining(&self) -> Option<Duration> {
-        self.deadline.map(|d| d.saturating_duration_since(Instant::now()))
-    }
-
     fn backoff(&self, attempt: u32) -> Duration {
-        let pause = Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5));
-        self.remaining().map_or(pause, |r| pause.min(r))
+        Duration::from_millis(100u64.saturating_mul(1 << attempt.min(6))).min(Duration::from_secs(5))
     }
 }
 
 /// A boxed, sendable future, so a hook's future type need not be named.
 pub type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
-/// Called before the first pending migration is applied (the RDS snapshot); returns an id.
-pub type BeforeApply<'a> = &'a (dyn Fn(&Migration) -> BoxFuture<'a, Result<String>> + Sync);
+/// Called before the schema is first changed (the RDS snapshot), with what is about to run
+/// (`001_add_execution_arn`, `rollback-of-002_optimize_for_scale`); returns an id.
+pub type BeforeChange<'a> = &'a (dyn Fn(String) -> BoxFuture<'a, Result<String>> + Sync);
 
 /// The outcome of a command: the JSON Terraform and `aws lambda invoke` print.
 #[derive(Debug, Serialize)]
@@ -110,12 +87,17 @@ pub struct Report {
     pub pending: Vec<Pending>,
     /// Versions in the history that this binary does not know.
     pub unknown_versions: Vec<i64>,
-    /// Check results, one entry per migration checked.
-    pub verification: Vec<Verification>,
+    /// Objects that existed before the migration creating them ran: adopted as they were, or
+    /// converged to the migrations' shape.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub adoption: Vec<Adoption>,
+    /// The live schema compared with what the applied migrations produce.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verification: Option<VerifyReport>,
     /// The history table (for `status`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<Applied>>,
-    /// The snapshot taken before applying, if one was.
+    /// The snapshot taken before changing the schema, if one was.
     pub snapshot: Option<String>,
     /// Where this ran.
     pub database: Option<Target>,
@@ -158,20 +140,6 @@ pub struct Pending {
     pub checksum: String,
 }
 
-/// The checks of one migration.
-#[derive(Debug, Serialize)]
-pub struct Verification {
-    /// The migration checked.
-    pub version: i64,
-    /// How many checks ran.
-    pub checks: usize,
-    /// Whether all held.
-    pub ok: bool,
-    /// What did not hold.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub failures: Vec<String>,
-}
-
 impl Pending {
     fn of(m: &Migration) -> Self {
         Pending {
@@ -191,7 +159,7 @@ pub async fn run(
     migrations: &Migrations,
     command: Command,
     settings: &RunSettings,
-    before_apply: Option<BeforeApply<'_>>,
+    before_change: Option<BeforeChange<'_>>,
 ) -> Result<Report> {
     let started = Instant::now();
     let mut report = Report {
@@ -203,47 +171,50 @@ pub async fn run(
         rolled_back: Vec::new(),
         pending: Vec::new(),
         unknown_versions: Vec::new(),
-        verification: Vec::new(),
+        adoption: Vec::new(),
+        verification: None,
         history: None,
         snapshot: None,
         database: None,
         lock_wait_ms: 0,
         duration_ms: 0,
     };
-    match command {
-        Command::Status | Command::Plan { .. } | Command::Verify => {
-            let history = db::history(conn).await?;
-            let target = if let Command::Plan { target } = command { target } else { None };
-            let plan = plan::plan(migrations, &history, target)?;
-            report.schema_version = plan.current;
-            report.pending = plan.pending.iter().map(|m| Pending::of(m)).collect();
-            report.unknown_versions = plan.unknown.iter().map(|a| a.version).collect();
-            report.status = match command {
-                Command::Plan { .. } => "planned",
-                Command::Verify => {
-                    verify_applied(conn, migrations, &history, &mut report).await?;
-                    "verified"
-                }
-                _ if report.pending.is_empty() => "up_to_date",
-                _ => "pending",
-            };
-            if command == Command::Status {
-                report.history = Some(history);
+    if command.changes_schema() {
+        let wait = settings.deadline.cap_wait(settings.advisory_wait);
+        report.lock_wait_ms = db::lock(conn, wait).await?.as_millis() as u64;
+        tracing::info!(step = "lock", wait_ms = report.lock_wait_ms, "migration lock taken");
+        let outcome = locked(conn, migrations, command, settings, before_change, &mut report).await;
+        // Release even when the work failed; if this fails too, closing the connection frees it.
+        let released = db::unlock(conn).await;
+        outcome?;
+        released?;
+    } else {
+        let history = db::history(conn).await?;
+        let target = if let Command::Plan { target } = command { target } else { None };
+        let plan = plan::plan(migrations, &history, target)?;
+        report.schema_version = plan.current;
+        report.pending = plan.pending.iter().map(|m| Pending::of(m)).collect();
+        report.unknown_versions = plan.unknown.iter().map(|a| a.version).collect();
+        report.status = match command {
+            Command::Plan { .. } => "planned",
+            Command::Verify => {
+                report.verification = Some(verify_applied(conn, migrations, &history, settings.deadline).await?);
+                "verified"
             }
-        }
-        Command::Migrate { .. } | Command::Rollback { .. } => {
-            let wait = settings.remaining().map_or(settings.advisory_wait, |r| settings.advisory_wait.min(r));
-            report.lock_wait_ms = db::lock(conn, wait).await?.as_millis() as u64;
-            tracing::info!(step = "lock", wait_ms = report.lock_wait_ms, "migration lock taken");
-            let outcome = locked(conn, migrations, command, settings, before_apply, &mut report).await;
-            // Release even when the work failed; if this fails too, closing the connection frees it.
-            let released = db::unlock(conn).await;
-            outcome?;
-            released?;
+            _ if report.pending.is_empty() => "up_to_date",
+            _ => "pending",
+        };
+        if command == Command::Status {
+            report.history = Some(history);
         }
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// What this run finished, for `DeadlineReached`.
+fn labels<'a>(ms: impl IntoIterator<Item = &'a Migration>) -> Vec<String> {
+    ms.into_iter().map(Migration::label).collect()
 }
 
 async fn locked(
@@ -251,7 +222,7 @@ async fn locked(
     migrations: &Migrations,
     command: Command,
     settings: &RunSettings,
-    before_apply: Option<BeforeApply<'_>>,
+    before_change: Option<BeforeChange<'_>>,
     report: &mut Report,
 ) -> Result<()> {
     db::ensure_history(conn).await?;
@@ -260,45 +231,79 @@ async fn locked(
         Command::Migrate { target } => {
             let plan = plan::plan(migrations, &history, target)?;
             report.unknown_versions = plan.unknown.iter().map(|a| a.version).collect();
-            if let (Some(first), Some(hook)) = (plan.pending.first(), before_apply) {
-                report.snapshot = Some(hook(first).await?);
+            if let (Some(first), Some(hook)) = (plan.pending.first(), before_change) {
+                report.snapshot = Some(hook(first.label()).await?);
             }
-            let mut applied_labels = Vec::new();
+            let schema = db::current_schema(conn).await?;
+            let mut applied: Vec<&Migration> = history
+                .iter()
+                .filter(|a| a.state == State::Applied)
+                .filter_map(|a| migrations.get(a.version))
+                .collect();
+            let mut before = if plan.pending.is_empty() {
+                verify::Catalog::default()
+            } else {
+                verify::expected(conn, &applied, settings.deadline).await?
+            };
+            let mut done: Vec<&Migration> = Vec::new();
             for (i, m) in plan.pending.iter().enumerate() {
-                if let Some(left) = settings.remaining()
-                    && left < MIN_TIME_TO_START
-                {
+                if !settings.deadline.has(MIN_TIME_TO_START) {
                     return Err(Error::DeadlineReached {
-                        next: m.label(),
-                        remaining_ms: left.as_millis() as u64,
-                        applied: applied_labels,
-                        pending: plan.pending[i..].iter().map(|m| m.label()).collect(),
+                        during: format!("before starting migration {}", m.label()),
+                        remaining_ms: remaining_ms(settings),
+                        done: labels(done),
+                        left: labels(plan.pending[i..].iter().copied()),
                     });
                 }
-                let step = apply(conn, m, &m.up, settings, &applied_labels, Direction::Up).await?;
+                let mut next = applied.clone();
+                next.push(m);
+                let left = || labels(plan.pending[i..].iter().copied());
+                // A migration that does not apply to an empty schema cannot be adopted into; its own
+                // statements then fail with their real error (or verification names the problem).
+                let after = match verify::expected(conn, &next, settings.deadline).await {
+                    Err(Error::InvalidMigration { problem, .. }) => {
+                        tracing::warn!(step = "adopt", migration = %m.label(), %problem, "cannot derive what it creates");
+                        None
+                    }
+                    other => Some(other?),
+                };
+                if let Some(after) = &after {
+                    adopt_existing(conn, &schema, &before, after, settings, report, &labels(done.clone()), &left())
+                        .await?;
+                }
+                let step = apply(conn, m, &m.up, settings, &labels(done.clone()), &left(), Direction::Up).await?;
                 tracing::info!(step = "migration", version = m.version, name = %m.name, duration_ms = step.duration_ms,
                     lock_retries = step.lock_retries, "applied");
-                applied_labels.push(m.label());
                 report.applied.push(step);
+                done.push(m);
+                applied = next;
+                if let Some(after) = after {
+                    before = after;
+                }
             }
             report.status = if report.applied.is_empty() { "up_to_date" } else { "applied" };
             let history = db::history(conn).await?;
             report.schema_version = history.iter().map(|a| a.version).max();
             report.pending = plan::plan(migrations, &history, None)?.pending.iter().map(|m| Pending::of(m)).collect();
-            verify_applied(conn, migrations, &history, report).await?;
-            let failures: Vec<String> = report.verification.iter().flat_map(|v| v.failures.clone()).collect();
+            let verification = verify_applied(conn, migrations, &history, settings.deadline).await?;
+            let failures = verification.failures.clone();
+            report.verification = Some(verification);
             if !failures.is_empty() {
                 return Err(Error::VerifyFailed(failures));
             }
         }
         Command::Rollback { to } => {
             let undo = plan::rollback_plan(migrations, &history, to)?;
+            if let (Some(first), Some(hook)) = (undo.first(), before_change) {
+                report.snapshot = Some(hook(format!("rollback-of-{}", first.label())).await?);
+            }
             let mut done = Vec::new();
-            for m in undo {
+            for (i, m) in undo.iter().enumerate() {
                 let down = m.down.as_ref().expect("rollback_plan only returns reversible migrations");
-                let step = apply(conn, m, down, settings, &done, Direction::Down).await?;
+                let left = labels(undo[i..].iter().copied());
+                let step = apply(conn, m, down, settings, &labels(done.clone()), &left, Direction::Down).await?;
                 tracing::info!(step = "rollback", version = m.version, name = %m.name, "rolled back");
-                done.push(m.label());
+                done.push(*m);
                 report.rolled_back.push(step);
             }
             report.status = "rolled_back";
@@ -311,10 +316,181 @@ async fn locked(
     Ok(())
 }
 
+fn remaining_ms(settings: &RunSettings) -> u64 {
+    settings.deadline.remaining().map_or(0, |r| r.as_millis() as u64)
+}
+
+/// Before a migration runs: every object it creates that already exists is adopted as it is,
+/// or converged to the migration's shape (see `adopt`). Objects that earlier applied migrations
+/// created are not looked at: reshaping those is the new migration's own work.
+#[allow(clippy::too_many_arguments)]
+async fn adopt_existing(
+    conn: &mut PgConnection,
+    schema: &str,
+    before: &verify::Catalog,
+    after: &verify::Catalog,
+    settings: &RunSettings,
+    report: &mut Report,
+    done: &[String],
+    left: &[String],
+) -> Result<()> {
+    let new: Vec<&String> = after.order.iter().filter(|k| !before.objects.contains_key(*k)).collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let mut live = verify::live(conn, schema).await?;
+    for key in new {
+        match adopt::decide(conn, key, after, &live).await? {
+            Decision::Absent | Decision::Leave => {}
+            Decision::Adopt(adoption) => {
+                tracing::info!(step = "adopt", object = %adoption.object, "already in the migrations' shape");
+                report.adoption.push(adoption);
+            }
+            Decision::Converge(adoption, steps) => {
+                tracing::warn!(step = "adopt", object = %adoption.object, was = adoption.was.as_deref().unwrap_or(""),
+                    "converging to the migrations' shape");
+                for step in &steps {
+                    run_step(conn, step, settings, done, left).await?;
+                }
+                report.adoption.push(adoption);
+                live = verify::live(conn, schema).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs one convergence step with the same lock_timeout, retries and deadline as migrations.
+async fn run_step(
+    conn: &mut PgConnection,
+    step: &Step,
+    settings: &RunSettings,
+    done: &[String],
+    left: &[String],
+) -> Result<()> {
+    let failed = |sql: &str, e: &sqlx::Error| {
+        Error::db(
+            format!("adopting an existing object: {} (statement: {sql}); nothing of this step was kept", step.what),
+            clone_err(e),
+        )
+    };
+    let deadline = |during: String| Error::DeadlineReached {
+        during: format!("{during} while {}", step.what),
+        remaining_ms: remaining_ms(settings),
+        done: done.to_vec(),
+        left: left.to_vec(),
+    };
+    let mut retries = 0;
+    let outcome = if step.in_transaction {
+        let statements: Vec<Statement> =
+            step.statements.iter().map(|s| Statement { sql: s.clone(), line: 0 }).collect();
+        loop {
+            match run_in_transaction(conn, &statements, settings, Bookkeeping::None).await {
+                Ok(()) => break Ok(()),
+                Err(TxError::Statement(i, e)) => match retry_or_stop(&e, settings, &mut retries).await {
+                    Retry::Again => continue,
+                    Retry::Deadline(during) => break Err(deadline(during)),
+                    Retry::Fail => break Err(failed(&step.statements[i], &e)),
+                },
+                Err(TxError::Bookkeeping(e)) => break Err(Error::db(step.what.clone(), e)),
+            }
+        }
+    } else {
+        let mut result = Ok(());
+        for sql in &step.statements {
+            if let Err(f) = run_statement(conn, sql, settings, &mut retries).await {
+                result = Err(match f {
+                    StatementFailure::Deadline(during) => deadline(during),
+                    StatementFailure::Db(e) => failed(sql, &e),
+                });
+                break;
+            }
+        }
+        result
+    };
+    let reset = db::reset_limits(conn).await;
+    outcome?;
+    reset.map_err(|e| Error::db("resetting the session's timeouts", e))
+}
+
+/// sqlx errors are not `Clone`; what we keep of one is its text.
+fn clone_err(e: &sqlx::Error) -> sqlx::Error {
+    sqlx::Error::Protocol(crate::error::cause_chain(e))
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Up,
     Down,
+}
+
+enum StatementFailure {
+    Db(sqlx::Error),
+    Deadline(String),
+}
+
+enum Retry {
+    Again,
+    Deadline(String),
+    Fail,
+}
+
+/// After a failed statement: retry it (lock timeout, retries and time left), stop at the
+/// deadline, or fail.
+async fn retry_or_stop(err: &sqlx::Error, settings: &RunSettings, retries: &mut u32) -> Retry {
+    let deadline = settings.deadline;
+    if db::is_lock_timeout(err) {
+        if *retries >= settings.lock_retries {
+            return Retry::Fail;
+        }
+        let pause = settings.backoff(*retries + 1);
+        // No retry starts unless one whole lock_timeout fits after the pause.
+        if !deadline.has(pause + settings.lock_timeout) {
+            return Retry::Deadline(format!("waiting for a lock (after {} lock_timeout retries)", *retries));
+        }
+        *retries += 1;
+        tracing::warn!(
+            step = "lock_retry",
+            attempt = *retries,
+            pause_ms = pause.as_millis() as u64,
+            "lock_timeout; retrying"
+        );
+        tokio::time::sleep(pause).await;
+        return Retry::Again;
+    }
+    if db::is_query_canceled(err) && deadline.binds(settings.statement_timeout) {
+        return Retry::Deadline("while a statement ran (PostgreSQL cancelled it)".into());
+    }
+    Retry::Fail
+}
+
+/// One statement outside a transaction, under `min(configured, time left)`, retried on lock timeouts.
+async fn run_statement(
+    conn: &mut PgConnection,
+    sql: &str,
+    settings: &RunSettings,
+    retries: &mut u32,
+) -> std::result::Result<(), StatementFailure> {
+    loop {
+        if !settings.deadline.has(Duration::from_millis(100)) {
+            return Err(StatementFailure::Deadline("before a statement could start".into()));
+        }
+        limits(conn, settings).await.map_err(StatementFailure::Db)?;
+        match db::exec(conn, sql).await {
+            Ok(()) => return Ok(()),
+            Err(e) => match retry_or_stop(&e, settings, retries).await {
+                Retry::Again => {}
+                Retry::Deadline(during) => return Err(StatementFailure::Deadline(during)),
+                Retry::Fail => return Err(StatementFailure::Db(e)),
+            },
+        }
+    }
+}
+
+/// `statement_timeout` and `lock_timeout` for the next statement, both cut to the time left.
+async fn limits(conn: &mut PgConnection, settings: &RunSettings) -> std::result::Result<(), sqlx::Error> {
+    let deadline = settings.deadline;
+    db::set_limits(conn, deadline.cap(settings.statement_timeout), deadline.cap(Some(settings.lock_timeout))).await
 }
 
 /// Runs one script: in one transaction with its history change, or statement by statement.
@@ -323,14 +499,12 @@ async fn apply(
     m: &Migration,
     script: &Script,
     settings: &RunSettings,
-    applied_before: &[String],
+    done: &[String],
+    left: &[String],
     direction: Direction,
 ) -> Result<AppliedStep> {
     let started = Instant::now();
     let statements = script.statements();
-    db::set_timeout(conn, "statement_timeout", db::bounded_timeout(settings.statement_timeout, settings.deadline))
-        .await?;
-    db::set_timeout(conn, "lock_timeout", Some(settings.lock_timeout)).await?;
     let mut step = AppliedStep {
         version: m.version,
         name: m.name.clone(),
@@ -339,76 +513,54 @@ async fn apply(
         transactional: !script.no_transaction,
         rebuilt_invalid_indexes: Vec::new(),
     };
-    let fail = |stmt: &Statement, err: sqlx::Error| migration_failed(m, script, stmt, &err, applied_before);
     let bookkeeping = |err: sqlx::Error| Error::db(format!("recording migration {} in the history", m.label()), err);
     let outcome = if script.no_transaction {
-        for stmt in &statements {
-            let mut attempt = 0;
-            loop {
-                if let Some(index) = stmt.concurrent_index_name() {
-                    let invalid = db::index_is_invalid(conn, &index).await.map_err(|e| fail(stmt, e))?;
-                    if invalid {
-                        tracing::warn!(step = "repair", index = %index, "dropping an index left INVALID by an interrupted build");
-                        let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS \"{}\"", index.replace('"', "\"\""));
-                        db::exec(conn, &drop).await.map_err(|e| fail(stmt, e))?;
-                        if !step.rebuilt_invalid_indexes.contains(&index) {
-                            step.rebuilt_invalid_indexes.push(index);
-                        }
-                    }
-                }
-                match db::exec(conn, &stmt.sql).await {
-                    Ok(()) => break,
-                    Err(e) if is_lock_timeout(&e) && attempt < settings.lock_retries => {
-                        attempt += 1;
-                        step.lock_retries += 1;
-                        tracing::warn!(
-                            step = "lock_retry",
-                            version = m.version,
-                            line = stmt.line,
-                            attempt,
-                            "lock_timeout; retrying"
-                        );
-                        tokio::time::sleep(settings.backoff(attempt)).await;
-                    }
-                    Err(e) => return Err(fail(stmt, e)),
-                }
-            }
-        }
-        match direction {
-            Direction::Up => {
-                db::record(conn, m.version, &m.name, &m.up.checksum, started.elapsed(), &settings.applied_by).await
-            }
-            Direction::Down => db::forget(conn, m.version).await,
-        }
-        .map_err(bookkeeping)
+        apply_statements(conn, m, script, &statements, settings, done, left, direction, &mut step).await
     } else {
-        let mut attempt = 0;
+        let book = match direction {
+            Direction::Up => Bookkeeping::Record { m, started, applied_by: &settings.applied_by },
+            Direction::Down => Bookkeeping::Forget(m.version),
+        };
         loop {
-            match run_in_transaction(conn, m, &statements, started, settings, direction).await {
+            match run_in_transaction(conn, &statements, settings, book).await {
                 Ok(()) => break Ok(()),
-                Err(TxError::Statement(i, e)) if is_lock_timeout(&e) && attempt < settings.lock_retries => {
-                    attempt += 1;
-                    step.lock_retries += 1;
-                    tracing::warn!(
-                        step = "lock_retry",
-                        version = m.version,
-                        line = statements[i].line,
-                        attempt,
-                        "lock_timeout; rolled back, retrying the migration"
-                    );
-                    tokio::time::sleep(settings.backoff(attempt)).await;
-                }
-                Err(TxError::Statement(i, e)) => break Err(fail(&statements[i], e)),
+                Err(TxError::Statement(i, e)) => match retry_or_stop(&e, settings, &mut step.lock_retries).await {
+                    Retry::Again => {}
+                    Retry::Deadline(during) => {
+                        break Err(Error::DeadlineReached {
+                            during: format!(
+                                "{during} in migration {} at line {} (its transaction was rolled back)",
+                                m.label(),
+                                statements[i].line
+                            ),
+                            remaining_ms: remaining_ms(settings),
+                            done: done.to_vec(),
+                            left: left.to_vec(),
+                        });
+                    }
+                    Retry::Fail => break Err(migration_failed(m, script, &statements[i], &e, done, None)),
+                },
                 Err(TxError::Bookkeeping(e)) => break Err(bookkeeping(e)),
             }
         }
     };
     // Leave the session as we found it even after a failure.
-    let reset = db::exec(conn, "RESET lock_timeout").await;
+    let reset = db::reset_limits(conn).await;
     outcome?;
-    reset.map_err(|e| Error::db("resetting lock_timeout", e))?;
+    reset.map_err(|e| Error::db("resetting the session's timeouts", e))?;
     step.duration_ms = started.elapsed().as_millis() as u64;
     Ok(step)
+}
+
+/// What a transaction records in the history besides its statements.
+#[derive(Clone, Copy)]
+enum Bookkeeping<'a> {
+    /// Nothing (a convergence step).
+    None,
+    /// The migration is applied.
+    Record { m: &'a Migration, started: Instant, applied_by: &'a str },
+    /// The migration is rolled back.
+    Forget(i64),
 }
 
 enum TxError {
@@ -416,26 +568,30 @@ enum TxError {
     Bookkeeping(sqlx::Error),
 }
 
+/// Statements and their history change in one transaction; each statement under the limits.
 async fn run_in_transaction(
     conn: &mut PgConnection,
-    m: &Migration,
     statements: &[Statement],
-    started: Instant,
     settings: &RunSettings,
-    direction: Direction,
+    book: Bookkeeping<'_>,
 ) -> std::result::Result<(), TxError> {
     let mut tx = conn.begin().await.map_err(TxError::Bookkeeping)?;
     for (i, stmt) in statements.iter().enumerate() {
-        if let Err(e) = db::exec(&mut tx, &stmt.sql).await {
+        let ran = match limits(&mut tx, settings).await {
+            Ok(()) => db::exec(&mut tx, &stmt.sql).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = ran {
             let _ = tx.rollback().await;
             return Err(TxError::Statement(i, e));
         }
     }
-    let recorded = match direction {
-        Direction::Up => {
-            db::record(&mut tx, m.version, &m.name, &m.up.checksum, started.elapsed(), &settings.applied_by).await
+    let recorded = match book {
+        Bookkeeping::None => Ok(()),
+        Bookkeeping::Record { m, started, applied_by } => {
+            db::record(&mut tx, m.version, &m.name, &m.up.checksum, started.elapsed(), applied_by).await
         }
-        Direction::Down => db::forget(&mut tx, m.version).await,
+        Bookkeeping::Forget(version) => db::forget(&mut tx, version).await,
     };
     if let Err(e) = recorded {
         let _ = tx.rollback().await;
@@ -444,8 +600,110 @@ async fn run_in_transaction(
     tx.commit().await.map_err(TxError::Bookkeeping)
 }
 
-fn is_lock_timeout(err: &sqlx::Error) -> bool {
-    db::sqlstate(err).as_deref() == Some("55P03")
+/// A no-transaction script, statement by statement: INVALID indexes it builds are repaired
+/// first, index builds that cannot finish before the deadline are refused before they start,
+/// and the deadline stops it cleanly between statements.
+#[allow(clippy::too_many_arguments)]
+async fn apply_statements(
+    conn: &mut PgConnection,
+    m: &Migration,
+    script: &Script,
+    statements: &[Statement],
+    settings: &RunSettings,
+    done: &[String],
+    left: &[String],
+    direction: Direction,
+    step: &mut AppliedStep,
+) -> Result<()> {
+    let started = Instant::now();
+    let partial_note = (direction == Direction::Down).then(|| {
+        format!(
+            "the history now records {} as partly rolled back (state rolling_back): `migrate` re-applies it, \
+             `rollback` runs its down script again",
+            m.label()
+        )
+    });
+    if direction == Direction::Down {
+        db::mark_rolling_back(conn, m.version)
+            .await
+            .map_err(|e| Error::db(format!("recording the rollback of {} in the history", m.label()), e))?;
+    }
+    for (i, stmt) in statements.iter().enumerate() {
+        let deadline = |during: String| Error::DeadlineReached {
+            during: format!("{during} in {} at line {}", script.file, stmt.line),
+            remaining_ms: remaining_ms(settings),
+            done: done
+                .iter()
+                .cloned()
+                .chain((i > 0).then(|| format!("{}: statements 1-{i} of {}", script.file, statements.len())))
+                .collect(),
+            left: std::iter::once(format!(
+                "{} from line {} (statement {} of {})",
+                script.file,
+                stmt.line,
+                i + 1,
+                statements.len()
+            ))
+            .chain(left.iter().skip(1).cloned())
+            .chain(partial_note.clone())
+            .collect(),
+        };
+        let fail = |e: &sqlx::Error| migration_failed(m, script, stmt, e, done, partial_note.clone());
+        if let Some(build) = stmt.index_build() {
+            let existing = db::index_on_table(conn, &build.table, &build.name).await.map_err(|e| fail(&e))?;
+            if let Some((qualified, false)) = &existing {
+                tracing::warn!(step = "repair", index = %qualified, "dropping an index left INVALID by an interrupted build");
+                run_statement(
+                    conn,
+                    &format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"),
+                    settings,
+                    &mut step.lock_retries,
+                )
+                .await
+                .map_err(|f| match f {
+                    StatementFailure::Deadline(during) => deadline(during),
+                    StatementFailure::Db(e) => fail(&e),
+                })?;
+                step.rebuilt_invalid_indexes.push(build.name.trim_matches('"').to_string());
+            }
+            if !matches!(existing, Some((_, true)))
+                && let Some(left_now) = settings.deadline.remaining()
+            {
+                let rows = db::estimated_rows(conn, &build.table).await.map_err(|e| fail(&e))?.unwrap_or(0.0);
+                let needed = rows / settings.index_build_rows_per_s;
+                if needed > left_now.as_secs_f64() {
+                    return Err(Error::DeadlineTooShort(format!(
+                        "migration {} would build index {} on {} (~{rows:.0} rows): at the assumed {:.0} rows/s \
+                         (INDEX_BUILD_ROWS_PER_S) that takes ~{needed:.0} s, more than the {:.0} s this invocation has \
+                         left. Lambda would cancel it at the deadline and every retry would start over, so it was not \
+                         started. Apply this migration from the command line (README, runbook: \"An index too large \
+                         for Lambda\"); the Lambda then finds it applied{}",
+                        m.label(),
+                        build.name,
+                        build.table,
+                        settings.index_build_rows_per_s,
+                        left_now.as_secs_f64(),
+                        if done.is_empty() {
+                            String::new()
+                        } else {
+                            format!(". Applied this run: {}", done.join(", "))
+                        }
+                    )));
+                }
+            }
+        }
+        run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await.map_err(|f| match f {
+            StatementFailure::Deadline(during) => deadline(during),
+            StatementFailure::Db(e) => fail(&e),
+        })?;
+    }
+    match direction {
+        Direction::Up => {
+            db::record(conn, m.version, &m.name, &m.up.checksum, started.elapsed(), &settings.applied_by).await
+        }
+        Direction::Down => db::forget(conn, m.version).await,
+    }
+    .map_err(|e| Error::db(format!("recording migration {} in the history", m.label()), e))
 }
 
 fn migration_failed(
@@ -454,6 +712,7 @@ fn migration_failed(
     stmt: &Statement,
     err: &sqlx::Error,
     applied_before: &[String],
+    note: Option<String>,
 ) -> Error {
     let (message, detail, position) = db::pg_details(err);
     let mut statement: String = stmt.sql.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -470,43 +729,58 @@ fn migration_failed(
         message,
         detail,
         applied_before: applied_before.to_vec(),
+        note,
     }))
 }
 
-/// Runs the checks of every applied migration the binary knows, into `report.verification`.
+/// The live schema compared with what the applied migrations produce.
 async fn verify_applied(
     conn: &mut PgConnection,
     migrations: &Migrations,
     history: &[Applied],
-    report: &mut Report,
-) -> Result<()> {
-    report.verification.clear();
-    for row in history {
-        let Some(m) = migrations.get(row.version) else { continue };
-        let mut failures = Vec::new();
-        for check in &m.up.checks {
-            if let Some(problem) = db::check(conn, check).await? {
-                failures.push(format!("{}: {problem}", m.label()));
-            }
-        }
-        report.verification.push(Verification {
-            version: m.version,
-            checks: m.up.checks.len(),
-            ok: failures.is_empty(),
-            failures,
-        });
+    deadline: Deadline,
+) -> Result<VerifyReport> {
+    let mut report = VerifyReport::default();
+    let unknown: Vec<String> =
+        history.iter().filter(|a| migrations.get(a.version).is_none()).map(|a| format!("{:03}", a.version)).collect();
+    if !unknown.is_empty() {
+        report.failures.push(format!(
+            "the history has migrations this binary does not know ({}): what they produce cannot be derived; \
+             verify with the binary that applied them",
+            unknown.join(", ")
+        ));
     }
+    for a in history.iter().filter(|a| a.state == State::RollingBack) {
+        report.failures.push(format!(
+            "{:03}_{}: a rollback stopped part-way; run migrate to re-apply it, or rollback to finish",
+            a.version, a.name
+        ));
+    }
+    let applied: Vec<&Migration> =
+        history.iter().filter(|a| a.state == State::Applied).filter_map(|a| migrations.get(a.version)).collect();
+    report.versions = applied.iter().map(|m| m.version).collect();
+    if unknown.is_empty() {
+        let expected = verify::expected(conn, &applied, deadline).await?;
+        let schema = db::current_schema(conn).await?;
+        let live = verify::live(conn, &schema).await?;
+        report.objects_checked = expected.order.len();
+        for d in verify::diff(&expected, &live) {
+            if d.accepted { report.accepted.push(d.to_string()) } else { report.failures.push(d.to_string()) }
+        }
+    }
+    report.ok = report.failures.is_empty();
     tracing::info!(
         step = "verify",
-        migrations = report.verification.len(),
-        ok = report.verification.iter().all(|v| v.ok),
+        objects = report.objects_checked,
+        ok = report.ok,
+        accepted = report.accepted.len(),
         "verified"
     );
-    Ok(())
+    Ok(report)
 }
 
 /// `verify` ends in an error when a check fails, so scripts and Lambda see it.
 pub fn verification_failures(report: &Report) -> Option<Error> {
-    let failures: Vec<String> = report.verification.iter().flat_map(|v| v.failures.clone()).collect();
+    let failures = report.verification.as_ref().map(|v| v.failures.clone()).unwrap_or_default();
     (!failures.is_empty()).then_some(Error::VerifyFailed(failures))
 }

@@ -6,13 +6,13 @@ use crate::{
     config::SecretSettings,
     credentials::Aws,
     error::{Error, Result},
-    migrations::Migration,
 };
 
-/// A snapshot identifier that says which migration it precedes, e.g.
+/// A snapshot identifier that says what it precedes (`001_add_execution_arn`,
+/// `rollback-of-002_optimize_for_scale`), e.g.
 /// `scanner-migrator-before-001-add-execution-arn-20261125t070000z`.
-pub fn snapshot_id(next: &Migration, now: chrono::DateTime<chrono::Utc>) -> String {
-    let raw = format!("scanner-migrator-before-{}-{}", next.label(), now.format("%Y%m%dt%H%M%Sz"));
+pub fn snapshot_id(next: &str, now: chrono::DateTime<chrono::Utc>) -> String {
+    let raw = format!("scanner-migrator-before-{next}-{}", now.format("%Y%m%dt%H%M%Sz"));
     // RDS identifiers: letters, digits and single hyphens, at most 255 characters.
     let mut id = String::with_capacity(raw.len());
     for c in raw.chars() {
@@ -26,11 +26,11 @@ pub fn snapshot_id(next: &Migration, now: chrono::DateTime<chrono::Utc>) -> Stri
 }
 
 /// Creates the snapshot and waits until it is available or `deadline` passes.
-pub async fn create(aws: &Aws, db: &SecretSettings, next: &Migration, deadline: Instant) -> Result<String> {
+pub async fn create(aws: &Aws, db: &SecretSettings, next: &str, deadline: Instant) -> Result<String> {
     let id = snapshot_id(next, chrono::Utc::now());
     let failed = |cause: String| Error::SnapshotFailed { snapshot: id.clone(), cause };
     let tag = |k: &str, v: &str| aws_sdk_rds::types::Tag::builder().key(k).value(v).build();
-    let tags = [tag("created-by", "scanner-migrator"), tag("before-migration", &next.label())];
+    let tags = [tag("created-by", "scanner-migrator"), tag("before-migration", next)];
     tracing::info!(step = "snapshot", snapshot = %id, "creating snapshot before migrating");
     if let Some(instance) = &db.instance_id {
         aws.rds
@@ -106,7 +106,7 @@ mod tests {
     fn snapshot_ids_are_valid_rds_identifiers() {
         let m = Migrations::embedded().unwrap();
         let now = chrono::DateTime::parse_from_rfc3339("2026-11-25T07:00:00Z").unwrap().with_timezone(&chrono::Utc);
-        let id = snapshot_id(m.get(1).unwrap(), now);
+        let id = snapshot_id(&m.get(1).unwrap().label(), now);
         assert_eq!(id, "scanner-migrator-before-001-add-execution-arn-20261125t070000z");
         assert!(id.chars().next().unwrap().is_ascii_alphabetic() && !id.contains("--"));
     }

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use sqlx::{Connection, Executor};
 
 use crate::support::{
+    all_labels, all_versions,
     cli::{cli, migrator},
     migrations_copy,
     pg::TestDb,
@@ -16,10 +17,13 @@ async fn fresh_database_is_migrated_and_verified_then_a_rerun_changes_nothing() 
     let run = migrator(&db.url, &["migrate"]).await;
     assert_eq!(run.code, 0, "{:#}", run.json);
     assert_eq!(run.status(), "applied");
-    assert_eq!(run.versions("applied"), vec![0, 1, 2]);
-    assert_eq!(run.json["schema_version"], 2);
-    assert!(run.json["verification"].as_array().unwrap().iter().all(|v| v["ok"] == true), "{:#}", run.json);
-    assert_eq!(db.history().await, vec![0, 1, 2]);
+    assert_eq!(run.versions("applied"), all_versions());
+    assert_eq!(run.json["schema_version"], *all_versions().last().unwrap());
+    assert_eq!(run.json["verification"]["ok"], true, "{:#}", run.json);
+    assert_eq!(run.json["verification"]["versions"], serde_json::json!(all_versions()));
+    assert!(run.json["verification"]["objects_checked"].as_u64().unwrap() >= 10, "{:#}", run.json);
+    assert!(run.json.get("adoption").is_none(), "nothing existed to adopt: {:#}", run.json);
+    assert_eq!(db.history().await, all_versions());
     // What the scanner relies on is really there.
     assert!(db.scalar::<bool>("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE table_name = 'jobs' AND column_name = 'execution_arn')").await);
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pg_index WHERE NOT indisvalid").await, 0);
@@ -38,32 +42,9 @@ async fn fresh_database_is_migrated_and_verified_then_a_rerun_changes_nothing() 
 
     let status = migrator(&db.url, &["status"]).await;
     assert_eq!(status.status(), "up_to_date");
-    assert_eq!(status.json["history"].as_array().unwrap().len(), 3);
+    assert_eq!(status.json["history"].as_array().unwrap().len(), all_versions().len());
+    assert!(status.json["history"].as_array().unwrap().iter().all(|h| h["state"] == "applied"));
     assert!(status.json["history"][0]["applied_by"].as_str().unwrap().starts_with("cli:"));
-}
-
-/// The database as `migrate_database.sh` left it: every object, no history.
-#[tokio::test]
-async fn a_database_migrated_by_the_old_script_is_adopted_without_changes() {
-    let db = TestDb::new().await;
-    for file in ["000_initial_schema.sql", "001_add_execution_arn.sql", "002_optimize_for_scale.sql"] {
-        let out = std::process::Command::new("psql")
-            .args(["-v", "ON_ERROR_STOP=1", "-q", "-d", &db.url, "-f"])
-            .arg(crate::support::pg::root().join("migrations").join(file))
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "psql {file}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    db.exec("INSERT INTO jobs (bucket, prefix) VALUES ('b', 'p'); INSERT INTO job_objects (job_id, bucket, key) SELECT job_id, 'b', 'k' FROM jobs;").await;
-    let before = db.fingerprint().await;
-    assert!(db.history().await.is_empty());
-
-    let run = migrator(&db.url, &["migrate"]).await;
-    assert_eq!(run.code, 0, "{:#}", run.json);
-    assert_eq!(run.versions("applied"), vec![0, 1, 2], "history is recorded");
-    assert_eq!(db.history().await, vec![0, 1, 2]);
-    assert_eq!(db.fingerprint().await, before, "adopting must not change the schema");
-    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM job_objects").await, 1, "nor the data");
 }
 
 #[tokio::test]
@@ -75,7 +56,7 @@ async fn an_edited_applied_migration_is_refused_and_nothing_runs() {
     let file = dir.path().join("001_add_execution_arn.sql");
     let text = std::fs::read_to_string(&file).unwrap();
     std::fs::write(&file, text.replace("execution_arn text", "execution_arn varchar(2048)")).unwrap();
-    std::fs::write(dir.path().join("003_new.sql"), "CREATE TABLE should_not_exist (id bigint);\n").unwrap();
+    std::fs::write(dir.path().join("903_new.sql"), "CREATE TABLE should_not_exist (id bigint);\n").unwrap();
     let before = db.fingerprint().await;
 
     let run = migrator(&db.url, &["--migrations-dir", d, "migrate"]).await;
@@ -88,7 +69,7 @@ async fn an_edited_applied_migration_is_refused_and_nothing_runs() {
         scanner_migrator::migrations::Script::parse("x", &std::fs::read_to_string(&file).unwrap()).unwrap().checksum;
     assert!(msg.contains(&new), "and the new one: {msg}");
     assert_eq!(db.fingerprint().await, before);
-    assert_eq!(db.history().await, vec![0, 1, 2]);
+    assert_eq!(db.history().await, all_versions());
     assert_eq!(db.advisory_locks().await, 0);
 }
 
@@ -98,24 +79,21 @@ async fn a_failing_statement_rolls_back_its_migration_and_names_where() {
     let dir = migrations_copy();
     let d = dir.path().to_str().unwrap();
     std::fs::write(
-        dir.path().join("003_broken.sql"),
-        "-- Migration: 003_broken\nALTER TABLE jobs ADD COLUMN half_done text;\n\nUPDATE jobs\n   SET half_done = 'x'\n  FROM no_such_table;\n",
+        dir.path().join("901_broken.sql"),
+        "-- Migration: 901_broken\nALTER TABLE jobs ADD COLUMN half_done text;\n\nUPDATE jobs\n   SET half_done = 'x'\n  FROM no_such_table;\n",
     )
     .unwrap();
     let run = migrator(&db.url, &["--migrations-dir", d, "migrate"]).await;
     assert_eq!(run.code, 1, "{:#}", run.json);
     assert_eq!(run.error_type(), "MigrationFailed");
     let msg = run.error_message();
-    assert!(msg.contains("migration 003 (broken)"), "{msg}");
+    assert!(msg.contains("migration 901 (broken)"), "{msg}");
     assert!(msg.contains("SQLSTATE 42P01"), "{msg}");
     assert!(msg.contains("no_such_table") && msg.contains("UPDATE jobs SET half_done"), "{msg}");
     assert!(msg.contains("line 6"), "the error position is mapped to the file's line: {msg}");
-    assert!(
-        msg.contains("applied before the failure: 000_initial_schema, 001_add_execution_arn, 002_optimize_for_scale"),
-        "{msg}"
-    );
-    // 000-002 stay applied; 003's first statement was rolled back with it.
-    assert_eq!(db.history().await, vec![0, 1, 2]);
+    assert!(msg.contains(&format!("applied before the failure: {}", all_labels().join(", "))), "{msg}");
+    // The real migrations stay applied; 901's first statement was rolled back with it.
+    assert_eq!(db.history().await, all_versions());
     assert!(
         !db.scalar::<bool>("SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE column_name = 'half_done')")
             .await
@@ -136,9 +114,9 @@ async fn eight_runners_at_once_apply_exactly_once() {
     }
     let appliers: Vec<_> = runs.iter().filter(|r| r.status() == "applied").collect();
     assert_eq!(appliers.len(), 1, "exactly one applies");
-    assert_eq!(appliers[0].versions("applied"), vec![0, 1, 2]);
+    assert_eq!(appliers[0].versions("applied"), all_versions());
     assert_eq!(runs.iter().filter(|r| r.status() == "up_to_date").count(), 7);
-    assert_eq!(db.history().await, vec![0, 1, 2]);
+    assert_eq!(db.history().await, all_versions());
 }
 
 async fn futures_join_all<F: std::future::Future + Send + 'static>(futs: impl Iterator<Item = F>) -> Vec<F::Output>
@@ -201,7 +179,7 @@ async fn ddl_behind_a_long_reader_times_out_and_retries_instead_of_queueing() {
     let run = run.await.unwrap();
     assert_eq!(run.code, 0, "{:#}", run.json);
     assert!(run.json["applied"][0]["lock_retries"].as_u64().unwrap() >= 1, "{:#}", run.json);
-    assert_eq!(db.history().await, vec![0, 1, 2]);
+    assert_eq!(db.history().await, all_versions());
 }
 
 #[tokio::test]
@@ -257,7 +235,7 @@ async fn a_backend_killed_in_the_middle_of_002_is_completed_by_the_next_run() {
 
     let again = migrator(&db.url, &["migrate"]).await;
     assert_eq!(again.code, 0, "{:#}", again.json);
-    assert_eq!(again.versions("applied"), vec![2]);
+    assert_eq!(again.versions("applied"), all_versions().into_iter().filter(|&v| v >= 2).collect::<Vec<_>>());
     assert_eq!(again.json["applied"][0]["rebuilt_invalid_indexes"][0], "idx_job_objects_job_status");
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pg_index WHERE NOT indisvalid").await, 0, "every index is valid");
     assert_eq!(migrator(&db.url, &["verify"]).await.status(), "verified");
@@ -268,20 +246,26 @@ async fn rollback_to_1_then_migrate_returns_to_the_same_schema() {
     let db = TestDb::new().await;
     migrator(&db.url, &["migrate"]).await;
     let full = db.fingerprint().await;
+    let above = |n: i64| all_versions().into_iter().filter(|&v| v > n).rev().collect::<Vec<_>>();
     let run = migrator(&db.url, &["rollback", "--to", "1"]).await;
     assert_eq!(run.code, 0, "{:#}", run.json);
     assert_eq!(run.status(), "rolled_back");
-    assert_eq!(run.versions("rolled_back"), vec![2]);
+    assert_eq!(run.versions("rolled_back"), above(1));
     assert_eq!(run.json["schema_version"], 1);
     assert!(!db.scalar::<bool>("SELECT to_regclass('job_progress') IS NOT NULL").await);
     assert!(!db.scalar::<bool>("SELECT to_regprocedure('refresh_job_progress()') IS NOT NULL").await);
     assert_eq!(db.history().await, vec![0, 1]);
+    assert_eq!(
+        migrator(&db.url, &["verify"]).await.status(),
+        "verified",
+        "a rolled-back schema verifies at its version"
+    );
     let again = migrator(&db.url, &["migrate"]).await;
-    assert_eq!(again.versions("applied"), vec![2]);
+    assert_eq!(again.versions("applied"), above(1).into_iter().rev().collect::<Vec<_>>());
     assert_eq!(db.fingerprint().await, full);
 
-    let to0 = migrator(&db.url, &["rollback", "--to", "0"]).await;
-    assert_eq!(to0.versions("rolled_back"), vec![2, 1]);
+    let to0 = migrator(&db.url, &["rollback", "--target", "0"]).await;
+    assert_eq!(to0.versions("rolled_back"), above(0), "--target is the same as --to");
     assert!(
         !db.scalar::<bool>(
             "SELECT EXISTS (SELECT 1 FROM information_schema.columns WHERE column_name = 'execution_arn')"
@@ -299,10 +283,13 @@ async fn plan_shows_what_would_run_and_changes_nothing() {
     let run = migrator(&db.url, &["plan"]).await;
     assert_eq!(run.code, 0);
     assert_eq!(run.status(), "planned");
-    assert_eq!(run.versions("pending"), vec![0, 1, 2]);
+    assert_eq!(run.versions("pending"), all_versions());
     let modes: Vec<&str> =
         run.json["pending"].as_array().unwrap().iter().map(|p| p["mode"].as_str().unwrap()).collect();
-    assert_eq!(modes, vec!["transaction", "no-transaction", "no-transaction"]);
+    let embedded = scanner_migrator::migrations::Migrations::embedded().unwrap();
+    let expected: Vec<&str> =
+        embedded.all().iter().map(|m| if m.up.no_transaction { "no-transaction" } else { "transaction" }).collect();
+    assert_eq!(modes, expected);
     assert_eq!(db.fingerprint().await, before);
     assert!(
         !db.scalar::<bool>("SELECT to_regclass('scanner_migrator_history') IS NOT NULL").await,
@@ -321,7 +308,7 @@ async fn verify_fails_when_an_object_is_missing() {
     assert_eq!(run.code, 1);
     assert_eq!(run.error_type(), "VerifyFailed");
     assert!(
-        run.error_message().contains("002_optimize_for_scale: index idx_job_objects_job_updated_at is missing"),
+        run.error_message().contains("index idx_job_objects_job_updated_at: is missing"),
         "{}",
         run.error_message()
     );
@@ -371,7 +358,7 @@ async fn bad_command_lines_are_bad_requests() {
     let rollback = cli(&["--database-url", "postgres://x@127.0.0.1:1/db", "rollback"], &[]).await;
     assert_eq!(rollback.code, 2);
     assert_eq!(rollback.error_type(), "BadRequest");
-    assert!(rollback.error_message().contains("--to"), "{}", rollback.error_message());
+    assert!(rollback.error_message().contains("--target"), "{}", rollback.error_message());
 
     let nothing = cli(&["migrate"], &[]).await;
     assert_eq!(nothing.code, 1);

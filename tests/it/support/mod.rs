@@ -16,3 +16,14 @@ pub fn migrations_copy() -> tempfile::TempDir {
     }
     dir
 }
+
+/// Every embedded version, oldest first: tests derive expectations from it, so adding a
+/// migration touches no test.
+pub fn all_versions() -> Vec<i64> {
+    scanner_migrator::migrations::Migrations::embedded().unwrap().all().iter().map(|m| m.version).collect()
+}
+
+/// Every embedded migration's label (`000_initial_schema`), oldest first.
+pub fn all_labels() -> Vec<String> {
+    scanner_migrator::migrations::Migrations::embedded().unwrap().all().iter().map(|m| m.label()).collect()
+}

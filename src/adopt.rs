@@ -1,0 +1,295 @@
+//! Adopting a database that another tool (the old `migrate_database.sh`) migrated: before a
+//! migration runs, every object it creates that already exists is compared with what the
+//! migration would make. Same shape: adopted as-is. A derived object (index, view, materialized
+//! view, function, trigger) of another shape: converged online, built beside the old one and
+//! swapped in one short transaction, so readers never see it missing or empty. Tables are the
+//! user's data: never rewritten (verification reports compatible differences as accepted).
+
+use serde::Serialize;
+use sqlx::{PgConnection, Row};
+
+use crate::{
+    error::{Error, Result},
+    verify::{self, Catalog, Object},
+};
+
+/// What adoption did with one object.
+#[derive(Debug, Clone, Serialize)]
+pub struct Adoption {
+    /// The object (`materialized view job_progress`).
+    pub object: String,
+    /// `adopted` (already in the migrations' shape) or `converged` (rebuilt into it).
+    pub action: &'static str,
+    /// For a converged object, how it differed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub was: Option<String>,
+}
+
+/// SQL run to converge one object: statements in one transaction, or one by one.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// For logs and errors.
+    pub what: String,
+    /// The statements.
+    pub statements: Vec<String>,
+    /// All in one transaction (the swap), or each on its own (concurrent index builds).
+    pub in_transaction: bool,
+}
+
+/// What to do about one object that the next migration creates.
+pub enum Decision {
+    /// It does not exist: the migration creates it.
+    Absent,
+    /// It exists in the migration's shape.
+    Adopt(Adoption),
+    /// It exists as a table or constraint of another shape: left to verification.
+    Leave,
+    /// It exists in another shape: run these steps, then it is converged.
+    Converge(Adoption, Vec<Step>),
+}
+
+/// A name for a temporary object beside `name`, within PostgreSQL's 63 bytes.
+fn beside(name: &str, suffix: &str) -> String {
+    let keep = 63 - suffix.len();
+    let mut base: String = name.chars().take(keep).collect();
+    while base.len() > keep {
+        base.pop();
+    }
+    format!("{base}{suffix}")
+}
+
+/// A name quoted as an identifier.
+pub fn ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Decides about `key` (an object in `after`, the catalog with the next migration applied),
+/// given the live catalog; reads what a swap needs (dependents, privileges) from `conn`.
+pub async fn decide(conn: &mut PgConnection, key: &str, after: &Catalog, live: &Catalog) -> Result<Decision> {
+    let expected = &after.objects[key];
+    let Some(found) = live.objects.get(key) else { return Ok(Decision::Absent) };
+    let object = after.describe(key);
+    let differences = verify::diff_object(key, expected, Some(found));
+    if differences.is_empty() {
+        return Ok(Decision::Adopt(Adoption { object, action: "adopted", was: None }));
+    }
+    let invalid_only = matches!(found, Object::Index { valid: false, .. }) && differences.len() == 1;
+    if !expected.is_derived() || !found.is_derived() || invalid_only || differences.iter().all(|d| d.accepted) {
+        // Tables and constraints are the user's; an INVALID index is rebuilt by the statement that builds it.
+        return Ok(Decision::Leave);
+    }
+    let was = Some(differences.iter().map(|d| d.problem.clone()).collect::<Vec<_>>().join("; "));
+    let adoption = Adoption { object: object.clone(), action: "converged", was };
+    let name = key.split_once(' ').map_or(key, |(_, n)| n);
+    let steps = match expected {
+        Object::Index { table, unique, using, .. } => index_steps(name, table, *unique, using),
+        Object::View { .. } => relation_steps(conn, name, expected, found, after).await?,
+        Object::Function { ddl, .. } => function_steps(conn, name, ddl, found).await?,
+        Object::Trigger { table, definition } => vec![Step {
+            what: format!("replacing {object}"),
+            statements: vec![
+                format!("DROP TRIGGER {} ON {}", ident(name.split(" on ").next().unwrap_or(name)), ident(table)),
+                definition.clone(),
+            ],
+            in_transaction: true,
+        }],
+        Object::Table { .. } => unreachable!("tables are not derived"),
+    };
+    Ok(Decision::Converge(adoption, steps))
+}
+
+fn index_steps(name: &str, table: &str, unique: bool, using: &str) -> Vec<Step> {
+    let tmp = beside(name, "__scm_new");
+    let unique = if unique { "UNIQUE " } else { "" };
+    vec![
+        Step {
+            what: format!("building index {name} in the migrations' shape beside the old one"),
+            statements: vec![
+                format!("DROP INDEX CONCURRENTLY IF EXISTS {}", ident(&tmp)),
+                format!("CREATE {unique}INDEX CONCURRENTLY {} ON {} USING {using}", ident(&tmp), ident(table)),
+            ],
+            in_transaction: false,
+        },
+        Step {
+            what: format!("swapping index {name} for the rebuilt one"),
+            statements: vec![
+                format!("DROP INDEX {}", ident(name)),
+                format!("ALTER INDEX {} RENAME TO {}", ident(&tmp), ident(name)),
+            ],
+            in_transaction: true,
+        },
+    ]
+}
+
+/// A view or materialized view: the new one is built beside the old (a materialized view with
+/// its data and indexes), then one transaction drops the dependent views, swaps the names, drops
+/// the old relation, restores the privileges and recreates the dependents (ours in the
+/// migrations' shape, the user's as they were: if one no longer fits, nothing is changed).
+async fn relation_steps(
+    conn: &mut PgConnection,
+    name: &str,
+    expected: &Object,
+    found: &Object,
+    after: &Catalog,
+) -> Result<Vec<Step>> {
+    let Object::View { materialized, definition, .. } = expected else { unreachable!("a relation") };
+    let kind = |o: &Object| match o {
+        Object::View { materialized: true, .. } => "MATERIALIZED VIEW",
+        _ => "VIEW",
+    };
+    let tmp = beside(name, "__scm_new");
+    let old = beside(name, "__scm_old");
+    let with_data = if *materialized { " WITH DATA" } else { "" };
+    let mut build = vec![
+        format!("DROP {} IF EXISTS {}", kind(expected), ident(&tmp)),
+        format!("CREATE {} {} AS {}{with_data}", kind(expected), ident(&tmp), definition.trim_end_matches(';')),
+    ];
+    let mut renames = Vec::new();
+    for key in &after.order {
+        if let Some(Object::Index { table, unique, using, .. }) = after.objects.get(key)
+            && table == name
+        {
+            let index = key.split_once(' ').map_or(key.as_str(), |(_, n)| n);
+            let tmp_index = beside(index, "__scm_new");
+            let unique = if *unique { "UNIQUE " } else { "" };
+            // The new relation is not read by anyone yet: no need for CONCURRENTLY.
+            build.push(format!("CREATE {unique}INDEX {} ON {} USING {using}", ident(&tmp_index), ident(&tmp)));
+            renames.push(format!("ALTER INDEX {} RENAME TO {}", ident(&tmp_index), ident(index)));
+        }
+    }
+    let ctx = |e: sqlx::Error| Error::db(format!("reading what depends on {name}"), e);
+    // Views that depend on the old relation, directly or not, deepest last.
+    let dependents = sqlx::query(
+        "WITH RECURSIVE dep(oid, depth) AS (
+             SELECT to_regclass($1)::oid, 0
+             UNION
+             SELECT r.ev_class, dep.depth + 1
+               FROM dep JOIN pg_depend AS d ON d.refobjid = dep.oid AND d.classid = 'pg_rewrite'::regclass
+               JOIN pg_rewrite AS r ON r.oid = d.objid
+              WHERE r.ev_class <> dep.oid AND dep.depth < 50)
+         SELECT c.relname::text AS name, c.relkind::text AS kind, pg_get_viewdef(c.oid, true) AS def, max(depth) AS depth,
+                coalesce((SELECT string_agg(format('GRANT %s ON %I TO %s', a.privilege_type, c.relname,
+                                  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END), '; ')
+                            FROM aclexplode(c.relacl) AS a), '') AS grants
+           FROM dep JOIN pg_class AS c ON c.oid = dep.oid
+          WHERE dep.depth > 0
+          GROUP BY c.oid, c.relname, c.relkind
+          ORDER BY max(depth)",
+    )
+    .bind(ident(name))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(ctx)?;
+    let grants: String = sqlx::query_scalar(
+        "SELECT coalesce(string_agg(format('GRANT %s ON %I TO %s', a.privilege_type, $2::text,
+                 CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END), '; '), '')
+           FROM pg_class AS c, aclexplode(c.relacl) AS a WHERE c.oid = to_regclass($1)",
+    )
+    .bind(ident(name))
+    .bind(name)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(ctx)?;
+    let mut swap = Vec::new();
+    for dep in dependents.iter().rev() {
+        let kind = if dep.get::<String, _>("kind") == "m" { "MATERIALIZED VIEW" } else { "VIEW" };
+        swap.push(format!("DROP {kind} {}", ident(&dep.get::<String, _>("name"))));
+    }
+    swap.push(format!("ALTER {} {} RENAME TO {}", kind(found), ident(name), ident(&old)));
+    swap.push(format!("ALTER {} {} RENAME TO {}", kind(expected), ident(&tmp), ident(name)));
+    swap.push(format!("DROP {} {}", kind(found), ident(&old)));
+    swap.extend(renames);
+    if !grants.is_empty() {
+        swap.push(grants);
+    }
+    for dep in &dependents {
+        let dep_name: String = dep.get("name");
+        let (materialized, definition) = match after.objects.get(&verify::relation_key(&dep_name)) {
+            Some(Object::View { materialized, definition, .. }) => (*materialized, definition.clone()),
+            _ => (dep.get::<String, _>("kind") == "m", dep.get::<String, _>("def")),
+        };
+        let kind = if materialized { "MATERIALIZED VIEW" } else { "VIEW" };
+        swap.push(format!("CREATE {kind} {} AS {}", ident(&dep_name), definition.trim_end_matches(';')));
+        let grants: String = dep.get("grants");
+        if !grants.is_empty() {
+            swap.push(grants);
+        }
+    }
+    Ok(vec![
+        Step {
+            what: format!("building {name} in the migrations' shape beside the old one"),
+            statements: build,
+            in_transaction: false,
+        },
+        Step {
+            what: format!("swapping {name} for the rebuilt one (and recreating the views over it)"),
+            statements: swap,
+            in_transaction: true,
+        },
+    ])
+}
+
+/// A function: `CREATE OR REPLACE` when the result type is the same; otherwise drop and create
+/// in one transaction, keeping its privileges.
+async fn function_steps(conn: &mut PgConnection, signature: &str, ddl: &str, found: &Object) -> Result<Vec<Step>> {
+    let same_result = matches!(found, Object::Function { .. })
+        && sqlx::query_scalar::<_, bool>("SELECT pg_get_function_result(to_regprocedure($1)) = $2")
+            .bind(signature)
+            .bind(match found {
+                Object::Function { result, .. } => result.clone(),
+                _ => String::new(),
+            })
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or(false);
+    let mut statements = Vec::new();
+    let (fname, _) = signature.split_once('(').unwrap_or((signature, ""));
+    let grants: String = sqlx::query_scalar(
+        "SELECT coalesce(string_agg(format('GRANT EXECUTE ON FUNCTION %s TO %s', $2::text,
+                 CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END), '; '), '')
+           FROM pg_proc AS p, aclexplode(p.proacl) AS a WHERE p.oid = to_regprocedure($1) AND a.privilege_type = 'EXECUTE'",
+    )
+    .bind(signature)
+    .bind(format!("{}({}", ident(fname), signature.split_once('(').map_or("", |(_, a)| a)))
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| Error::db(format!("reading the privileges of {signature}"), e))?;
+    if !same_result {
+        statements.push(format!(
+            "DROP FUNCTION {}({}",
+            ident(fname),
+            signature.split_once('(').map_or(")", |(_, a)| a)
+        ));
+    }
+    statements.push(ddl.to_string());
+    if !same_result && !grants.is_empty() {
+        statements.push(grants);
+    }
+    Ok(vec![Step { what: format!("replacing function {signature}"), statements, in_transaction: true }])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_beside_fit_in_63_bytes() {
+        assert_eq!(beside("job_progress", "__scm_new"), "job_progress__scm_new");
+        let long = "x".repeat(70);
+        assert_eq!(beside(&long, "__scm_new").len(), 63);
+    }
+
+    #[test]
+    fn an_index_is_rebuilt_beside_and_swapped_in_one_transaction() {
+        let steps = index_steps("idx_a", "job_objects", false, "btree (job_id, status)");
+        assert!(!steps[0].in_transaction && steps[1].in_transaction);
+        assert_eq!(
+            steps[0].statements[1],
+            "CREATE INDEX CONCURRENTLY \"idx_a__scm_new\" ON \"job_objects\" USING btree (job_id, status)"
+        );
+        assert_eq!(
+            steps[1].statements,
+            vec!["DROP INDEX \"idx_a\"", "ALTER INDEX \"idx_a__scm_new\" RENAME TO \"idx_a\""]
+        );
+    }
+}

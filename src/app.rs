@@ -1,0 +1,111 @@
+//! The core both faces share (the Lambda handlers and the CLI): settings, AWS clients and
+//! migrations built once; each command on a fresh dedicated connection, closed afterwards.
+
+use std::time::Duration;
+
+use crate::{
+    command::Command,
+    config::{DbSource, Settings},
+    connection,
+    credentials::Aws,
+    deadline::Deadline,
+    error::{Error, Result},
+    migrations::Migrations,
+    refresh::{self, RefreshReport, RefreshSettings},
+    runner::{self, Report, RunSettings},
+    snapshot,
+};
+
+/// What both faces of the binary need, built once per process.
+pub struct App {
+    /// Settings from the environment (and the CLI's flags).
+    pub settings: Settings,
+    /// AWS clients, when the settings use a secret.
+    pub aws: Option<Aws>,
+    /// The migrations to run.
+    pub migrations: Migrations,
+}
+
+impl App {
+    /// Builds the AWS clients only when the settings need them.
+    pub async fn new(settings: Settings, migrations: Migrations) -> Self {
+        let aws = match settings.db {
+            DbSource::Secret(_) => Some(Aws::load().await),
+            DbSource::Url(_) => None,
+        };
+        App { settings, aws, migrations }
+    }
+
+    /// Runs any command and returns its JSON result.
+    pub async fn run(&self, command: Command, who: &str, deadline: Deadline) -> Result<serde_json::Value> {
+        let value = match command {
+            Command::Refresh => serde_json::to_value(self.refresh(who, deadline).await?),
+            _ => serde_json::to_value(self.migrate(command, who, deadline).await?),
+        };
+        value.map_err(|e| Error::BadRequest(format!("serialising the result: {e}")))
+    }
+
+    /// Runs a migration command on a fresh dedicated connection, closed afterwards.
+    pub async fn migrate(&self, command: Command, applied_by: &str, deadline: Deadline) -> Result<Report> {
+        let (mut conn, target) =
+            connection::open(&self.settings, self.aws.as_ref(), &app_name(command.name(), applied_by)).await?;
+        let run = RunSettings {
+            lock_timeout: self.settings.lock_timeout,
+            lock_retries: self.settings.lock_retries,
+            advisory_wait: self.settings.advisory_wait,
+            statement_timeout: self.settings.statement_timeout,
+            index_build_rows_per_s: self.settings.index_build_rows_per_s,
+            deadline,
+            applied_by: applied_by.to_string(),
+        };
+        let snapshot_db = match (&self.settings.db, &self.aws) {
+            (DbSource::Secret(s), Some(aws)) if self.settings.snapshot_before_migrate => Some((s, aws)),
+            _ => None,
+        };
+        let hook = move |next: String| -> runner::BoxFuture<'_, Result<String>> {
+            Box::pin(async move {
+                let (db, aws) = snapshot_db.expect("hook only installed with a snapshot target");
+                // Without a Lambda deadline, wait for the snapshot at most 30 minutes.
+                snapshot::create(aws, db, &next, deadline.or_after(Duration::from_secs(1800))).await
+            })
+        };
+        let hook_ref: Option<runner::BeforeChange<'_>> = if snapshot_db.is_some() { Some(&hook) } else { None };
+        let outcome = runner::run(&mut conn, &self.migrations, command, &run, hook_ref).await;
+        close(conn).await;
+        let mut report = outcome?;
+        report.database = Some(target);
+        if command == Command::Verify
+            && let Some(err) = runner::verification_failures(&report)
+        {
+            return Err(err);
+        }
+        Ok(report)
+    }
+
+    /// Brings `job_progress` up to date on a fresh dedicated connection.
+    pub async fn refresh(&self, requested_by: &str, deadline: Deadline) -> Result<RefreshReport> {
+        let (mut conn, _) =
+            connection::open(&self.settings, self.aws.as_ref(), &app_name("refresh", requested_by)).await?;
+        let settings = RefreshSettings {
+            min_interval: self.settings.refresh_min_interval,
+            statement_timeout: self.settings.statement_timeout,
+            deadline,
+        };
+        let outcome = refresh::refresh(&mut conn, &settings).await;
+        close(conn).await;
+        outcome
+    }
+}
+
+/// `scanner-migrator:<what>:<who>`, visible in pg_stat_activity and in LockTimeout errors.
+pub fn app_name(what: &str, who: &str) -> String {
+    // PostgreSQL truncates application_name at 63 bytes.
+    format!("scanner-migrator:{what}:{who}").chars().take(63).collect()
+}
+
+async fn close(conn: sqlx::PgConnection) {
+    use sqlx::Connection;
+    if let Err(e) = conn.close().await {
+        tracing::warn!(error = %e, "closing the connection failed; the server ends the session anyway");
+    }
+}

@@ -1,0 +1,611 @@
+//! Verification derived from the migrations themselves, never from hand-kept lines.
+//!
+//! The expected schema is what the applied migrations produce: they are run, in order, in a
+//! scratch schema of the same database inside a transaction that is always rolled back (the
+//! "dev database" technique, without a second server, on whatever PostgreSQL major the user
+//! runs). Both catalogs are read the same way and normalised (schema names taken out), and every
+//! object the migrations own is compared: tables (columns, types, nullability, defaults,
+//! constraints), indexes (definition, validity), views and materialized views (columns,
+//! definition), functions (signature, result, body, settings) and triggers. Objects the user
+//! added are not in the expected catalog, so they are never reported.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+
+use crate::{
+    db,
+    deadline::Deadline,
+    error::{Error, Result},
+    migrations::Migration,
+};
+
+/// One column of a table or view.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    /// Its name.
+    pub name: String,
+    /// `format_type` of its type.
+    pub ty: String,
+    /// NOT NULL.
+    pub not_null: bool,
+    /// Its default expression.
+    pub default: Option<String>,
+}
+
+/// One object of a schema, normalised so that two schemas can be compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Object {
+    /// A table: its data definition belongs to the user once it holds data.
+    Table { columns: Vec<Column>, constraints: BTreeMap<String, String> },
+    /// An index; `using` is what follows `USING` in its definition (method, columns, predicate).
+    Index { table: String, unique: bool, using: String, valid: bool, constraint: bool, ddl: String },
+    /// A view or materialized view.
+    View { materialized: bool, columns: Vec<Column>, definition: String },
+    /// A function or procedure.
+    Function { result: String, language: String, body: String, security_definer: bool, config: String, ddl: String },
+    /// A trigger.
+    Trigger { table: String, definition: String },
+}
+
+impl Object {
+    /// `table`, `index`, `view`, `materialized view`, `function`, `trigger`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Table { .. } => "table",
+            Object::Index { .. } => "index",
+            Object::View { materialized: false, .. } => "view",
+            Object::View { materialized: true, .. } => "materialized view",
+            Object::Function { .. } => "function",
+            Object::Trigger { .. } => "trigger",
+        }
+    }
+
+    /// Whether the migrator may rebuild it to converge it: derived objects hold no data of their own.
+    /// Tables, and the indexes behind their constraints, are the user's data definition.
+    pub fn is_derived(&self) -> bool {
+        match self {
+            Object::Table { .. } => false,
+            Object::Index { constraint, .. } => !constraint,
+            _ => true,
+        }
+    }
+}
+
+/// The objects of one schema, by key (`relation x`, `function f(args)`, `trigger t on x`), and
+/// the order they were created in (dependencies before dependents).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Catalog {
+    /// The objects.
+    pub objects: BTreeMap<String, Object>,
+    /// Keys in creation order.
+    pub order: Vec<String>,
+}
+
+impl Catalog {
+    /// The object a key names, e.g. `index idx_a`, `function f()`.
+    pub fn describe(&self, key: &str) -> String {
+        describe(key, self.objects.get(key))
+    }
+}
+
+fn describe(key: &str, object: Option<&Object>) -> String {
+    let name = key.split_once(' ').map_or(key, |(_, n)| n);
+    match object {
+        Some(Object::Trigger { .. }) => format!("trigger {name}"),
+        Some(o) => format!("{} {name}", o.kind()),
+        None => key.to_string(),
+    }
+}
+
+/// A relation's key.
+pub fn relation_key(name: &str) -> String {
+    format!("relation {name}")
+}
+
+/// One way the live schema differs from what the migrations produce.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Difference {
+    /// The object (`index idx_job_objects_job_status`).
+    pub object: String,
+    /// What differs, with expected and found.
+    pub problem: String,
+    /// Accepted rather than a failure: a difference in the user's data definition (a compatible
+    /// column type, a default, a constraint), which the migrator reports and never rewrites.
+    pub accepted: bool,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.object, self.problem)
+    }
+}
+
+/// What `verify` found.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct VerifyReport {
+    /// No failure.
+    pub ok: bool,
+    /// The versions whose objects were derived and checked.
+    pub versions: Vec<i64>,
+    /// How many objects were compared.
+    pub objects_checked: usize,
+    /// What does not match.
+    pub failures: Vec<String>,
+    /// Differences accepted and reported (data definitions are never rewritten).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accepted: Vec<String>,
+}
+
+/// Whether a column of type `found` can stand for the migrations' `expected` without a rewrite.
+pub fn compatible_types(expected: &str, found: &str) -> bool {
+    let text_like = |t: &str| t == "text" || t == "character varying" || t.starts_with("character varying(");
+    expected == found || (text_like(expected) && text_like(found))
+}
+
+/// Compares every object the migrations own with the live one. Pure.
+pub fn diff(expected: &Catalog, live: &Catalog) -> Vec<Difference> {
+    let mut out = Vec::new();
+    for key in &expected.order {
+        let exp = &expected.objects[key];
+        out.extend(diff_object(key, exp, live.objects.get(key)));
+    }
+    out
+}
+
+/// The differences of one object (empty when it matches).
+pub fn diff_object(key: &str, exp: &Object, found: Option<&Object>) -> Vec<Difference> {
+    let object = describe(key, Some(exp));
+    let fail = |problem: String| Difference { object: object.clone(), problem, accepted: false };
+    let accept = |problem: String| Difference {
+        object: object.clone(),
+        problem: format!("{problem}: accepted (the data definition is the user's; the migrator never rewrites it)"),
+        accepted: true,
+    };
+    let Some(found) = found else {
+        return vec![fail("is missing".into())];
+    };
+    if std::mem::discriminant(exp) != std::mem::discriminant(found)
+        || matches!((exp, found), (Object::View { materialized: a, .. }, Object::View { materialized: b, .. }) if a != b)
+    {
+        return vec![fail(format!("expected a {}, found a {}", exp.kind(), found.kind()))];
+    }
+    let mut out = Vec::new();
+    match (exp, found) {
+        (Object::Table { columns: ec, constraints: ek }, Object::Table { columns: fc, constraints: fk }) => {
+            for e in ec {
+                let Some(f) = fc.iter().find(|f| f.name == e.name) else {
+                    out.push(fail(format!("column {} is missing", e.name)));
+                    continue;
+                };
+                if e.ty != f.ty {
+                    if compatible_types(&e.ty, &f.ty) {
+                        out.push(accept(format!("column {} is {} where the migrations make {}", e.name, f.ty, e.ty)));
+                    } else {
+                        out.push(fail(format!("column {}: expected type {}, found {}", e.name, e.ty, f.ty)));
+                    }
+                }
+                if e.not_null != f.not_null {
+                    let n = |b: bool| if b { "NOT NULL" } else { "nullable" };
+                    out.push(accept(format!("column {}: expected {}, found {}", e.name, n(e.not_null), n(f.not_null))));
+                }
+                if e.default != f.default {
+                    let d = |v: &Option<String>| v.clone().unwrap_or_else(|| "no default".into());
+                    out.push(accept(format!(
+                        "column {}: expected default {}, found {}",
+                        e.name,
+                        d(&e.default),
+                        d(&f.default)
+                    )));
+                }
+            }
+            for (name, def) in ek {
+                match fk.get(name) {
+                    None => out.push(accept(format!("constraint {name} ({def}) is missing"))),
+                    Some(f) if f != def => {
+                        out.push(accept(format!("constraint {name}: expected {def}, found {f}")));
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        (
+            Object::Index { table: et, unique: eu, using: eus, constraint, .. },
+            Object::Index { table: ft, unique: fu, using: fus, valid, .. },
+        ) => {
+            let mut problems = Vec::new();
+            if et != ft {
+                problems.push(format!("expected on table {et}, found on {ft}"));
+            }
+            if eu != fu {
+                let u = |b: bool| if b { "UNIQUE" } else { "not unique" };
+                problems.push(format!("expected {}, found {}", u(*eu), u(*fu)));
+            }
+            if eus != fus {
+                let method = |u: &str| u.split_whitespace().next().unwrap_or("").to_string();
+                let columns = |u: &str| u.split_once(' ').map_or(u, |(_, c)| c).trim().to_string();
+                if method(eus) == method(fus) {
+                    problems.push(format!("expected {}, found {}", columns(eus), columns(fus)));
+                } else {
+                    problems.push(format!("expected USING {eus}, found USING {fus}"));
+                }
+            }
+            for p in problems {
+                out.push(if *constraint { accept(p) } else { fail(p) });
+            }
+            if !valid {
+                out.push(fail(
+                    "is INVALID (left by an interrupted concurrent build); run migrate to rebuild it".into(),
+                ));
+            }
+        }
+        (Object::View { columns: ec, definition: ed, .. }, Object::View { columns: fc, definition: fd, .. }) => {
+            let names = |c: &[Column]| c.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
+            if names(ec) != names(fc) {
+                out.push(fail(format!("expected columns ({}), found ({})", names(ec), names(fc))));
+            } else if let Some((e, f)) = ec.iter().zip(fc).find(|(e, f)| e.ty != f.ty) {
+                out.push(fail(format!("column {}: expected type {}, found {}", e.name, e.ty, f.ty)));
+            } else if ed != fd {
+                out.push(fail(format!(
+                    "definition differs from the migrations': expected `{}`, found `{}`",
+                    shorten(ed),
+                    shorten(fd)
+                )));
+            }
+        }
+        (
+            Object::Function { result: er, language: el, body: eb, security_definer: es, config: ec, .. },
+            Object::Function { result: fr, language: fl, body: fb, security_definer: fs, config: fc, .. },
+        ) => {
+            if er != fr {
+                out.push(fail(format!("expected to return {er}, found {fr}")));
+            }
+            if el != fl {
+                out.push(fail(format!("expected LANGUAGE {el}, found {fl}")));
+            } else if eb != fb {
+                out.push(fail(format!(
+                    "body differs from the migrations': expected `{}`, found `{}`",
+                    shorten(eb),
+                    shorten(fb)
+                )));
+            }
+            if es != fs {
+                let s = |b: bool| if b { "SECURITY DEFINER" } else { "SECURITY INVOKER" };
+                out.push(fail(format!("expected {}, found {}", s(*es), s(*fs))));
+            }
+            if ec != fc {
+                out.push(fail(format!("expected settings [{ec}], found [{fc}]")));
+            }
+        }
+        (Object::Trigger { definition: ed, .. }, Object::Trigger { definition: fd, .. }) => {
+            if ed != fd {
+                out.push(fail(format!("expected `{ed}`, found `{fd}`")));
+            }
+        }
+        _ => unreachable!("kinds compared above"),
+    }
+    out
+}
+
+/// Whitespace collapsed and cut, for messages.
+fn shorten(s: &str) -> String {
+    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
+    if one_line.chars().count() > 240 { one_line.chars().take(240).collect::<String>() + "…" } else { one_line }
+}
+
+/// The catalog of the live schema (where unqualified names resolve).
+pub async fn live(conn: &mut PgConnection, schema: &str) -> Result<Catalog> {
+    let ctx = || format!("reading the catalog of schema {schema}");
+    let mut tx = conn.begin().await.map_err(|e| Error::db(ctx(), e))?;
+    let set = format!("SET LOCAL search_path = {}", quote_ident(schema));
+    let read = async {
+        db::exec(&mut tx, &set).await?;
+        read(&mut tx, schema).await
+    }
+    .await;
+    let _ = tx.rollback().await;
+    read.map_err(|e| Error::db(ctx(), e))
+}
+
+/// The catalog the migrations produce, applied in order to an empty scratch schema inside a
+/// transaction that is rolled back whatever happens.
+pub async fn expected(conn: &mut PgConnection, migrations: &[&Migration], deadline: Deadline) -> Result<Catalog> {
+    let ctx = "deriving the expected schema in a scratch schema";
+    let pid: i32 =
+        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await.map_err(|e| Error::db(ctx, e))?;
+    let scratch = format!("scanner_migrator_scratch_{pid}");
+    db::set_limits(conn, deadline.cap(None), None).await.map_err(|e| Error::db(ctx, e))?;
+    let mut tx = conn.begin().await.map_err(|e| Error::db(ctx, e))?;
+    let outcome = async {
+        db::exec(&mut tx, &format!("CREATE SCHEMA {scratch}; SET LOCAL search_path = {scratch}"))
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
+        for m in migrations {
+            for stmt in m.up.statements() {
+                if let Err(e) = db::exec(&mut tx, &stmt.without_concurrently()).await {
+                    if db::is_query_canceled(&e) {
+                        return Err(Error::DeadlineReached {
+                            during: "while deriving the expected schema for verification".into(),
+                            remaining_ms: deadline.remaining().map_or(0, |r| r.as_millis() as u64),
+                            done: Vec::new(),
+                            left: vec!["verification".into()],
+                        });
+                    }
+                    return Err(Error::InvalidMigration {
+                        file: m.up.file.clone(),
+                        problem: format!(
+                            "line {}: does not apply to an empty schema, which is how verification derives what \
+                             the migrations produce (README, \"Adding a migration\"): {}",
+                            stmt.line,
+                            db::pg_details(&e).0
+                        ),
+                    });
+                }
+            }
+        }
+        read(&mut tx, &scratch).await.map_err(|e| Error::db(ctx, e))
+    }
+    .await;
+    let rolled_back = tx.rollback().await;
+    let reset = db::reset_limits(conn).await;
+    let catalog = outcome?;
+    rolled_back.map_err(|e| Error::db(ctx, e))?;
+    reset.map_err(|e| Error::db(ctx, e))?;
+    Ok(catalog)
+}
+
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// Reads one schema's catalog; the caller has set `search_path` to it, so definitions print
+/// unqualified names; what is still qualified has the schema name taken out.
+async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Catalog, sqlx::Error> {
+    let strip = |s: String| s.replace(&format!("{}.", quote_ident(schema)), "").replace(&format!("{schema}."), "");
+    // Objects of extensions and the migrator's own history table are not the migrations'.
+    let not_ours = format!(
+        "EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.objid = {{oid}} AND d.deptype = 'e')
+         OR {{name}} LIKE '{}%'",
+        db::HISTORY_TABLE
+    );
+    let rel_filter = not_ours.replace("{oid}", "c.oid").replace("{name}", "c.relname");
+    let mut catalog = Catalog::default();
+    let mut order: Vec<(u32, String)> = Vec::new();
+
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT c.oid::int8 AS oid, c.relname::text AS name, c.relkind::text AS kind,
+                a.attname::text AS col, format_type(a.atttypid, a.atttypmod) AS ty, a.attnotnull AS not_null,
+                pg_get_expr(ad.adbin, ad.adrelid) AS def
+           FROM pg_class AS c
+           JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+           LEFT JOIN pg_attrdef AS ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
+          WHERE c.relnamespace = $1::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm') AND NOT ({rel_filter})
+          ORDER BY c.oid, a.attnum"
+    )))
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut columns: BTreeMap<String, (u32, String, Vec<Column>)> = BTreeMap::new();
+    for r in rows {
+        let name: String = r.get("name");
+        let entry = columns.entry(name).or_insert_with(|| (r.get::<i64, _>("oid") as u32, r.get("kind"), Vec::new()));
+        entry.2.push(Column {
+            name: r.get("col"),
+            ty: strip(r.get("ty")),
+            not_null: r.get("not_null"),
+            default: r.get::<Option<String>, _>("def").map(strip),
+        });
+    }
+    let views: BTreeMap<String, String> = sqlx::query(AssertSqlSafe(format!(
+        "SELECT c.relname::text AS name, pg_get_viewdef(c.oid, true) AS def FROM pg_class AS c
+          WHERE c.relnamespace = $1::regnamespace AND c.relkind IN ('v', 'm') AND NOT ({rel_filter})"
+    )))
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?
+    .into_iter()
+    .map(|r| (r.get("name"), strip(r.get("def"))))
+    .collect();
+    let constraints = sqlx::query(
+        "SELECT t.relname::text AS tbl, co.conname::text AS name, pg_get_constraintdef(co.oid, true) AS def
+           FROM pg_constraint AS co JOIN pg_class AS t ON t.oid = co.conrelid
+          WHERE t.relnamespace = $1::regnamespace",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    for (name, (oid, kind, cols)) in columns {
+        let object = if kind == "v" || kind == "m" {
+            Object::View { materialized: kind == "m", columns: cols, definition: views[&name].clone() }
+        } else {
+            let constraints = constraints
+                .iter()
+                .filter(|r| r.get::<String, _>("tbl") == name)
+                .map(|r| (r.get("name"), strip(r.get("def"))))
+                .collect();
+            Object::Table { columns: cols, constraints }
+        };
+        order.push((oid, relation_key(&name)));
+        catalog.objects.insert(relation_key(&name), object);
+    }
+
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT c.oid::int8 AS oid, c.relname::text AS name, t.relname::text AS tbl, i.indisunique AS uniq,
+                i.indisvalid AS valid, pg_get_indexdef(i.indexrelid) AS ddl,
+                EXISTS (SELECT 1 FROM pg_constraint AS co WHERE co.conindid = i.indexrelid) AS con
+           FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid JOIN pg_class AS t ON t.oid = i.indrelid
+          WHERE c.relnamespace = $1::regnamespace AND NOT ({rel_filter})"
+    )))
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in rows {
+        let name: String = r.get("name");
+        let ddl = strip(r.get("ddl"));
+        let using = ddl.split_once(" USING ").map_or(ddl.clone(), |(_, u)| u.to_string());
+        order.push((r.get::<i64, _>("oid") as u32, relation_key(&name)));
+        catalog.objects.insert(
+            relation_key(&name),
+            Object::Index {
+                table: r.get("tbl"),
+                unique: r.get("uniq"),
+                using,
+                valid: r.get("valid"),
+                constraint: r.get("con"),
+                ddl,
+            },
+        );
+    }
+
+    let fn_filter = not_ours.replace("{oid}", "p.oid").replace("{name}", "p.proname");
+    let rows = sqlx::query(AssertSqlSafe(format!(
+        "SELECT p.oid::int8 AS oid, p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')' AS sig,
+                coalesce(pg_get_function_result(p.oid), '') AS result, l.lanname::text AS lang, p.prosrc AS body,
+                p.prosecdef AS secdef, coalesce(array_to_string(p.proconfig, ', '), '') AS config,
+                pg_get_functiondef(p.oid) AS ddl
+           FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
+          WHERE p.pronamespace = $1::regnamespace AND p.prokind IN ('f', 'p') AND NOT ({fn_filter})"
+    )))
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in rows {
+        let key = format!("function {}", r.get::<String, _>("sig"));
+        order.push((r.get::<i64, _>("oid") as u32, key.clone()));
+        catalog.objects.insert(
+            key,
+            Object::Function {
+                result: strip(r.get("result")),
+                language: r.get("lang"),
+                body: r.get("body"),
+                security_definer: r.get("secdef"),
+                config: r.get("config"),
+                ddl: strip(r.get("ddl")),
+            },
+        );
+    }
+
+    let rows = sqlx::query(
+        "SELECT t.oid::int8 AS oid, t.tgname::text AS name, c.relname::text AS tbl, pg_get_triggerdef(t.oid) AS def
+           FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid
+          WHERE c.relnamespace = $1::regnamespace AND NOT t.tgisinternal",
+    )
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await?;
+    for r in rows {
+        let table: String = r.get("tbl");
+        let key = format!("trigger {} on {table}", r.get::<String, _>("name"));
+        order.push((r.get::<i64, _>("oid") as u32, key.clone()));
+        catalog.objects.insert(key, Object::Trigger { table, definition: strip(r.get("def")) });
+    }
+    // OIDs grow with creation (no wrap-around within one scratch transaction), so this is a
+    // topological order: what an object depends on was created before it.
+    order.sort();
+    catalog.order = order.into_iter().map(|(_, k)| k).collect();
+    Ok(catalog)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn col(name: &str, ty: &str) -> Column {
+        Column { name: name.into(), ty: ty.into(), not_null: false, default: None }
+    }
+
+    fn catalog(objects: Vec<(&str, Object)>) -> Catalog {
+        Catalog {
+            order: objects.iter().map(|(k, _)| k.to_string()).collect(),
+            objects: objects.into_iter().map(|(k, o)| (k.to_string(), o)).collect(),
+        }
+    }
+
+    fn index(table: &str, using: &str) -> Object {
+        Object::Index {
+            table: table.into(),
+            unique: false,
+            using: using.into(),
+            valid: true,
+            constraint: false,
+            ddl: String::new(),
+        }
+    }
+
+    #[test]
+    fn an_index_on_the_wrong_columns_names_both() {
+        let e = catalog(vec![("relation idx_a", index("t", "btree (job_id, status)"))]);
+        let l = catalog(vec![("relation idx_a", index("t", "btree (status)"))]);
+        let d = diff(&e, &l);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].to_string(), "index idx_a: expected (job_id, status), found (status)");
+        assert!(!d[0].accepted);
+    }
+
+    #[test]
+    fn user_objects_are_never_reported_and_missing_ones_are() {
+        let e = catalog(vec![("relation idx_a", index("t", "btree (x)"))]);
+        let l = catalog(vec![("relation idx_a", index("t", "btree (x)")), ("relation mine", index("t", "hash (y)"))]);
+        assert!(diff(&e, &l).is_empty());
+        assert_eq!(diff(&e, &Catalog::default())[0].to_string(), "index idx_a: is missing");
+    }
+
+    #[test]
+    fn a_compatible_column_type_is_accepted_and_an_incompatible_one_fails() {
+        let table =
+            |ty: &str| Object::Table { columns: vec![col("id", "uuid"), col("arn", ty)], constraints: BTreeMap::new() };
+        let e = catalog(vec![("relation jobs", table("text"))]);
+        let d = diff(&e, &catalog(vec![("relation jobs", table("character varying(2048)"))]));
+        assert_eq!(d.len(), 1);
+        assert!(d[0].accepted && d[0].problem.contains("character varying(2048)"), "{:?}", d[0]);
+        let d = diff(&e, &catalog(vec![("relation jobs", table("integer"))]));
+        assert!(!d[0].accepted && d[0].problem.contains("expected type text, found integer"), "{:?}", d[0]);
+    }
+
+    #[test]
+    fn views_differ_by_kind_columns_or_definition() {
+        let view = |m: bool, cols: &[&str], def: &str| Object::View {
+            materialized: m,
+            columns: cols.iter().map(|c| col(c, "bigint")).collect(),
+            definition: def.into(),
+        };
+        let e = catalog(vec![("relation jp", view(false, &["a", "b"], "SELECT 1"))]);
+        let d = |o: Object| diff(&e, &catalog(vec![("relation jp", o)]))[0].to_string();
+        assert_eq!(d(view(true, &["a", "b"], "SELECT 1")), "view jp: expected a view, found a materialized view");
+        assert_eq!(d(view(false, &["a"], "SELECT 1")), "view jp: expected columns (a, b), found (a)");
+        assert!(d(view(false, &["a", "b"], "SELECT 2")).contains("expected `SELECT 1`, found `SELECT 2`"));
+        assert!(diff(&e, &catalog(vec![("relation jp", view(false, &["a", "b"], "SELECT 1"))])).is_empty());
+    }
+
+    #[test]
+    fn invalid_indexes_fail_and_constraint_indexes_are_the_users() {
+        let mut invalid = index("t", "btree (x)");
+        if let Object::Index { valid, .. } = &mut invalid {
+            *valid = false;
+        }
+        let e = catalog(vec![("relation i", index("t", "btree (x)"))]);
+        assert!(diff(&e, &catalog(vec![("relation i", invalid)]))[0].problem.contains("INVALID"));
+        let pkey = |u: &str| Object::Index {
+            table: "t".into(),
+            unique: true,
+            using: u.into(),
+            valid: true,
+            constraint: true,
+            ddl: String::new(),
+        };
+        let d = diff(
+            &catalog(vec![("relation t_pkey", pkey("btree (a, b)"))]),
+            &catalog(vec![("relation t_pkey", pkey("btree (a)"))]),
+        );
+        assert!(d[0].accepted, "{d:?}");
+    }
+
+    #[test]
+    fn text_family_types_are_compatible() {
+        assert!(compatible_types("text", "character varying(2048)"));
+        assert!(compatible_types("character varying(10)", "text"));
+        assert!(!compatible_types("text", "integer"));
+        assert!(!compatible_types("timestamp with time zone", "timestamp without time zone"));
+    }
+}
