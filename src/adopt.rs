@@ -73,6 +73,13 @@ pub async fn decide(conn: &mut PgConnection, key: &str, after: &Catalog, live: &
     if differences.is_empty() {
         return Ok(Decision::Adopt(Adoption { object, action: "adopted", was: None }));
     }
+    if expected.is_derived() && matches!(found, Object::Table { .. }) {
+        return Err(Error::AdoptionFailed(format!(
+            "{object}: a table of that name exists where the migrations make a {}; a table holds data, so the \
+             migrator never drops or rewrites it. Rename or drop it yourself (keeping what you need), then migrate again",
+            expected.kind()
+        )));
+    }
     let invalid_only = matches!(found, Object::Index { valid: false, .. }) && differences.len() == 1;
     if !expected.is_derived() || !found.is_derived() || invalid_only || differences.iter().all(|d| d.accepted) {
         // Tables and constraints are the user's; an INVALID index is rebuilt by the statement that builds it.

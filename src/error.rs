@@ -105,6 +105,10 @@ pub enum Error {
     #[error("{0}")]
     DeadlineTooShort(String),
 
+    /// An existing object stands where a migration creates one, and cannot be converged.
+    #[error("adopting the existing schema: {0}")]
+    AdoptionFailed(String),
+
     /// The migrate function was asked to roll back but is not configured to allow it.
     #[error("rollback not allowed: {0}")]
     RollbackNotAllowed(String),
@@ -146,6 +150,7 @@ impl Error {
             Error::DeadlineReached { .. } => "DeadlineReached",
             Error::DeadlineTooShort(_) => "DeadlineTooShort",
             Error::RollbackNotAllowed(_) => "RollbackNotAllowed",
+            Error::AdoptionFailed(_) => "AdoptionFailed",
             Error::Database { .. } => "DatabaseError",
             Error::SecretFormat { .. } => "SecretFormat",
             Error::SecretUnavailable { .. } => "SecretUnavailable",

@@ -245,13 +245,13 @@ pub fn diff_object(key: &str, exp: &Object, found: Option<&Object>) -> Vec<Diffe
             if names(ec) != names(fc) {
                 out.push(fail(format!("expected columns ({}), found ({})", names(ec), names(fc))));
             } else if let Some((e, f)) = ec.iter().zip(fc).find(|(e, f)| e.ty != f.ty) {
-                out.push(fail(format!("column {}: expected type {}, found {}", e.name, e.ty, f.ty)));
-            } else if ed != fd {
-                out.push(fail(format!(
-                    "definition differs from the migrations': expected `{}`, found `{}`",
-                    shorten(ed),
-                    shorten(fd)
-                )));
+                let problem = format!("column {}: expected type {}, found {}", e.name, e.ty, f.ty);
+                // A compatible type here follows from a table column's accepted type.
+                out.push(if compatible_types(&e.ty, &f.ty) { accept(problem) } else { fail(problem) });
+            }
+            if names(ec) == names(fc) && ed != fd {
+                let (e, f) = where_they_differ(ed, fd);
+                out.push(fail(format!("definition differs from the migrations': expected `{e}`, found `{f}`")));
             }
         }
         (
@@ -264,11 +264,8 @@ pub fn diff_object(key: &str, exp: &Object, found: Option<&Object>) -> Vec<Diffe
             if el != fl {
                 out.push(fail(format!("expected LANGUAGE {el}, found {fl}")));
             } else if eb != fb {
-                out.push(fail(format!(
-                    "body differs from the migrations': expected `{}`, found `{}`",
-                    shorten(eb),
-                    shorten(fb)
-                )));
+                let (e, f) = where_they_differ(eb, fb);
+                out.push(fail(format!("body differs from the migrations': expected `{e}`, found `{f}`")));
             }
             if es != fs {
                 let s = |b: bool| if b { "SECURITY DEFINER" } else { "SECURITY INVOKER" };
@@ -288,10 +285,19 @@ pub fn diff_object(key: &str, exp: &Object, found: Option<&Object>) -> Vec<Diffe
     out
 }
 
-/// Whitespace collapsed and cut, for messages.
-fn shorten(s: &str) -> String {
-    let one_line = s.split_whitespace().collect::<Vec<_>>().join(" ");
-    if one_line.chars().count() > 240 { one_line.chars().take(240).collect::<String>() + "…" } else { one_line }
+/// Both texts on one line, from a little before the first character where they differ, cut
+/// to a readable length: what a person needs to see the difference.
+fn where_they_differ(expected: &str, found: &str) -> (String, String) {
+    let one_line = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ").chars().collect::<Vec<char>>();
+    let (e, f) = (one_line(expected), one_line(found));
+    let common = e.iter().zip(&f).take_while(|(a, b)| a == b).count();
+    let start = common.saturating_sub(40);
+    let cut = |s: &[char]| {
+        let tail: String = s[start.min(s.len())..].iter().take(160).collect();
+        let more = if s.len() > start + 160 { "…" } else { "" };
+        format!("{}{tail}{more}", if start > 0 { "…" } else { "" })
+    };
+    (cut(&e), cut(&f))
 }
 
 /// The catalog of the live schema (where unqualified names resolve).
@@ -575,6 +581,11 @@ mod tests {
         assert_eq!(d(view(true, &["a", "b"], "SELECT 1")), "view jp: expected a view, found a materialized view");
         assert_eq!(d(view(false, &["a"], "SELECT 1")), "view jp: expected columns (a, b), found (a)");
         assert!(d(view(false, &["a", "b"], "SELECT 2")).contains("expected `SELECT 1`, found `SELECT 2`"));
+        let long = "SELECT ".to_string() + &"x, ".repeat(100) + "y";
+        let e_long = catalog(vec![("relation jp", view(false, &["a", "b"], &long))]);
+        let found = catalog(vec![("relation jp", view(false, &["a", "b"], &(long.clone() + " LIMIT 1")))]);
+        let msg = diff(&e_long, &found)[0].to_string();
+        assert!(msg.contains("LIMIT 1") && msg.contains("found `…"), "shows where they differ: {msg}");
         assert!(diff(&e, &catalog(vec![("relation jp", view(false, &["a", "b"], "SELECT 1"))])).is_empty());
     }
 

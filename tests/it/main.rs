@@ -1,8 +1,10 @@
 //! Integration tests: everything that crosses a process or a socket, in one test binary.
 
+mod adoption;
 mod engine;
 mod lambda;
 mod make;
 mod refresh;
 mod support;
 mod terraform;
+mod verify;

@@ -27,3 +27,18 @@ pub fn all_versions() -> Vec<i64> {
 pub fn all_labels() -> Vec<String> {
     scanner_migrator::migrations::Migrations::embedded().unwrap().all().iter().map(|m| m.label()).collect()
 }
+
+/// A directory holding only the migrations up to `max` (the seed's 000-002 with `max` 2), for
+/// tests about shapes those migrations make whatever later real migrations do.
+pub fn seed_migrations(max: i64) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(pg::root().join("migrations")).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let version: i64 = name.split('_').next().unwrap().parse().unwrap();
+        if version <= max {
+            std::fs::copy(entry.path(), dir.path().join(&name)).unwrap();
+        }
+    }
+    dir
+}
