@@ -7,7 +7,7 @@ use std::sync::{
 };
 
 use serde_json::Value;
-use sqlx::{Connection, Executor};
+use sqlx::Executor;
 
 use crate::support::{all_versions, cli::migrator, pg::TestDb, seed_migrations};
 
