@@ -215,8 +215,10 @@ pub async fn set_timeout(conn: &mut PgConnection, setting: &str, value: Option<D
     exec(conn, &format!("SET {setting} = {ms}")).await.map_err(|e| Error::db(format!("setting {setting}"), e))
 }
 
-/// Creates the history table if it is missing (only ever called with the lock held).
+/// Creates the history table if it is missing, and adds what later versions record to one an
+/// earlier version made (only when missing: altering needs the table's owner, who may be another role).
 pub async fn ensure_history(conn: &mut PgConnection) -> Result<()> {
+    let ctx = "creating the history table";
     let sql = format!(
         "CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} (
             version     bigint PRIMARY KEY,
@@ -224,12 +226,26 @@ pub async fn ensure_history(conn: &mut PgConnection) -> Result<()> {
             checksum    text NOT NULL,
             applied_at  timestamptz NOT NULL DEFAULT now(),
             duration_ms bigint NOT NULL,
-            applied_by  text NOT NULL
-        );
-        -- 'applied', or 'rolling_back' while (or after) a no-transaction down script ran part-way.
-        ALTER TABLE {HISTORY_TABLE} ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'applied'"
+            applied_by  text NOT NULL,
+            -- 'applied', or 'rolling_back' while (or after) a no-transaction down script ran part-way.
+            state       text NOT NULL DEFAULT 'applied'
+        )"
     );
-    exec(conn, &sql).await.map_err(|e| Error::db("creating the history table", e))
+    exec(conn, &sql).await.map_err(|e| Error::db(ctx, e))?;
+    if !history_has_state(conn).await.map_err(|e| Error::db(ctx, e))? {
+        let sql = format!("ALTER TABLE {HISTORY_TABLE} ADD COLUMN IF NOT EXISTS state text NOT NULL DEFAULT 'applied'");
+        exec(conn, &sql).await.map_err(|e| Error::db(ctx, e))?;
+    }
+    Ok(())
+}
+
+async fn history_has_state(conn: &mut PgConnection) -> std::result::Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'state' AND NOT attisdropped)",
+    )
+    .bind(HISTORY_TABLE)
+    .fetch_one(conn)
+    .await
 }
 
 /// The history, oldest first; empty when the table does not exist yet.
@@ -243,13 +259,7 @@ pub async fn history(conn: &mut PgConnection) -> Result<Vec<Applied>> {
     if !exists {
         return Ok(Vec::new());
     }
-    let has_state: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass($1) AND attname = 'state' AND NOT attisdropped)",
-    )
-    .bind(HISTORY_TABLE)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|e| Error::db(ctx, e))?;
+    let has_state = history_has_state(conn).await.map_err(|e| Error::db(ctx, e))?;
     // A history table written by an earlier version has no state column until the next migrate adds it.
     let state = if has_state { "state" } else { "'applied'" };
     let sql = format!(

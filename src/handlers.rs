@@ -261,16 +261,36 @@ pub async fn run_lambda() -> std::result::Result<(), lambda_runtime::Error> {
     lambda_runtime::run(lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| async move {
         let deadline = Deadline::from_lambda_epoch_ms(event.context.deadline);
         let id = event.context.request_id.clone();
-        let result = match handler {
-            Handler::Migrate => handle_migrate(app, &event.payload, &id, deadline, function).await,
-            Handler::Refresh => handle_refresh(app, &event.payload, &id, deadline, function).await,
+        let work = async {
+            match handler {
+                Handler::Migrate => handle_migrate(app, &event.payload, &id, deadline, function).await,
+                Handler::Refresh => handle_refresh(app, &event.payload, &id, deadline, function).await,
+            }
         };
+        let result = within_deadline(deadline, work).await;
         if let Err(err) = &result {
             tracing::error!(error_type = err.kind(), error = %err, "invocation failed");
         }
         result.map_err(lambda_runtime::Diagnostic::from)
     }))
     .await
+}
+
+/// Every statement is cut to the deadline, so work normally ends by itself in time. Should
+/// something else hang (a DNS lookup, a TLS handshake), the answer still reaches the Runtime API
+/// before Lambda's own deadline: the work is dropped (its connection closed, so PostgreSQL
+/// cancels whatever ran on it) half a second into the answer's margin.
+async fn within_deadline(deadline: Deadline, work: impl std::future::Future<Output = Result<Value>>) -> Result<Value> {
+    let Some(left) = deadline.remaining() else { return work.await };
+    match tokio::time::timeout(left + std::time::Duration::from_millis(500), work).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::DeadlineReached {
+            during: "with the work still running; its connection was closed, so PostgreSQL cancels it".into(),
+            remaining_ms: 0,
+            done: Vec::new(),
+            left: vec!["the whole command (see the log lines before this one for how far it got)".into()],
+        }),
+    }
 }
 
 /// Tells the Runtime API why start-up failed, so `aws lambda invoke` shows the variable at fault.
@@ -357,6 +377,18 @@ mod tests {
     fn unknown_handler_lists_the_valid_ones() {
         let err = Handler::from_name("migrat").unwrap_err().to_string();
         assert!(err.contains("migrat") && err.contains("migrate, refresh"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn work_that_hangs_past_the_deadline_is_answered_in_time() {
+        let started = std::time::Instant::now();
+        let hang = async {
+            tokio::time::sleep(std::time::Duration::from_secs(30)).await;
+            Ok(json!({}))
+        };
+        let err = within_deadline(Deadline::after(std::time::Duration::from_millis(200)), hang).await.unwrap_err();
+        assert_eq!(err.kind(), "DeadlineReached");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]

@@ -552,6 +552,33 @@ async fn apply(
     Ok(step)
 }
 
+/// An index build that cannot finish in the time left, refused before it starts: Lambda would
+/// cancel it at the deadline, leave it INVALID, and every retry would start over.
+fn too_large(
+    m: &Migration,
+    build: &crate::split::IndexBuild,
+    rows: f64,
+    rows_per_s: f64,
+    left: Duration,
+    done: &[String],
+) -> Option<Error> {
+    let needed = rows / rows_per_s;
+    (needed > left.as_secs_f64()).then(|| {
+        Error::DeadlineTooShort(format!(
+            "migration {} would build index {} on {} (~{rows:.0} rows): at the assumed {rows_per_s:.0} rows/s \
+             (INDEX_BUILD_ROWS_PER_S) that takes ~{needed:.0} s, more than the {:.0} s this invocation has left. \
+             Lambda would cancel it at the deadline and every retry would start over, so it was not started. Apply \
+             this migration from the command line (README, runbook: \"An index too large for Lambda\"); the Lambda \
+             then finds it applied{}",
+            m.label(),
+            build.name,
+            build.table,
+            left.as_secs_f64(),
+            if done.is_empty() { String::new() } else { format!(". Applied this run: {}", done.join(", ")) }
+        ))
+    })
+}
+
 /// What a transaction records in the history besides its statements.
 #[derive(Clone, Copy)]
 enum Bookkeeping<'a> {
@@ -649,53 +676,51 @@ async fn apply_statements(
             .collect(),
         };
         let fail = |e: &sqlx::Error| migration_failed(m, script, stmt, e, done, partial_note.clone());
-        if let Some(build) = stmt.index_build() {
+        let failure = |f: StatementFailure| match f {
+            StatementFailure::Deadline(during) => deadline(during),
+            StatementFailure::Db(e) => fail(&e),
+        };
+        let Some(build) = stmt.index_build() else {
+            run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await.map_err(failure)?;
+            continue;
+        };
+        let mut estimated = false;
+        loop {
+            // Every attempt: one cut short (a lock timeout, a cancel, a killed backend) leaves the
+            // index INVALID, and `IF NOT EXISTS` would then skip it.
             let existing = db::index_on_table(conn, &build.table, &build.name).await.map_err(|e| fail(&e))?;
             if let Some((qualified, false)) = &existing {
                 tracing::warn!(step = "repair", index = %qualified, "dropping an index left INVALID by an interrupted build");
-                run_statement(
-                    conn,
-                    &format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}"),
-                    settings,
-                    &mut step.lock_retries,
-                )
-                .await
-                .map_err(|f| match f {
-                    StatementFailure::Deadline(during) => deadline(during),
-                    StatementFailure::Db(e) => fail(&e),
-                })?;
-                step.rebuilt_invalid_indexes.push(build.name.trim_matches('"').to_string());
-            }
-            if !matches!(existing, Some((_, true)))
-                && let Some(left_now) = settings.deadline.remaining()
-            {
-                let rows = db::estimated_rows(conn, &build.table).await.map_err(|e| fail(&e))?.unwrap_or(0.0);
-                let needed = rows / settings.index_build_rows_per_s;
-                if needed > left_now.as_secs_f64() {
-                    return Err(Error::DeadlineTooShort(format!(
-                        "migration {} would build index {} on {} (~{rows:.0} rows): at the assumed {:.0} rows/s \
-                         (INDEX_BUILD_ROWS_PER_S) that takes ~{needed:.0} s, more than the {:.0} s this invocation has \
-                         left. Lambda would cancel it at the deadline and every retry would start over, so it was not \
-                         started. Apply this migration from the command line (README, runbook: \"An index too large \
-                         for Lambda\"); the Lambda then finds it applied{}",
-                        m.label(),
-                        build.name,
-                        build.table,
-                        settings.index_build_rows_per_s,
-                        left_now.as_secs_f64(),
-                        if done.is_empty() {
-                            String::new()
-                        } else {
-                            format!(". Applied this run: {}", done.join(", "))
-                        }
-                    )));
+                let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}");
+                run_statement(conn, &drop, settings, &mut step.lock_retries).await.map_err(failure)?;
+                let name = build.name.trim_matches('"').to_string();
+                if !step.rebuilt_invalid_indexes.contains(&name) {
+                    step.rebuilt_invalid_indexes.push(name);
                 }
             }
+            if !estimated
+                && !matches!(existing, Some((_, true)))
+                && let Some(left_now) = settings.deadline.remaining()
+            {
+                estimated = true;
+                let rows = db::estimated_rows(conn, &build.table).await.map_err(|e| fail(&e))?.unwrap_or(0.0);
+                if let Some(err) = too_large(m, &build, rows, settings.index_build_rows_per_s, left_now, done) {
+                    return Err(err);
+                }
+            }
+            if !settings.deadline.has(Duration::from_millis(100)) {
+                return Err(deadline("before a statement could start".into()));
+            }
+            limits(conn, settings).await.map_err(|e| fail(&e))?;
+            match db::exec(conn, &stmt.sql).await {
+                Ok(()) => break,
+                Err(e) => match retry_or_stop(&e, settings, &mut step.lock_retries).await {
+                    Retry::Again => {}
+                    Retry::Deadline(during) => return Err(deadline(during)),
+                    Retry::Fail => return Err(fail(&e)),
+                },
+            }
         }
-        run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await.map_err(|f| match f {
-            StatementFailure::Deadline(during) => deadline(during),
-            StatementFailure::Db(e) => fail(&e),
-        })?;
     }
     match direction {
         Direction::Up => {
