@@ -193,9 +193,9 @@ pub async fn index_on_table(
     Ok(row.map(|r| (r.get("name"), r.get("valid"))))
 }
 
-/// Drops one index (schema-qualified name) without blocking the table's writers.
-pub async fn drop_index_concurrently(conn: &mut PgConnection, qualified: &str) -> std::result::Result<(), sqlx::Error> {
-    exec(conn, &format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}")).await
+/// The statement that drops one index (schema-qualified name) without blocking the table's writers.
+pub fn drop_index_concurrently(qualified: &str) -> String {
+    format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}")
 }
 
 /// The planner's row estimate for a table (from its size when it was never analysed).

@@ -203,7 +203,14 @@ pub async fn handle_refresh(
         attempt = request.attempt.as_deref().unwrap_or("1"),
         "refresh invocation"
     );
-    let report = app.refresh(request_id, deadline).await?;
+    let report = match app.refresh(request_id, deadline).await {
+        Ok(report) => report,
+        Err(err) => {
+            // A failing refresh shows in the metrics as well as in the logs, so an alarm can count it.
+            println!("{}", metrics::emf(function, now_ms(), &[("RefreshFailed", "Count", Some(1.0))]));
+            return Err(err);
+        }
+    };
     let skipped = report.status == "skipped";
     println!(
         "{}",
@@ -214,6 +221,7 @@ pub async fn handle_refresh(
                 ("RefreshDuration", "Milliseconds", (!skipped).then_some(report.refresh_ms as f64)),
                 ("Staleness", "Seconds", report.staleness_after_s),
                 ("Skipped", "Count", Some(if skipped { 1.0 } else { 0.0 })),
+                ("RefreshFailed", "Count", Some(0.0)),
             ]
         )
     );

@@ -691,7 +691,7 @@ async fn apply_statements(
             let existing = db::index_on_table(conn, &build.table, &build.name).await.map_err(|e| fail(&e))?;
             if let Some((qualified, false)) = &existing {
                 tracing::warn!(step = "repair", index = %qualified, "dropping an index left INVALID by an interrupted build");
-                let drop = format!("DROP INDEX CONCURRENTLY IF EXISTS {qualified}");
+                let drop = db::drop_index_concurrently(qualified);
                 run_statement(conn, &drop, settings, &mut step.lock_retries).await.map_err(failure)?;
                 let name = build.name.trim_matches('"').to_string();
                 if !step.rebuilt_invalid_indexes.contains(&name) {

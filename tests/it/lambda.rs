@@ -427,3 +427,21 @@ async fn iam_authentication_uses_a_signed_token_instead_of_the_password() {
     assert!(!everything.contains("X-Amz-Signature"), "the token is a credential too: {everything}");
     assert_eq!(fx.cli(&[("DB_AUTH", "password")], &["status"]).await.code, 0);
 }
+
+#[tokio::test]
+async fn a_failing_refresh_is_counted_in_the_metrics_as_well_as_logged() {
+    let fx = Fixture::rotation().await;
+    // Nothing migrated: there is no job_progress to bring up to date.
+    let (api, f) = function("refresh", &fx.env).await;
+    let (kind, _) = api.invoke(json!({}), T).await.err();
+    assert_eq!(kind, "DatabaseError");
+    let logs = f.stop().await;
+    let emf: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l.get("_aws").is_some())
+        .collect();
+    assert_eq!(emf.len(), 1, "one metric line: {logs}");
+    assert_eq!(emf[0]["RefreshFailed"], 1.0);
+    assert_eq!(emf[0]["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"], "RefreshFailed");
+}
