@@ -369,6 +369,22 @@ async fn a_snapshot_is_taken_only_when_there_is_pending_work() {
     assert!(second.ok()["snapshot"].is_null());
     assert_eq!(snapshots().await.len(), taken.len(), "no snapshot without pending work");
     f.stop().await;
+
+    // A rollback drops data: with snapshots on it takes one first, like migrate.
+    let (api, f) = function(
+        "migrate",
+        &fx.env_with(&[
+            ("SNAPSHOT_BEFORE_MIGRATE", "true"),
+            ("DB_INSTANCE_IDENTIFIER", &id),
+            ("ALLOW_ROLLBACK", "true"),
+        ]),
+    )
+    .await;
+    let rollback = api.invoke(json!({"command": "rollback", "target": 1}), T).await;
+    let snap = rollback.ok()["snapshot"].as_str().expect("a snapshot before the rollback").to_string();
+    assert!(snap.starts_with("scanner-migrator-before-rollback-of-"), "{snap}");
+    assert!(snapshots().await.iter().any(|s| s.db_snapshot_identifier() == Some(snap.as_str())));
+    f.stop().await;
 }
 
 #[tokio::test]
