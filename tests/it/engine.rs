@@ -365,3 +365,33 @@ async fn bad_command_lines_are_bad_requests() {
     assert_eq!(nothing.error_type(), "ConfigError");
     assert!(nothing.error_message().contains("DB_SECRET_ARN") && nothing.error_message().contains("--database-url"));
 }
+
+#[tokio::test]
+async fn invalid_index_repair_touches_only_the_index_on_the_table_the_statement_names() {
+    let db = TestDb::new().await;
+    assert_eq!(migrator(&db.url, &["migrate", "--target", "1"]).await.code, 0);
+    // Another schema has an INVALID index of the same name, on its own table of the same name.
+    db.exec(
+        "CREATE SCHEMA other;
+         CREATE TABLE other.job_objects (job_id uuid, status text);
+         CREATE INDEX idx_job_objects_job_status ON other.job_objects (status);
+         UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'other.idx_job_objects_job_status'::regclass;",
+    )
+    .await;
+    let run = migrator(&db.url, &["migrate"]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+    assert!(run.json["applied"][0].get("rebuilt_invalid_indexes").is_none(), "{:#}", run.json);
+    assert!(
+        !db.scalar::<bool>(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'other.idx_job_objects_job_status'::regclass"
+        )
+        .await,
+        "the other schema's index is left exactly as it was"
+    );
+    assert!(
+        db.scalar::<bool>(
+            "SELECT indisvalid FROM pg_index WHERE indexrelid = 'public.idx_job_objects_job_status'::regclass"
+        )
+        .await
+    );
+}
