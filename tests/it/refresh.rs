@@ -232,7 +232,8 @@ async fn the_refresh_handler_end_to_end() {
         .iter()
         .map(|m| m["Name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["RefreshDuration", "Staleness", "Skipped"]);
+    assert_eq!(names, vec!["RefreshDuration", "Staleness", "Skipped", "RefreshFailed"]);
+    assert_eq!(first["RefreshFailed"], 0.0);
     assert_eq!(first["Skipped"], 0.0);
     assert_eq!(first["FunctionName"], "scanner-migrator-refresh");
 
