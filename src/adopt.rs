@@ -174,10 +174,7 @@ async fn relation_steps(
                FROM dep JOIN pg_depend AS d ON d.refobjid = dep.oid AND d.classid = 'pg_rewrite'::regclass
                JOIN pg_rewrite AS r ON r.oid = d.objid
               WHERE r.ev_class <> dep.oid AND dep.depth < 50)
-         SELECT c.relname::text AS name, c.relkind::text AS kind, pg_get_viewdef(c.oid, true) AS def, max(depth) AS depth,
-                coalesce((SELECT string_agg(format('GRANT %s ON %I TO %s', a.privilege_type, c.relname,
-                                  CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END), '; ')
-                            FROM aclexplode(c.relacl) AS a), '') AS grants
+         SELECT c.relname::text AS name, c.relkind::text AS kind, pg_get_viewdef(c.oid, true) AS def, max(depth) AS depth
            FROM dep JOIN pg_class AS c ON c.oid = dep.oid
           WHERE dep.depth > 0
           GROUP BY c.oid, c.relname, c.relkind
@@ -187,16 +184,7 @@ async fn relation_steps(
     .fetch_all(&mut *conn)
     .await
     .map_err(ctx)?;
-    let grants: String = sqlx::query_scalar(
-        "SELECT coalesce(string_agg(format('GRANT %s ON %I TO %s', a.privilege_type, $2::text,
-                 CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END), '; '), '')
-           FROM pg_class AS c, aclexplode(c.relacl) AS a WHERE c.oid = to_regclass($1)",
-    )
-    .bind(ident(name))
-    .bind(name)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(ctx)?;
+    let grants = relation_grants(conn, name).await?;
     let mut swap = Vec::new();
     for dep in dependents.iter().rev() {
         let kind = if dep.get::<String, _>("kind") == "m" { "MATERIALIZED VIEW" } else { "VIEW" };
@@ -217,7 +205,7 @@ async fn relation_steps(
         };
         let kind = if materialized { "MATERIALIZED VIEW" } else { "VIEW" };
         swap.push(format!("CREATE {kind} {} AS {}", ident(&dep_name), definition.trim_end_matches(';')));
-        let grants: String = dep.get("grants");
+        let grants = relation_grants(conn, &dep_name).await?;
         if !grants.is_empty() {
             swap.push(grants);
         }
@@ -234,6 +222,19 @@ async fn relation_steps(
             in_transaction: true,
         },
     ])
+}
+
+/// `GRANT ...` statements that give a relation, once rebuilt, the privileges it has now.
+async fn relation_grants(conn: &mut PgConnection, name: &str) -> Result<String> {
+    sqlx::query_scalar(
+        "SELECT coalesce(string_agg(format('GRANT %s ON %I TO %s', a.privilege_type, c.relname,
+                 CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END), '; '), '')
+           FROM pg_class AS c, aclexplode(c.relacl) AS a WHERE c.oid = to_regclass($1)",
+    )
+    .bind(ident(name))
+    .fetch_one(conn)
+    .await
+    .map_err(|e| Error::db(format!("reading the privileges on {name}"), e))
 }
 
 /// A function: `CREATE OR REPLACE` when the result type is the same; otherwise drop and create
