@@ -19,7 +19,7 @@ data "aws_iam_policy_document" "db_access" {
   lifecycle {
     precondition {
       condition     = local.db_secret_arn != null
-      error_message = "No database secret: set db_secret_arn, or let the database manage its master password (manage_master_user_password) so the module can look it up."
+      error_message = "No database secret: set db_secret_arn, or let the database manage its master password (manage_master_user_password) and keep look_up_database = true so the module can look it up."
     }
   }
 
@@ -55,7 +55,7 @@ data "aws_iam_policy_document" "db_access" {
     content {
       sid       = "ConnectWithIamToken"
       actions   = ["rds-db:connect"]
-      resources = ["arn:${local.partition}:rds-db:${local.region}:${local.account_id}:dbuser:${var.db_resource_id}/${var.db_iam_username}"]
+      resources = ["arn:${local.partition}:rds-db:${local.region}:${local.account_id}:dbuser:${local.db_resource_id}/${var.db_iam_username}"]
     }
   }
 }
@@ -178,11 +178,22 @@ data "aws_iam_policy_document" "scheduler_assume" {
       identifiers = ["scheduler.amazonaws.com"]
     }
 
-    # Only schedules of this account may use the role (the confused-deputy guard the Scheduler docs give).
+    # Only this account's refresh schedule may use the role (the confused-deputy guard the Scheduler docs
+    # give). The Scheduler documents aws:SourceArn as the schedule group's ARN; the schedule's own ARN is
+    # admitted too, so the condition holds whichever of the two the service sends.
     condition {
       test     = "StringEquals"
       variable = "aws:SourceAccount"
       values   = [local.account_id]
+    }
+
+    condition {
+      test     = "ArnEquals"
+      variable = "aws:SourceArn"
+      values = [
+        "arn:${local.partition}:scheduler:${local.region}:${local.account_id}:schedule-group/${local.schedule_group}",
+        "arn:${local.partition}:scheduler:${local.region}:${local.account_id}:schedule/${local.schedule_group}/${local.schedule_name}",
+      ]
     }
   }
 }
@@ -206,6 +217,23 @@ data "aws_iam_policy_document" "scheduler" {
     sid       = "DeadLetters"
     actions   = ["sqs:SendMessage"]
     resources = [aws_sqs_queue.refresh_dlq.arn]
+  }
+
+  # An SQS queue under a customer key: SendMessage needs the key too, or dead letters are lost exactly
+  # when they matter. (The key's policy must also allow this role, or the account, to use it.)
+  dynamic "statement" {
+    for_each = var.dlq_kms_key_arn == null ? [] : [var.dlq_kms_key_arn]
+    content {
+      sid       = "DeadLettersEncrypted"
+      actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+      resources = [statement.value]
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["sqs.${local.region}.${local.dns_suffix}"]
+      }
+    }
   }
 }
 

@@ -66,8 +66,8 @@ resource "aws_lambda_function" "migrate" {
       error_message = "Set exactly one of db_instance_identifier and db_cluster_identifier."
     }
     precondition {
-      condition     = var.db_auth != "iam" || (var.db_resource_id != null && var.db_iam_username != null)
-      error_message = "db_auth = \"iam\" needs db_resource_id and db_iam_username: rds-db:connect is granted for that user on that database only."
+      condition     = var.db_auth != "iam" || (local.db_resource_id != null && var.db_iam_username != null)
+      error_message = "db_auth = \"iam\" needs db_iam_username, and db_resource_id (given, or looked up with look_up_database): rds-db:connect is granted for that user on that database only."
     }
   }
 }
@@ -121,4 +121,11 @@ resource "aws_lambda_function_event_invoke_config" "refresh" {
   function_name                = aws_lambda_function.refresh.function_name
   maximum_retry_attempts       = 0
   maximum_event_age_in_seconds = var.refresh_max_event_age_s
+}
+
+# Migrate is invoked synchronously (terraform apply, aws lambda invoke). Should anyone invoke it
+# asynchronously, Lambda must not run a migration again on its own: no retries.
+resource "aws_lambda_function_event_invoke_config" "migrate" {
+  function_name          = aws_lambda_function.migrate.function_name
+  maximum_retry_attempts = 0
 }

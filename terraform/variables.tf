@@ -40,9 +40,26 @@ variable "subnet_ids" {
 }
 
 variable "create_vpc_endpoints" {
-  description = "Create interface VPC endpoints (private DNS on) for Secrets Manager and the RDS API. Set false when the VPC already has them (a second endpoint with private DNS for the same service cannot be created); the functions may then reach 443 anywhere in the VPC's CIDR."
+  description = "Create interface VPC endpoints for Secrets Manager and the RDS API, with private DNS. Private DNS changes what those services' names resolve to for EVERY workload in the VPC, so the endpoints admit vpc_endpoint_allowed_cidrs (default: the VPC's CIDR) on 443, and a VPC can hold only one private-DNS endpoint per service: leave this false (the default) in a VPC the module did not make, which already has endpoints or a NAT gateway. The complete example, whose VPC is its own, sets it true."
   type        = bool
-  default     = true
+  default     = false
+}
+
+variable "vpc_endpoint_allowed_cidrs" {
+  description = "With create_vpc_endpoints: the IPv4 CIDR blocks the endpoints admit on 443. Every client of Secrets Manager or RDS in the VPC must be inside them, as private DNS sends them all to the endpoints. Null: the VPC's primary CIDR block."
+  type        = list(string)
+  default     = null
+
+  validation {
+    condition     = var.vpc_endpoint_allowed_cidrs == null ? true : alltrue([for c in var.vpc_endpoint_allowed_cidrs : can(cidrnetmask(c))])
+    error_message = "vpc_endpoint_allowed_cidrs must hold IPv4 CIDR blocks such as 10.0.0.0/16."
+  }
+}
+
+variable "allow_https_to_internet" {
+  description = "Let the functions reach 443 anywhere (0.0.0.0/0), for a VPC that reaches the AWS APIs through a NAT gateway rather than interface endpoints. Without it (and without create_vpc_endpoints) they reach 443 in the VPC's primary CIDR only, where its existing endpoints are."
+  type        = bool
+  default     = false
 }
 
 variable "vpc_endpoint_subnet_ids" {
@@ -57,6 +74,12 @@ variable "vpc_endpoint_subnet_ids" {
 }
 
 # --- Database -----------------------------------------------------------------
+
+variable "look_up_database" {
+  description = "Read the database with the RDS API at plan time (it must exist before this module is planned) to fill in what is not given: db_secret_arn (its RDS-managed master secret), db_security_group_id (its only security group), db_resource_id. Set false when the database is created in the same configuration, and give those inputs."
+  type        = bool
+  default     = true
+}
 
 variable "db_instance_identifier" {
   description = "The RDS instance to migrate: its endpoint is looked up with the RDS API and it is what snapshot_before_migrate snapshots. Set this or db_cluster_identifier, not both."
@@ -81,7 +104,7 @@ variable "db_cluster_identifier" {
 }
 
 variable "db_security_group_id" {
-  description = "The database's security group; the module adds one ingress rule to it, from the functions' security group on db_port. Null: looked up from the database, which must then have exactly one."
+  description = "The database's security group; the module adds one ingress rule to it, from the functions' security group on db_port. Null: looked up from the database (look_up_database), which must then have exactly one."
   type        = string
   default     = null
 
@@ -109,7 +132,7 @@ variable "db_name" {
 }
 
 variable "db_secret_arn" {
-  description = "ARN of the Secrets Manager secret with the database username and password: the RDS-managed master secret (aws_db_instance.master_user_secret[0].secret_arn) or a rotation secret. Null: the database's RDS-managed master secret, looked up. Only the ARN is passed to the functions; they read the secret on every invocation."
+  description = "ARN of the Secrets Manager secret with the database username and password: the RDS-managed master secret (aws_db_instance.master_user_secret[0].secret_arn) or a rotation secret. Null: the database's RDS-managed master secret, looked up (look_up_database). Only the ARN is passed to the functions; they read the secret on every invocation."
   type        = string
   default     = null
 
@@ -142,7 +165,7 @@ variable "db_auth" {
 }
 
 variable "db_resource_id" {
-  description = "With db_auth = iam: the instance's DbiResourceId (aws_db_instance.resource_id, db-...) or the cluster's resource id (aws_rds_cluster.cluster_resource_id, cluster-...), for the rds-db:connect permission."
+  description = "With db_auth = iam: the instance's DbiResourceId (aws_db_instance.resource_id, db-...) or the cluster's resource id (aws_rds_cluster.cluster_resource_id, cluster-...), for the rds-db:connect permission. Null: looked up (look_up_database)."
   type        = string
   default     = null
 

@@ -1,6 +1,6 @@
-//! The Terraform module checked against the binary it deploys, offline: `terraform validate` needs the
-//! AWS provider, which cannot be downloaded here, so these tests parse the HCL and hold it to what the
-//! code reads, dispatches on, accepts and calls.
+//! The Terraform module checked against the binary it deploys, offline: these tests parse the HCL and hold
+//! it to what the code reads, dispatches on, accepts and calls. (`terraform validate` against the real
+//! provider runs in scripts/tf-check.sh; the plan and a real apply in tf_apply.rs.)
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -340,13 +340,23 @@ fn migrate_invocation_input_is_accepted_in_every_lifecycle_action() {
     for needed in ["db_from_lambda", "lambda_to_db", "lambda_to_endpoints", "aws_vpc_endpoint.this"] {
         assert!(depends.contains(needed), "the invocation does not wait for {needed}: {depends}");
     }
-    // The postcondition accepts exactly the statuses a finished migrate reports.
+    // The postcondition, and the provisioner that taints the invocation when it fails (so the next apply
+    // invokes again instead of every plan failing), accept exactly the statuses a finished migrate reports.
+    let finished: Vec<String> = match module.local("migrate_finished_statuses") {
+        Expression::Array(items) => items.iter().map(string).collect(),
+        other => panic!("migrate_finished_statuses: {}", text(other)),
+    };
+    assert_eq!(finished, ["applied", "up_to_date"]);
     let lifecycle = nested(invocation, "lifecycle");
     let condition = text(attr(nested(lifecycle, "postcondition"), "condition").unwrap());
-    for status in ["\"applied\"", "\"up_to_date\"", "\"noop\""] {
-        assert!(condition.contains(status), "postcondition {condition} misses {status}");
+    let provisioner = invocation.blocks().find(|b| b.identifier() == "provisioner").expect("the tainting provisioner");
+    assert_eq!(provisioner.labels()[0].as_str(), "local-exec");
+    assert!(attr(provisioner.body(), "when").is_none(), "a creation-time provisioner: only those taint");
+    let command = text(attr(provisioner.body(), "command").unwrap());
+    for check in [&condition, &command] {
+        assert!(check.contains("local.migrate_finished_statuses") && check.contains("self.result"), "{check}");
     }
-    assert!(!condition.contains("planned") && !condition.contains("rolled_back"), "{condition}");
+    assert!(command.ends_with(r#"? "exit 0" : "exit 1""#), "{command}");
 }
 
 #[test]
@@ -460,29 +470,44 @@ fn iam_allows_exactly_the_calls_the_code_makes() {
     let Some(Expression::Array(resources)) = attr(invoke.body(), "resources") else { panic!("resources") };
     let resources: Vec<_> = resources.iter().map(path).collect();
     assert_eq!(resources, [Some("aws_lambda_function.refresh.arn".to_string())]);
+    // ... and dead-letter, through the queue's key when it has a customer one.
     assert_eq!(
         policy_actions(&module, "scheduler"),
-        ["lambda:InvokeFunction", "sqs:SendMessage"].map(String::from).into()
+        ["kms:Decrypt", "kms:GenerateDataKey", "lambda:InvokeFunction", "sqs:SendMessage"].map(String::from).into()
     );
 }
 
 #[test]
 fn nothing_is_reachable_from_outside() {
     let module = module();
-    // The functions' security group has no ingress rule at all; the endpoints admit the functions only.
+    // The functions' security group has no ingress rule at all; the database admits the functions; the
+    // endpoints admit the functions and, as private DNS sends every client in the VPC to them, the VPC
+    // (its CIDR or the user's list), on 443 only.
     for rule in module.blocks("resource", &["aws_vpc_security_group_ingress_rule"]) {
         let body = rule.body();
-        assert!(attr(body, "cidr_ipv4").is_none() && attr(body, "cidr_ipv6").is_none(), "{:?}", rule.labels());
-        assert_eq!(
-            path(attr(body, "referenced_security_group_id").unwrap()).as_deref(),
-            Some("aws_security_group.lambda.id"),
-            "{:?}",
-            rule.labels()
-        );
+        let target = text(attr(body, "security_group_id").unwrap());
+        assert!(!target.contains("aws_security_group.lambda"), "ingress into the functions: {:?}", rule.labels());
+        assert!(attr(body, "cidr_ipv6").is_none(), "{:?}", rule.labels());
+        match attr(body, "cidr_ipv4") {
+            None => assert_eq!(
+                path(attr(body, "referenced_security_group_id").unwrap()).as_deref(),
+                Some("aws_security_group.lambda.id"),
+                "{:?}",
+                rule.labels()
+            ),
+            Some(cidr) => {
+                assert_eq!(target, "aws_security_group.endpoints[0].id", "{:?}", rule.labels());
+                assert_eq!(text(cidr), "local.endpoint_allowed_cidrs[count.index]");
+                assert_eq!(text(attr(body, "from_port").unwrap()), "443");
+                assert_eq!(text(attr(body, "to_port").unwrap()), "443");
+            }
+        }
     }
     for endpoint in module.blocks("resource", &["aws_vpc_endpoint"]) {
         assert_eq!(text(attr(endpoint.body(), "private_dns_enabled").unwrap()), "true");
     }
+    // No endpoint (and so no change to the VPC's DNS) unless asked for.
+    assert_eq!(text(module.default("create_vpc_endpoints")), "false");
     let example = Module::load(&repo().join("terraform/examples/complete"));
     let db = example.block("resource", &["aws_db_instance", "this"]).body();
     assert_eq!(text(attr(db, "publicly_accessible").unwrap()), "false");
