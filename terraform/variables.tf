@@ -344,3 +344,33 @@ variable "dlq_kms_key_arn" {
     error_message = "dlq_kms_key_arn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)."
   }
 }
+
+# --- Alarms -------------------------------------------------------------------
+
+variable "create_alarms" {
+  description = "Create the CloudWatch alarms on the refresh function's errors and on the refresh dead-letter queue's depth."
+  type        = bool
+  default     = true
+}
+
+variable "alarm_sns_topic_arn" {
+  description = "SNS topic the alarms notify, on alarm and on recovery. Null: the alarms only change state (visible in the console and to anything watching them)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.alarm_sns_topic_arn == null ? true : can(regex("^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:.+$", var.alarm_sns_topic_arn))
+    error_message = "alarm_sns_topic_arn must be an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)."
+  }
+}
+
+variable "refresh_error_alarm_periods" {
+  description = "The refresh-errors alarm fires when the refresh failed in this many consecutive 5-minute periods."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.refresh_error_alarm_periods >= 1 && var.refresh_error_alarm_periods <= 288 && floor(var.refresh_error_alarm_periods) == var.refresh_error_alarm_periods
+    error_message = "refresh_error_alarm_periods must be a whole number between 1 and 288 (a day)."
+  }
+}

@@ -521,3 +521,94 @@ fn nothing_is_reachable_from_outside() {
     );
     assert!(example.blocks("resource", &["aws_internet_gateway"]).is_empty(), "the example VPC is private");
 }
+
+/// The inputs and outputs tables of a README, generated from the module's variables and outputs.
+fn docs_tables(module: &Module) -> String {
+    fn cell(s: &str) -> String {
+        s.replace('|', "\\|").replace('\n', " ")
+    }
+    let mut variables = module.blocks("variable", &[]);
+    variables.sort_by_key(|b| b.labels()[0].as_str().to_string());
+    let mut out =
+        String::from("## Inputs\n\n| Name | Description | Type | Default | Required |\n|---|---|---|---|:-:|\n");
+    for v in variables {
+        let body = v.body();
+        let description = attr(body, "description").map(string).unwrap_or_default();
+        let ty = attr(body, "type").map(text).unwrap_or_else(|| "any".into());
+        let (default, required) = match attr(body, "default") {
+            Some(d) => (format!("`{}`", cell(&text(d))), "no"),
+            None => ("n/a".to_string(), "yes"),
+        };
+        out += &format!(
+            "| `{}` | {} | `{}` | {} | {} |\n",
+            v.labels()[0].as_str(),
+            cell(&description),
+            cell(&ty),
+            default,
+            required
+        );
+    }
+    let mut outputs = module.blocks("output", &[]);
+    outputs.sort_by_key(|b| b.labels()[0].as_str().to_string());
+    out += "\n## Outputs\n\n| Name | Description |\n|---|---|\n";
+    for o in outputs {
+        let description = attr(o.body(), "description").map(string).unwrap_or_default();
+        out += &format!("| `{}` | {} |\n", o.labels()[0].as_str(), cell(&description));
+    }
+    out
+}
+
+const DOCS_BEGIN: &str = "<!-- BEGIN_TF_DOCS: generated from variables.tf and outputs.tf by tests/it/terraform.rs; UPDATE_TF_DOCS=1 cargo test --test it docs_tables rewrites it -->\n";
+const DOCS_END: &str = "<!-- END_TF_DOCS -->";
+
+#[test]
+fn docs_tables_match_variables_and_outputs() {
+    for dir in ["terraform", "terraform/examples/complete"] {
+        let module = Module::load(&repo().join(dir));
+        let readme_path = repo().join(dir).join("README.md");
+        let readme = std::fs::read_to_string(&readme_path).unwrap_or_else(|e| panic!("{}: {e}", readme_path.display()));
+        let start = readme.find(DOCS_BEGIN).unwrap_or_else(|| panic!("{}: no {DOCS_BEGIN}", readme_path.display()));
+        let end = readme.find(DOCS_END).unwrap_or_else(|| panic!("{}: no {DOCS_END}", readme_path.display()));
+        let generated = docs_tables(&module);
+        let current = &readme[start + DOCS_BEGIN.len()..end];
+        if current != generated {
+            if std::env::var_os("UPDATE_TF_DOCS").is_some() {
+                let updated = format!("{}{DOCS_BEGIN}{generated}{}", &readme[..start], &readme[end..]);
+                std::fs::write(&readme_path, updated).unwrap();
+            } else {
+                panic!(
+                    "{}: the inputs/outputs tables differ from {dir}/variables.tf and outputs.tf; regenerate with \
+                     UPDATE_TF_DOCS=1 cargo test --test it docs_tables\n--- in the README\n{current}\n--- generated\n{generated}",
+                    readme_path.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn invoke_command_output_is_the_safe_one_make_invoke_runs() {
+    let module = module();
+    let output = string(attr(module.block("output", &["invoke_command"]).body(), "value").unwrap());
+    let makefile = std::fs::read_to_string(repo().join("Makefile")).unwrap();
+    // No client-side retry (a second invocation of a long migration) and a read timeout as long as Lambda's.
+    for flag in ["AWS_MAX_ATTEMPTS=1 ", "--cli-read-timeout 900", "--cli-binary-format raw-in-base64-out"] {
+        assert!(output.contains(flag), "invoke_command lacks {flag}: {output}");
+        assert!(makefile.contains(flag), "make invoke lacks {flag}");
+    }
+}
+
+#[test]
+fn users_tags_win_over_the_modules_defaults() {
+    let module = module();
+    let Expression::FuncCall(merge) = module.local("tags") else { panic!("tags = merge(...)") };
+    assert_eq!(merge.name.name.as_str(), "merge");
+    // merge() keeps the last value of a key: the user's map must come last.
+    assert_eq!(path(merge.args.last().unwrap()).as_deref(), Some("var.tags"));
+    let defaults: hcl::Map<String, hcl::Value> =
+        match merge.args[0].evaluate(&Context::new()).expect("the module's defaults are literals") {
+            hcl::Value::Object(o) => o,
+            other => panic!("{other:?}"),
+        };
+    assert!(defaults.contains_key("app"), "{defaults:?}");
+}
