@@ -11,9 +11,10 @@ locals {
 resource "aws_sqs_queue" "refresh_dlq" {
   name                      = "${var.name_prefix}-refresh-dlq"
   message_retention_seconds = 1209600 # 14 days, the SQS maximum: time to notice and look.
-  sqs_managed_sse_enabled   = var.dlq_kms_key_arn == null
-  kms_master_key_id         = var.dlq_kms_key_arn
-  tags                      = local.tags
+  # Null, not false, with a customer key: the provider refuses both arguments set, even to false.
+  sqs_managed_sse_enabled = var.dlq_kms_key_arn == null ? true : null
+  kms_master_key_id       = var.dlq_kms_key_arn
+  tags                    = local.tags
 }
 
 resource "aws_scheduler_schedule" "refresh" {
