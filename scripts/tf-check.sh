@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 command -v terraform >/dev/null || {
-  echo "tf-check: the terraform CLI (>= 1.5) is not on PATH; it is needed for 'terraform fmt -check'" >&2
+  echo "tf-check: the terraform CLI (>= 1.11) is not on PATH; it is needed for 'terraform fmt -check'" >&2
   exit 1
 }
 # No ~/.terraformrc on a fresh machine: an empty config keeps terraform from warning about it.

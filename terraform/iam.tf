@@ -14,7 +14,8 @@ data "aws_iam_policy_document" "lambda_assume" {
   }
 }
 
-# What both functions need to open a connection.
+# What migrate needs to open its connection: the master login (its secret, or an IAM token for
+# db_iam_username) and the endpoint lookup; with a refresh password, that secret too (it sets the password).
 data "aws_iam_policy_document" "db_access" {
   lifecycle {
     precondition {
@@ -26,7 +27,7 @@ data "aws_iam_policy_document" "db_access" {
   statement {
     sid       = "ReadDatabaseSecret"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [local.db_secret_arn]
+    resources = local.refresh_iam ? [local.db_secret_arn] : [local.db_secret_arn, local.refresh_secret_arn]
   }
 
   dynamic "statement" {
@@ -57,6 +58,49 @@ data "aws_iam_policy_document" "db_access" {
       actions   = ["rds-db:connect"]
       resources = ["arn:${local.partition}:rds-db:${local.region}:${local.account_id}:dbuser:${local.db_resource_id}/${var.db_iam_username}"]
     }
+  }
+}
+
+# What refresh needs: its own login only. With IAM: rds-db:connect as scanner_refresh on this database and
+# no secret at all; with a password: its own secret, never the master's.
+data "aws_iam_policy_document" "refresh_db_access" {
+  dynamic "statement" {
+    for_each = local.refresh_iam ? [1] : []
+    content {
+      sid       = "ConnectAsRefreshUser"
+      actions   = ["rds-db:connect"]
+      resources = ["arn:${local.partition}:rds-db:${local.region}:${local.account_id}:dbuser:${local.db_resource_id}/${local.refresh_db_user}"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.refresh_iam ? [] : [1]
+    content {
+      sid       = "ReadRefreshLoginSecret"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [local.refresh_secret_arn]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = !local.refresh_iam && var.db_secret_kms_key_arn != null ? [var.db_secret_kms_key_arn] : []
+    content {
+      sid       = "DecryptRefreshLoginSecretViaSecretsManager"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value]
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["secretsmanager.${local.region}.${local.dns_suffix}"]
+      }
+    }
+  }
+
+  statement {
+    sid       = "LookUpDatabaseEndpoint"
+    actions   = local.is_cluster ? ["rds:DescribeDBClusters"] : ["rds:DescribeDBInstances"]
+    resources = [local.db_arn]
   }
 }
 
@@ -149,7 +193,7 @@ resource "aws_iam_role" "refresh" {
 
 data "aws_iam_policy_document" "refresh" {
   source_policy_documents = [
-    data.aws_iam_policy_document.db_access.json,
+    data.aws_iam_policy_document.refresh_db_access.json,
     data.aws_iam_policy_document.lambda_runtime.json,
   ]
 

@@ -26,6 +26,8 @@ resource "aws_lambda_invocation" "migrate" {
     migrations = local.migrations_hash
     # A changed target database or setting is a new migration run as well.
     environment = sha256(jsonencode(aws_lambda_function.migrate.environment))
+    # A new refresh password (refresh_login.tf) is set by migrate.
+    refresh_password = local.refresh_iam ? "iam" : tostring(var.refresh_password_version)
   }
 
   depends_on = [
@@ -38,6 +40,7 @@ resource "aws_lambda_invocation" "migrate" {
     aws_vpc_security_group_ingress_rule.endpoints_from_vpc,
     aws_vpc_endpoint.this,
     aws_iam_role_policy.migrate,
+    aws_secretsmanager_secret_version.refresh,
   ]
 
   # A result that is not a finished migration (the function answered, but not "applied"/"up_to_date")

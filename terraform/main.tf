@@ -63,14 +63,13 @@ locals {
 
   endpoint_subnet_ids = coalesce(var.vpc_endpoint_subnet_ids, var.subnet_ids)
 
-  # The environment both functions share. Only variables the binary reads (src/config.rs ENV_VARS;
-  # tests/terraform.rs checks it) and nothing secret: the credentials stay in Secrets Manager.
+  # The environment both functions share: where the database is and how to verify it. Only variables the
+  # binary reads (src/config.rs ENV_VARS; tests/it/terraform.rs checks it) and nothing secret: credentials
+  # stay in Secrets Manager (or are IAM tokens). Who logs in differs: lambda.tf.
   common_environment = merge(
     {
-      DB_SECRET_ARN = local.db_secret_arn
-      DB_PORT       = tostring(var.db_port)
-      DB_AUTH       = var.db_auth
-      DB_SSLMODE    = "verify-full"
+      DB_PORT    = tostring(var.db_port)
+      DB_SSLMODE = "verify-full"
       # `make build` puts the RDS CA bundle beside bootstrap in the zip, i.e. in /var/task.
       DB_CA_BUNDLE = "/var/task/rds-ca-bundle.pem"
     },

@@ -32,6 +32,15 @@ output "role_arns" {
   }
 }
 
+output "refresh_login" {
+  description = "How the refresh function logs in: the database user (scanner_refresh), the auth (iam or password), and with password the ARN of its own secret (null with iam)."
+  value = {
+    user       = local.refresh_db_user
+    auth       = var.refresh_db_auth
+    secret_arn = local.refresh_secret_arn
+  }
+}
+
 output "security_group_id" {
   description = "The functions' security group (the database security group admits it on the database port)."
   value       = aws_security_group.lambda.id

@@ -1,5 +1,7 @@
 terraform {
-  required_version = ">= 1.5"
+  # 1.11: write-only arguments, so the refresh login's generated password is never in the plan or the
+  # state (refresh_login.tf).
+  required_version = ">= 1.11"
 
   required_providers {
     aws = {

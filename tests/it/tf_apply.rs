@@ -103,9 +103,12 @@ module "scanner_migrator" {
   create_vpc_endpoints   = true
   dlq_kms_key_arn        = aws_kms_key.dlq.arn
   alarm_sns_topic_arn    = "arn:aws:sns:us-east-1:123456789012:ops"
+  # moto's RDS has no IAM database authentication to speak of: the refresh login gets its own secret.
+  refresh_db_auth = "password"
 }
 
 output "migration_result" { value = module.scanner_migrator.migration_result }
+output "refresh_login" { value = module.scanner_migrator.refresh_login }
 "#;
 
 /// Module resources the inputs above switch off, with the input that does.
@@ -288,6 +291,26 @@ async fn terraform_apply_migrates_reinvokes_on_change_fails_with_the_migrators_e
     assert_eq!(result["status"], "applied");
     assert_eq!(result["schema_version"], json!(files - 1));
     assert_eq!(result["applied"].as_array().unwrap().len() as i64, files);
+
+    // The refresh login has a secret of its own, with a generated password that Terraform never stored.
+    let out = stack.ws.terraform("root", &["output", "-json", "refresh_login"]).await;
+    let login: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    let refresh_secret = login["secret_arn"].as_str().unwrap().to_string();
+    assert_eq!((login["user"].as_str(), login["auth"].as_str()), (Some("scanner_refresh"), Some("password")));
+    let secrets = aws_sdk_secretsmanager::Client::new(&moto::sdk().await);
+    let stored = secrets.get_secret_value().secret_id(&refresh_secret).send().await.unwrap();
+    let stored: Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
+    let password = stored["password"].as_str().unwrap().to_string();
+    crate::support::secrets::register(&password);
+    assert_eq!(stored["username"], "scanner_refresh");
+    assert!(password.len() >= 32 && password.chars().all(|c| c.is_ascii_hexdigit()), "a generated password");
+    let state = std::fs::read_to_string(stack.ws.path("root/terraform.tfstate")).unwrap();
+    assert!(!state.contains(&password), "the refresh login's password is in the state");
+    let migrate_env = &stack.standin.configuration("tfit-migrate").await["Environment"]["Variables"];
+    let refresh_env = &stack.standin.configuration("tfit-refresh").await["Environment"]["Variables"];
+    assert_eq!(migrate_env["REFRESH_SECRET_ARN"], json!(refresh_secret), "migrate sets the refresh password");
+    assert_eq!(migrate_env["DB_SECRET_ARN"], json!(secret_arn), "migrate logs in as the master user");
+    assert_eq!(refresh_env["DB_SECRET_ARN"], json!(refresh_secret), "refresh never reads the master secret");
 
     // 2. Nothing changed: nothing invoked. The one drift is moto's: it drops the description of a rule that
     //    references a security group when creating it, so the second apply puts the descriptions back (and

@@ -100,6 +100,11 @@ impl LambdaStandIn {
         *self.shared.next_payload.lock().unwrap() = Some(payload);
     }
 
+    /// The function's configuration as moto holds it (GetFunctionConfiguration).
+    pub async fn configuration(&self, name: &str) -> Value {
+        moto_json(&self.shared, &format!("/2015-03-31/functions/{name}/configuration")).await.unwrap()
+    }
+
     /// Every Invoke so far, in order.
     pub fn invocations(&self) -> Vec<Invocation> {
         self.shared.invocations.lock().unwrap().clone()

@@ -69,6 +69,7 @@ run "module_wires_what_the_binary_needs" {
     db_name                    = "scanner_db"
     db_secret_arn              = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:scanner-db-AbCdEf"
     snapshot_before_migrate    = true
+    db_resource_id             = "db-ABCDEFGHIJKLMNOPQRSTUVWXY0"
   }
 
   assert {
@@ -88,9 +89,8 @@ run "module_wires_what_the_binary_needs" {
       f.environment[0].variables["DB_INSTANCE_IDENTIFIER"] == "scanner" &&
       f.environment[0].variables["DB_NAME"] == "scanner_db" &&
       f.environment[0].variables["DB_SSLMODE"] == "verify-full" &&
-      f.environment[0].variables["DB_CA_BUNDLE"] == "/var/task/rds-ca-bundle.pem" &&
-      f.environment[0].variables["DB_AUTH"] == "password"
-    ])
+      f.environment[0].variables["DB_CA_BUNDLE"] == "/var/task/rds-ca-bundle.pem"
+    ]) && aws_lambda_function.migrate.environment[0].variables["DB_AUTH"] == "password"
     error_message = "the environment names the example's database and verifies its certificate"
   }
 
@@ -135,8 +135,23 @@ run "module_wires_what_the_binary_needs" {
   }
 
   assert {
-    condition     = alltrue([for f in [aws_lambda_function.migrate, aws_lambda_function.refresh] : f.environment[0].variables["DB_SECRET_ARN"] == var.db_secret_arn])
-    error_message = "the functions read the database secret by ARN (never its value)"
+    condition     = aws_lambda_function.migrate.environment[0].variables["DB_SECRET_ARN"] == var.db_secret_arn
+    error_message = "migrate reads the master secret by ARN (never its value)"
+  }
+
+  assert {
+    condition     = !contains(keys(aws_lambda_function.refresh.environment[0].variables), "DB_SECRET_ARN") && aws_lambda_function.refresh.environment[0].variables["DB_AUTH"] == "iam" && aws_lambda_function.refresh.environment[0].variables["DB_USER"] == "scanner_refresh"
+    error_message = "refresh logs in as scanner_refresh with an IAM token and reads no secret"
+  }
+
+  assert {
+    condition     = !contains(flatten([for s in data.aws_iam_policy_document.refresh_db_access.statement : s.actions]), "secretsmanager:GetSecretValue") && contains(one([for s in data.aws_iam_policy_document.refresh_db_access.statement : s.resources if contains(s.actions, "rds-db:connect")]), "arn:${data.aws_partition.current.partition}:rds-db:${data.aws_region.current.id}:${data.aws_caller_identity.current.account_id}:dbuser:db-ABCDEFGHIJKLMNOPQRSTUVWXY0/scanner_refresh")
+    error_message = "the refresh role may connect as scanner_refresh on this database and read no secret"
+  }
+
+  assert {
+    condition     = length(aws_secretsmanager_secret.refresh) == 0 && !contains(keys(aws_lambda_function.migrate.environment[0].variables), "REFRESH_SECRET_ARN")
+    error_message = "with IAM, no refresh secret exists"
   }
 }
 
@@ -176,6 +191,39 @@ run "module_in_an_existing_vpc_changes_nothing_else_in_it" {
   assert {
     condition     = aws_iam_role.migrate.tags["app"] == "s3-scanner" && aws_iam_role.migrate.tags["team"] == "storage"
     error_message = "the user's tags win over the module's defaults"
+  }
+}
+
+run "refresh_login_with_a_password_of_its_own" {
+  command = plan
+
+  module {
+    source = "../.."
+  }
+
+  variables {
+    name_prefix            = "scanner-migrator"
+    vpc_id                 = "vpc-0123456789abcdef0"
+    subnet_ids             = ["subnet-0123456789abcdef0"]
+    db_instance_identifier = "scanner-db"
+    db_security_group_id   = "sg-0123456789abcdef0"
+    db_secret_arn          = "arn:aws:secretsmanager:eu-west-1:123456789012:secret:scanner-db-AbCdEf"
+    refresh_db_auth        = "password"
+  }
+
+  assert {
+    condition     = length(aws_secretsmanager_secret.refresh) == 1 && aws_secretsmanager_secret_version.refresh[0].secret_string_wo_version == 1
+    error_message = "a database without IAM auth gets a secret for scanner_refresh, its password written write-only"
+  }
+
+  assert {
+    condition     = contains(keys(aws_lambda_function.migrate.environment[0].variables), "REFRESH_SECRET_ARN") && aws_lambda_function.refresh.environment[0].variables["DB_AUTH"] == "password" && contains(keys(aws_lambda_function.refresh.environment[0].variables), "DB_SECRET_ARN")
+    error_message = "migrate sets the refresh login's password; refresh reads its own secret"
+  }
+
+  assert {
+    condition     = !contains(flatten([for s in data.aws_iam_policy_document.refresh_db_access.statement : s.actions]), "rds-db:connect")
+    error_message = "with a password, the refresh role gets no rds-db:connect"
   }
 }
 
