@@ -14,19 +14,20 @@ data "aws_iam_policy_document" "lambda_assume" {
   }
 }
 
-# What both functions need to open a connection.
+# What migrate needs to open its connection: the master login (its secret, or an IAM token for
+# db_iam_username) and the endpoint lookup; with a refresh password, that secret too (it sets the password).
 data "aws_iam_policy_document" "db_access" {
   lifecycle {
     precondition {
       condition     = local.db_secret_arn != null
-      error_message = "No database secret: set db_secret_arn, or let the database manage its master password (manage_master_user_password) so the module can look it up."
+      error_message = "No database secret: set db_secret_arn, or let the database manage its master password (manage_master_user_password) and keep look_up_database = true so the module can look it up."
     }
   }
 
   statement {
     sid       = "ReadDatabaseSecret"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [local.db_secret_arn]
+    resources = local.refresh_iam ? [local.db_secret_arn] : [local.db_secret_arn, local.refresh_secret_arn]
   }
 
   dynamic "statement" {
@@ -55,8 +56,51 @@ data "aws_iam_policy_document" "db_access" {
     content {
       sid       = "ConnectWithIamToken"
       actions   = ["rds-db:connect"]
-      resources = ["arn:${local.partition}:rds-db:${local.region}:${local.account_id}:dbuser:${var.db_resource_id}/${var.db_iam_username}"]
+      resources = ["arn:${local.partition}:rds-db:${local.region}:${local.account_id}:dbuser:${local.db_resource_id}/${var.db_iam_username}"]
     }
+  }
+}
+
+# What refresh needs: its own login only. With IAM: rds-db:connect as scanner_refresh on this database and
+# no secret at all; with a password: its own secret, never the master's.
+data "aws_iam_policy_document" "refresh_db_access" {
+  dynamic "statement" {
+    for_each = local.refresh_iam ? [1] : []
+    content {
+      sid       = "ConnectAsRefreshUser"
+      actions   = ["rds-db:connect"]
+      resources = ["arn:${local.partition}:rds-db:${local.region}:${local.account_id}:dbuser:${local.db_resource_id}/${local.refresh_db_user}"]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = local.refresh_iam ? [] : [1]
+    content {
+      sid       = "ReadRefreshLoginSecret"
+      actions   = ["secretsmanager:GetSecretValue"]
+      resources = [local.refresh_secret_arn]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = !local.refresh_iam && var.db_secret_kms_key_arn != null ? [var.db_secret_kms_key_arn] : []
+    content {
+      sid       = "DecryptRefreshLoginSecretViaSecretsManager"
+      actions   = ["kms:Decrypt"]
+      resources = [statement.value]
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["secretsmanager.${local.region}.${local.dns_suffix}"]
+      }
+    }
+  }
+
+  statement {
+    sid       = "LookUpDatabaseEndpoint"
+    actions   = local.is_cluster ? ["rds:DescribeDBClusters"] : ["rds:DescribeDBInstances"]
+    resources = [local.db_arn]
   }
 }
 
@@ -149,7 +193,7 @@ resource "aws_iam_role" "refresh" {
 
 data "aws_iam_policy_document" "refresh" {
   source_policy_documents = [
-    data.aws_iam_policy_document.db_access.json,
+    data.aws_iam_policy_document.refresh_db_access.json,
     data.aws_iam_policy_document.lambda_runtime.json,
   ]
 
@@ -178,11 +222,22 @@ data "aws_iam_policy_document" "scheduler_assume" {
       identifiers = ["scheduler.amazonaws.com"]
     }
 
-    # Only schedules of this account may use the role (the confused-deputy guard the Scheduler docs give).
+    # Only this account's refresh schedule may use the role (the confused-deputy guard the Scheduler docs
+    # give). The Scheduler documents aws:SourceArn as the schedule group's ARN; the schedule's own ARN is
+    # admitted too, so the condition holds whichever of the two the service sends.
     condition {
       test     = "StringEquals"
       variable = "aws:SourceAccount"
       values   = [local.account_id]
+    }
+
+    condition {
+      test     = "ArnEquals"
+      variable = "aws:SourceArn"
+      values = [
+        "arn:${local.partition}:scheduler:${local.region}:${local.account_id}:schedule-group/${local.schedule_group}",
+        "arn:${local.partition}:scheduler:${local.region}:${local.account_id}:schedule/${local.schedule_group}/${local.schedule_name}",
+      ]
     }
   }
 }
@@ -206,6 +261,23 @@ data "aws_iam_policy_document" "scheduler" {
     sid       = "DeadLetters"
     actions   = ["sqs:SendMessage"]
     resources = [aws_sqs_queue.refresh_dlq.arn]
+  }
+
+  # An SQS queue under a customer key: SendMessage needs the key too, or dead letters are lost exactly
+  # when they matter. (The key's policy must also allow this role, or the account, to use it.)
+  dynamic "statement" {
+    for_each = var.dlq_kms_key_arn == null ? [] : [var.dlq_kms_key_arn]
+    content {
+      sid       = "DeadLettersEncrypted"
+      actions   = ["kms:GenerateDataKey", "kms:Decrypt"]
+      resources = [statement.value]
+
+      condition {
+        test     = "StringEquals"
+        variable = "kms:ViaService"
+        values   = ["sqs.${local.region}.${local.dns_suffix}"]
+      }
+    }
   }
 }
 

@@ -35,9 +35,16 @@ resource "aws_lambda_function" "migrate" {
   reserved_concurrent_executions = coalesce(var.reserved_concurrency, -1)
 
   environment {
-    variables = merge(local.common_environment, {
-      SNAPSHOT_BEFORE_MIGRATE = tostring(var.snapshot_before_migrate)
-    })
+    # The master login (it owns the schema); with a refresh password, the secret whose password it sets.
+    variables = merge(
+      local.common_environment,
+      {
+        DB_SECRET_ARN           = local.db_secret_arn
+        DB_AUTH                 = var.db_auth
+        SNAPSHOT_BEFORE_MIGRATE = tostring(var.snapshot_before_migrate)
+      },
+      local.refresh_iam ? {} : { REFRESH_SECRET_ARN = local.refresh_secret_arn },
+    )
   }
 
   vpc_config {
@@ -66,8 +73,8 @@ resource "aws_lambda_function" "migrate" {
       error_message = "Set exactly one of db_instance_identifier and db_cluster_identifier."
     }
     precondition {
-      condition     = var.db_auth != "iam" || (var.db_resource_id != null && var.db_iam_username != null)
-      error_message = "db_auth = \"iam\" needs db_resource_id and db_iam_username: rds-db:connect is granted for that user on that database only."
+      condition     = var.db_auth != "iam" || (local.db_resource_id != null && var.db_iam_username != null)
+      error_message = "db_auth = \"iam\" needs db_iam_username, and db_resource_id (given, or looked up with look_up_database): rds-db:connect is granted for that user on that database only."
     }
   }
 }
@@ -91,9 +98,12 @@ resource "aws_lambda_function" "refresh" {
   reserved_concurrent_executions = coalesce(var.reserved_concurrency, -1)
 
   environment {
-    variables = merge(local.common_environment, {
-      REFRESH_MIN_INTERVAL_S = tostring(var.refresh_min_interval_s)
-    })
+    # Its own least-privileged login (refresh_login.tf), never the master's.
+    variables = merge(
+      local.common_environment,
+      { REFRESH_MIN_INTERVAL_S = tostring(var.refresh_min_interval_s) },
+      local.refresh_iam ? { DB_AUTH = "iam", DB_USER = local.refresh_db_user } : { DB_AUTH = "password", DB_SECRET_ARN = local.refresh_secret_arn },
+    )
   }
 
   vpc_config {
@@ -113,6 +123,17 @@ resource "aws_lambda_function" "refresh" {
   tags = local.tags
 
   depends_on = [aws_iam_role_policy.refresh, aws_cloudwatch_log_group.refresh]
+
+  lifecycle {
+    precondition {
+      condition     = var.refresh_db_auth != "iam" || local.db_resource_id != null
+      error_message = "refresh_db_auth = \"iam\" needs db_resource_id (given, or looked up with look_up_database): rds-db:connect is granted for ${local.refresh_db_user} on that database only. Set refresh_db_auth = \"password\" for a database without IAM authentication."
+    }
+    precondition {
+      condition     = !(var.refresh_db_auth == "iam" && local.lookup_cluster && try(data.aws_rds_cluster.this[0].iam_database_authentication_enabled, true) == false)
+      error_message = "The cluster ${coalesce(var.db_cluster_identifier, "-")} does not have IAM database authentication enabled: set refresh_db_auth = \"password\" (or enable it)."
+    }
+  }
 }
 
 # The scheduler invokes asynchronously. No Lambda-level retries: the refresh is idempotent and the
@@ -121,4 +142,11 @@ resource "aws_lambda_function_event_invoke_config" "refresh" {
   function_name                = aws_lambda_function.refresh.function_name
   maximum_retry_attempts       = 0
   maximum_event_age_in_seconds = var.refresh_max_event_age_s
+}
+
+# Migrate is invoked synchronously (terraform apply, aws lambda invoke). Should anyone invoke it
+# asynchronously, Lambda must not run a migration again on its own: no retries.
+resource "aws_lambda_function_event_invoke_config" "migrate" {
+  function_name          = aws_lambda_function.migrate.function_name
+  maximum_retry_attempts = 0
 }

@@ -6,10 +6,12 @@ data "aws_partition" "current" {}
 data "aws_region" "current" {}
 data "aws_caller_identity" "current" {}
 
-# Values not given are looked up from the database itself.
+# Values not given are looked up from the database itself, at plan time, when var.look_up_database says so.
+# Whether to look up is decided by inputs known at plan time only: a database created in the same apply has
+# an unknown secret ARN until then, and `count` cannot depend on that.
 locals {
-  lookup_instance = (var.db_secret_arn == null || var.db_security_group_id == null) && var.db_instance_identifier != null
-  lookup_cluster  = (var.db_secret_arn == null || var.db_security_group_id == null) && var.db_cluster_identifier != null
+  lookup_instance = var.look_up_database && var.db_instance_identifier != null
+  lookup_cluster  = var.look_up_database && var.db_cluster_identifier != null
 }
 
 data "aws_db_instance" "this" {
@@ -33,13 +35,16 @@ locals {
     tolist(data.aws_rds_cluster.this[0].vpc_security_group_ids),
     [],
   )
-  db_secret_arn        = var.db_secret_arn != null ? var.db_secret_arn : local.looked_up_secret_arn
-  db_security_group_id = var.db_security_group_id != null ? var.db_security_group_id : length(local.looked_up_security_groups) == 1 ? local.looked_up_security_groups[0] : null
+  looked_up_resource_id = try(data.aws_db_instance.this[0].resource_id, data.aws_rds_cluster.this[0].cluster_resource_id, null)
+  db_secret_arn         = var.db_secret_arn != null ? var.db_secret_arn : local.looked_up_secret_arn
+  db_resource_id        = var.db_resource_id != null ? var.db_resource_id : local.looked_up_resource_id
+  db_security_group_id  = var.db_security_group_id != null ? var.db_security_group_id : length(local.looked_up_security_groups) == 1 ? local.looked_up_security_groups[0] : null
 }
 
 locals {
-  partition  = data.aws_partition.current.partition
-  region     = data.aws_region.current.region
+  partition = data.aws_partition.current.partition
+  # `id` is the region's name in both provider majors: `name` is deprecated in 6.x, `region` absent in 5.x.
+  region     = data.aws_region.current.id
   account_id = data.aws_caller_identity.current.account_id
   dns_suffix = data.aws_partition.current.dns_suffix
 
@@ -58,14 +63,13 @@ locals {
 
   endpoint_subnet_ids = coalesce(var.vpc_endpoint_subnet_ids, var.subnet_ids)
 
-  # The environment both functions share. Only variables the binary reads (src/config.rs ENV_VARS;
-  # tests/terraform.rs checks it) and nothing secret: the credentials stay in Secrets Manager.
+  # The environment both functions share: where the database is and how to verify it. Only variables the
+  # binary reads (src/config.rs ENV_VARS; tests/it/terraform.rs checks it) and nothing secret: credentials
+  # stay in Secrets Manager (or are IAM tokens). Who logs in differs: lambda.tf.
   common_environment = merge(
     {
-      DB_SECRET_ARN = local.db_secret_arn
-      DB_PORT       = tostring(var.db_port)
-      DB_AUTH       = var.db_auth
-      DB_SSLMODE    = "verify-full"
+      DB_PORT    = tostring(var.db_port)
+      DB_SSLMODE = "verify-full"
       # `make build` puts the RDS CA bundle beside bootstrap in the zip, i.e. in /var/task.
       DB_CA_BUNDLE = "/var/task/rds-ca-bundle.pem"
     },
@@ -73,5 +77,6 @@ locals {
     local.is_cluster ? { DB_CLUSTER_IDENTIFIER = var.db_cluster_identifier } : { DB_INSTANCE_IDENTIFIER = var.db_instance_identifier },
   )
 
-  tags = merge(var.tags, { "app" = "scanner-migrator" })
+  # The user's tags win over the module's default.
+  tags = merge({ "app" = "scanner-migrator" }, var.tags)
 }

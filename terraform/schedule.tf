@@ -2,19 +2,26 @@
 # fails (throttled, function unavailable) is retried by the scheduler, then sent to the dead-letter queue.
 # Lambda itself does not retry (lambda.tf: maximum_retry_attempts = 0): the next scheduled run is the retry.
 
+locals {
+  # Known before the schedule exists, for the scheduler role's trust policy (iam.tf).
+  schedule_group = "default"
+  schedule_name  = "${var.name_prefix}-refresh"
+}
+
 resource "aws_sqs_queue" "refresh_dlq" {
   name                      = "${var.name_prefix}-refresh-dlq"
   message_retention_seconds = 1209600 # 14 days, the SQS maximum: time to notice and look.
-  sqs_managed_sse_enabled   = var.dlq_kms_key_arn == null
-  kms_master_key_id         = var.dlq_kms_key_arn
-  tags                      = local.tags
+  # Null, not false, with a customer key: the provider refuses both arguments set, even to false.
+  sqs_managed_sse_enabled = var.dlq_kms_key_arn == null ? true : null
+  kms_master_key_id       = var.dlq_kms_key_arn
+  tags                    = local.tags
 }
 
 resource "aws_scheduler_schedule" "refresh" {
   #checkov:skip=CKV_AWS_297:the schedule's input holds no data (the scheduler's own time, execution id and attempt number); a customer key would only add a KMS dependency.
-  name                         = "${var.name_prefix}-refresh"
+  name                         = local.schedule_name
   description                  = "scanner-migrator: refresh the job_progress materialized view"
-  group_name                   = "default"
+  group_name                   = local.schedule_group
   schedule_expression          = var.refresh_schedule_expression
   schedule_expression_timezone = "UTC"
   state                        = var.refresh_enabled ? "ENABLED" : "DISABLED"

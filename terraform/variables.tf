@@ -40,9 +40,26 @@ variable "subnet_ids" {
 }
 
 variable "create_vpc_endpoints" {
-  description = "Create interface VPC endpoints (private DNS on) for Secrets Manager and the RDS API. Set false when the VPC already has them (a second endpoint with private DNS for the same service cannot be created); the functions may then reach 443 anywhere in the VPC's CIDR."
+  description = "Create interface VPC endpoints for Secrets Manager and the RDS API, with private DNS. Private DNS changes what those services' names resolve to for EVERY workload in the VPC, so the endpoints admit vpc_endpoint_allowed_cidrs (default: the VPC's CIDR) on 443, and a VPC can hold only one private-DNS endpoint per service: leave this false (the default) in a VPC the module did not make, which already has endpoints or a NAT gateway. The complete example, whose VPC is its own, sets it true."
   type        = bool
-  default     = true
+  default     = false
+}
+
+variable "vpc_endpoint_allowed_cidrs" {
+  description = "With create_vpc_endpoints: the IPv4 CIDR blocks the endpoints admit on 443. Every client of Secrets Manager or RDS in the VPC must be inside them, as private DNS sends them all to the endpoints. Null: the VPC's primary CIDR block."
+  type        = list(string)
+  default     = null
+
+  validation {
+    condition     = var.vpc_endpoint_allowed_cidrs == null ? true : alltrue([for c in var.vpc_endpoint_allowed_cidrs : can(cidrnetmask(c))])
+    error_message = "vpc_endpoint_allowed_cidrs must hold IPv4 CIDR blocks such as 10.0.0.0/16."
+  }
+}
+
+variable "allow_https_to_internet" {
+  description = "Let the functions reach 443 anywhere (0.0.0.0/0), for a VPC that reaches the AWS APIs through a NAT gateway rather than interface endpoints. Without it (and without create_vpc_endpoints) they reach 443 in the VPC's primary CIDR only, where its existing endpoints are."
+  type        = bool
+  default     = false
 }
 
 variable "vpc_endpoint_subnet_ids" {
@@ -57,6 +74,12 @@ variable "vpc_endpoint_subnet_ids" {
 }
 
 # --- Database -----------------------------------------------------------------
+
+variable "look_up_database" {
+  description = "Read the database with the RDS API at plan time (it must exist before this module is planned) to fill in what is not given: db_secret_arn (its RDS-managed master secret), db_security_group_id (its only security group), db_resource_id. Set false when the database is created in the same configuration, and give those inputs."
+  type        = bool
+  default     = true
+}
 
 variable "db_instance_identifier" {
   description = "The RDS instance to migrate: its endpoint is looked up with the RDS API and it is what snapshot_before_migrate snapshots. Set this or db_cluster_identifier, not both."
@@ -81,7 +104,7 @@ variable "db_cluster_identifier" {
 }
 
 variable "db_security_group_id" {
-  description = "The database's security group; the module adds one ingress rule to it, from the functions' security group on db_port. Null: looked up from the database, which must then have exactly one."
+  description = "The database's security group; the module adds one ingress rule to it, from the functions' security group on db_port. Null: looked up from the database (look_up_database), which must then have exactly one."
   type        = string
   default     = null
 
@@ -109,7 +132,7 @@ variable "db_name" {
 }
 
 variable "db_secret_arn" {
-  description = "ARN of the Secrets Manager secret with the database username and password: the RDS-managed master secret (aws_db_instance.master_user_secret[0].secret_arn) or a rotation secret. Null: the database's RDS-managed master secret, looked up. Only the ARN is passed to the functions; they read the secret on every invocation."
+  description = "ARN of the Secrets Manager secret with the database username and password: the RDS-managed master secret (aws_db_instance.master_user_secret[0].secret_arn) or a rotation secret. Null: the database's RDS-managed master secret, looked up (look_up_database). Only the ARN is passed to the functions; they read the secret on every invocation."
   type        = string
   default     = null
 
@@ -142,7 +165,7 @@ variable "db_auth" {
 }
 
 variable "db_resource_id" {
-  description = "With db_auth = iam: the instance's DbiResourceId (aws_db_instance.resource_id, db-...) or the cluster's resource id (aws_rds_cluster.cluster_resource_id, cluster-...), for the rds-db:connect permission."
+  description = "With db_auth = iam: the instance's DbiResourceId (aws_db_instance.resource_id, db-...) or the cluster's resource id (aws_rds_cluster.cluster_resource_id, cluster-...), for the rds-db:connect permission. Null: looked up (look_up_database)."
   type        = string
   default     = null
 
@@ -319,5 +342,59 @@ variable "dlq_kms_key_arn" {
   validation {
     condition     = var.dlq_kms_key_arn == null ? true : can(regex("^arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:key/.+$", var.dlq_kms_key_arn))
     error_message = "dlq_kms_key_arn must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)."
+  }
+}
+
+# --- Alarms -------------------------------------------------------------------
+
+variable "create_alarms" {
+  description = "Create the CloudWatch alarms on the refresh function's errors and on the refresh dead-letter queue's depth."
+  type        = bool
+  default     = true
+}
+
+variable "alarm_sns_topic_arn" {
+  description = "SNS topic the alarms notify, on alarm and on recovery. Null: the alarms only change state (visible in the console and to anything watching them)."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.alarm_sns_topic_arn == null ? true : can(regex("^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:.+$", var.alarm_sns_topic_arn))
+    error_message = "alarm_sns_topic_arn must be an SNS topic ARN (arn:aws:sns:REGION:ACCOUNT:NAME)."
+  }
+}
+
+variable "refresh_error_alarm_periods" {
+  description = "The refresh-errors alarm fires when the refresh failed in this many consecutive 5-minute periods."
+  type        = number
+  default     = 3
+
+  validation {
+    condition     = var.refresh_error_alarm_periods >= 1 && var.refresh_error_alarm_periods <= 288 && floor(var.refresh_error_alarm_periods) == var.refresh_error_alarm_periods
+    error_message = "refresh_error_alarm_periods must be a whole number between 1 and 288 (a day)."
+  }
+}
+
+# --- The refresh login ---------------------------------------------------------
+
+variable "refresh_db_auth" {
+  description = "How the refresh function logs in, as the least-privileged database role scanner_refresh (created by a migration; it may only run the refresh): iam (the default) with an IAM auth token, so the refresh function reads no secret at all and its role has rds-db:connect on that one user and no secretsmanager:GetSecretValue; needs IAM database authentication enabled on the database. password: for a database without IAM authentication, the module creates a secret for scanner_refresh (password generated by Terraform and written write-only: never in Terraform's state or plan), the refresh function reads that one, and migrate sets the role's password from it (REFRESH_SECRET_ARN). Never the master credentials."
+  type        = string
+  default     = "iam"
+
+  validation {
+    condition     = contains(["iam", "password"], var.refresh_db_auth)
+    error_message = "refresh_db_auth must be iam or password."
+  }
+}
+
+variable "refresh_password_version" {
+  description = "With refresh_db_auth = password: bump to give scanner_refresh a new generated password (the secret's write-only version; the next apply stores it and migrate sets it)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.refresh_password_version >= 1 && floor(var.refresh_password_version) == var.refresh_password_version
+    error_message = "refresh_password_version must be a whole number of at least 1."
   }
 }

@@ -8,4 +8,5 @@ mod make;
 mod refresh;
 mod support;
 mod terraform;
+mod tf_apply;
 mod verify;

@@ -1,6 +1,6 @@
-//! The Terraform module checked against the binary it deploys, offline: `terraform validate` needs the
-//! AWS provider, which cannot be downloaded here, so these tests parse the HCL and hold it to what the
-//! code reads, dispatches on, accepts and calls.
+//! The Terraform module checked against the binary it deploys, offline: these tests parse the HCL and hold
+//! it to what the code reads, dispatches on, accepts and calls. (`terraform validate` against the real
+//! provider runs in scripts/tf-check.sh; the plan and a real apply in tf_apply.rs.)
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -172,6 +172,11 @@ fn environment(module: &Module, expr: &Expression, sample: &BTreeMap<&str, &str>
             }
             out
         }
+        // A condition `sample` decides ("true"/"false"): that branch only.
+        Expression::Conditional(c) if sample.contains_key(text(&c.cond_expr).as_str()) => {
+            let branch = if sample[text(&c.cond_expr).as_str()] == "true" { &c.true_expr } else { &c.false_expr };
+            environment(module, branch, sample)
+        }
         Expression::Conditional(c) => {
             let (t, f) = (environment(module, &c.true_expr, sample), environment(module, &c.false_expr, sample));
             let on_both = |k: &String| t.get(k).is_some_and(|e| e.always) && f.get(k).is_some_and(|e| e.always);
@@ -257,19 +262,30 @@ fn handler_names_are_the_ones_the_binary_dispatches_on() {
 #[test]
 fn environment_holds_only_variables_the_binary_reads_and_every_required_one() {
     let module = module();
-    let known: BTreeSet<&str> = ENV_VARS.iter().map(|v| v.name).collect();
-    let required: BTreeSet<String> =
+    let mut known: BTreeSet<&str> = ENV_VARS.iter().map(|v| v.name).collect();
+    let mut required: BTreeSet<String> =
         ENV_VARS.iter().filter(|v| v.required_in_lambda).map(|v| v.name.to_string()).collect();
-    // Sample values for the module's required inputs.
-    let sample = BTreeMap::from([
-        ("local.db_secret_arn", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:scanner-db-AbCdEf"),
-        ("var.db_instance_identifier", "scanner"),
-    ]);
+    // Issue 13 (another branch) teaches the binary DB_USER (the IAM login of the refresh function, which
+    // then reads no secret) and REFRESH_SECRET_ARN (the refresh login's secret, whose password migrate
+    // sets). Until that lands, exactly these two names are expected-new, and DB_SECRET_ARN is not required
+    // of the refresh function (its IAM branch sets none). Remove this once ENV_VARS has DB_USER.
+    let pending_issue_13 = !known.contains("DB_USER");
+    if pending_issue_13 {
+        known.extend(["DB_USER", "REFRESH_SECRET_ARN"]);
+    }
     let ca_bundle = tempfile::NamedTempFile::new().unwrap();
     for f in functions(&module) {
         let name = f.labels()[1].as_str();
         let variables = attr(nested(f.body(), "environment"), "variables");
         let variables = variables.unwrap_or_else(|| panic!("{name}: no environment variables"));
+        if pending_issue_13 && name == "refresh" {
+            required.remove("DB_SECRET_ARN");
+        }
+        // Every branch at once: what may be set, what is always set.
+        let sample = BTreeMap::from([
+            ("local.db_secret_arn", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:scanner-db-AbCdEf"),
+            ("var.db_instance_identifier", "scanner"),
+        ]);
         let env = environment(&module, variables, &sample);
         let unknown: Vec<_> = env.keys().filter(|k| !known.contains(k.as_str())).collect();
         assert!(unknown.is_empty(), "{name} sets variables the binary never reads: {unknown:?}");
@@ -279,15 +295,40 @@ fn environment_holds_only_variables_the_binary_reads_and_every_required_one() {
         for secretish in ["DATABASE_URL", "PASSWORD", "DB_PASSWORD"] {
             assert!(!env.contains_key(secretish), "{name} puts {secretish} in the environment");
         }
-        // The values Terraform sets by default are ones the binary accepts.
-        let mut values: BTreeMap<String, String> = env.into_iter().filter_map(|(k, e)| Some((k, e.value?))).collect();
-        assert!(values.contains_key("DB_SSLMODE") && values.contains_key("DB_PORT"), "{name}: {values:?}");
-        // /var/task/rds-ca-bundle.pem exists in Lambda (ca_bundle_path_is_where_make_build_puts_it); here, a
-        // stand-in file at another path.
-        assert!(values.contains_key("DB_CA_BUNDLE"), "{name}: verify-full needs DB_CA_BUNDLE");
-        values.insert("DB_CA_BUNDLE".into(), ca_bundle.path().to_string_lossy().into_owned());
-        Settings::from_lookup(|k| values.get(k).cloned())
-            .unwrap_or_else(|e| panic!("{name}: the binary refuses the environment {values:?}: {e}"));
+        // Each refresh login, one at a time: the values Terraform sets are ones the binary accepts.
+        for refresh_iam in ["true", "false"] {
+            let mut sample = sample.clone();
+            sample.insert("local.refresh_iam", refresh_iam);
+            sample.insert("local.refresh_db_user", "scanner_refresh");
+            sample.insert("local.refresh_secret_arn", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:r-AbCdEf");
+            let env = environment(&module, variables, &sample);
+            let mut values: BTreeMap<String, String> =
+                env.into_iter().filter_map(|(k, e)| Some((k, e.value?))).collect();
+            assert!(values.contains_key("DB_SSLMODE") && values.contains_key("DB_PORT"), "{name}: {values:?}");
+            if name == "refresh" {
+                let secret = values.get("DB_SECRET_ARN").map(String::as_str);
+                assert_ne!(secret, Some(sample["local.db_secret_arn"]), "refresh never logs in as the master user");
+                assert_eq!(
+                    values.get("DB_AUTH").map(String::as_str),
+                    Some(if refresh_iam == "true" { "iam" } else { "password" })
+                );
+                assert_eq!(
+                    refresh_iam == "true",
+                    secret.is_none(),
+                    "refresh reads a secret only without IAM: {values:?}"
+                );
+                if pending_issue_13 && refresh_iam == "true" {
+                    // Today's binary needs a secret even with IAM auth; issue 13 removes that.
+                    values.insert("DB_SECRET_ARN".into(), sample["local.refresh_secret_arn"].into());
+                }
+            }
+            // /var/task/rds-ca-bundle.pem exists in Lambda (ca_bundle_path_is_where_make_build_puts_it); here,
+            // a stand-in file at another path.
+            assert!(values.contains_key("DB_CA_BUNDLE"), "{name}: verify-full needs DB_CA_BUNDLE");
+            values.insert("DB_CA_BUNDLE".into(), ca_bundle.path().to_string_lossy().into_owned());
+            Settings::from_lookup(|k| values.get(k).cloned())
+                .unwrap_or_else(|e| panic!("{name}: the binary refuses the environment {values:?}: {e}"));
+        }
     }
 }
 
@@ -340,13 +381,23 @@ fn migrate_invocation_input_is_accepted_in_every_lifecycle_action() {
     for needed in ["db_from_lambda", "lambda_to_db", "lambda_to_endpoints", "aws_vpc_endpoint.this"] {
         assert!(depends.contains(needed), "the invocation does not wait for {needed}: {depends}");
     }
-    // The postcondition accepts exactly the statuses a finished migrate reports.
+    // The postcondition, and the provisioner that taints the invocation when it fails (so the next apply
+    // invokes again instead of every plan failing), accept exactly the statuses a finished migrate reports.
+    let finished: Vec<String> = match module.local("migrate_finished_statuses") {
+        Expression::Array(items) => items.iter().map(string).collect(),
+        other => panic!("migrate_finished_statuses: {}", text(other)),
+    };
+    assert_eq!(finished, ["applied", "up_to_date"]);
     let lifecycle = nested(invocation, "lifecycle");
     let condition = text(attr(nested(lifecycle, "postcondition"), "condition").unwrap());
-    for status in ["\"applied\"", "\"up_to_date\"", "\"noop\""] {
-        assert!(condition.contains(status), "postcondition {condition} misses {status}");
+    let provisioner = invocation.blocks().find(|b| b.identifier() == "provisioner").expect("the tainting provisioner");
+    assert_eq!(provisioner.labels()[0].as_str(), "local-exec");
+    assert!(attr(provisioner.body(), "when").is_none(), "a creation-time provisioner: only those taint");
+    let command = text(attr(provisioner.body(), "command").unwrap());
+    for check in [&condition, &command] {
+        assert!(check.contains("local.migrate_finished_statuses") && check.contains("self.result"), "{check}");
     }
-    assert!(!condition.contains("planned") && !condition.contains("rolled_back"), "{condition}");
+    assert!(command.ends_with(r#"? "exit 0" : "exit 1""#), "{command}");
 }
 
 #[test]
@@ -460,29 +511,44 @@ fn iam_allows_exactly_the_calls_the_code_makes() {
     let Some(Expression::Array(resources)) = attr(invoke.body(), "resources") else { panic!("resources") };
     let resources: Vec<_> = resources.iter().map(path).collect();
     assert_eq!(resources, [Some("aws_lambda_function.refresh.arn".to_string())]);
+    // ... and dead-letter, through the queue's key when it has a customer one.
     assert_eq!(
         policy_actions(&module, "scheduler"),
-        ["lambda:InvokeFunction", "sqs:SendMessage"].map(String::from).into()
+        ["kms:Decrypt", "kms:GenerateDataKey", "lambda:InvokeFunction", "sqs:SendMessage"].map(String::from).into()
     );
 }
 
 #[test]
 fn nothing_is_reachable_from_outside() {
     let module = module();
-    // The functions' security group has no ingress rule at all; the endpoints admit the functions only.
+    // The functions' security group has no ingress rule at all; the database admits the functions; the
+    // endpoints admit the functions and, as private DNS sends every client in the VPC to them, the VPC
+    // (its CIDR or the user's list), on 443 only.
     for rule in module.blocks("resource", &["aws_vpc_security_group_ingress_rule"]) {
         let body = rule.body();
-        assert!(attr(body, "cidr_ipv4").is_none() && attr(body, "cidr_ipv6").is_none(), "{:?}", rule.labels());
-        assert_eq!(
-            path(attr(body, "referenced_security_group_id").unwrap()).as_deref(),
-            Some("aws_security_group.lambda.id"),
-            "{:?}",
-            rule.labels()
-        );
+        let target = text(attr(body, "security_group_id").unwrap());
+        assert!(!target.contains("aws_security_group.lambda"), "ingress into the functions: {:?}", rule.labels());
+        assert!(attr(body, "cidr_ipv6").is_none(), "{:?}", rule.labels());
+        match attr(body, "cidr_ipv4") {
+            None => assert_eq!(
+                path(attr(body, "referenced_security_group_id").unwrap()).as_deref(),
+                Some("aws_security_group.lambda.id"),
+                "{:?}",
+                rule.labels()
+            ),
+            Some(cidr) => {
+                assert_eq!(target, "aws_security_group.endpoints[0].id", "{:?}", rule.labels());
+                assert_eq!(text(cidr), "local.endpoint_allowed_cidrs[count.index]");
+                assert_eq!(text(attr(body, "from_port").unwrap()), "443");
+                assert_eq!(text(attr(body, "to_port").unwrap()), "443");
+            }
+        }
     }
     for endpoint in module.blocks("resource", &["aws_vpc_endpoint"]) {
         assert_eq!(text(attr(endpoint.body(), "private_dns_enabled").unwrap()), "true");
     }
+    // No endpoint (and so no change to the VPC's DNS) unless asked for.
+    assert_eq!(text(module.default("create_vpc_endpoints")), "false");
     let example = Module::load(&repo().join("terraform/examples/complete"));
     let db = example.block("resource", &["aws_db_instance", "this"]).body();
     assert_eq!(text(attr(db, "publicly_accessible").unwrap()), "false");
@@ -495,4 +561,95 @@ fn nothing_is_reachable_from_outside() {
         "rds.force_ssl=1"
     );
     assert!(example.blocks("resource", &["aws_internet_gateway"]).is_empty(), "the example VPC is private");
+}
+
+/// The inputs and outputs tables of a README, generated from the module's variables and outputs.
+fn docs_tables(module: &Module) -> String {
+    fn cell(s: &str) -> String {
+        s.replace('|', "\\|").replace('\n', " ")
+    }
+    let mut variables = module.blocks("variable", &[]);
+    variables.sort_by_key(|b| b.labels()[0].as_str().to_string());
+    let mut out =
+        String::from("## Inputs\n\n| Name | Description | Type | Default | Required |\n|---|---|---|---|:-:|\n");
+    for v in variables {
+        let body = v.body();
+        let description = attr(body, "description").map(string).unwrap_or_default();
+        let ty = attr(body, "type").map(text).unwrap_or_else(|| "any".into());
+        let (default, required) = match attr(body, "default") {
+            Some(d) => (format!("`{}`", cell(&text(d))), "no"),
+            None => ("n/a".to_string(), "yes"),
+        };
+        out += &format!(
+            "| `{}` | {} | `{}` | {} | {} |\n",
+            v.labels()[0].as_str(),
+            cell(&description),
+            cell(&ty),
+            default,
+            required
+        );
+    }
+    let mut outputs = module.blocks("output", &[]);
+    outputs.sort_by_key(|b| b.labels()[0].as_str().to_string());
+    out += "\n## Outputs\n\n| Name | Description |\n|---|---|\n";
+    for o in outputs {
+        let description = attr(o.body(), "description").map(string).unwrap_or_default();
+        out += &format!("| `{}` | {} |\n", o.labels()[0].as_str(), cell(&description));
+    }
+    out
+}
+
+const DOCS_BEGIN: &str = "<!-- BEGIN_TF_DOCS: generated from variables.tf and outputs.tf by tests/it/terraform.rs; UPDATE_TF_DOCS=1 cargo test --test it docs_tables rewrites it -->\n";
+const DOCS_END: &str = "<!-- END_TF_DOCS -->";
+
+#[test]
+fn docs_tables_match_variables_and_outputs() {
+    for dir in ["terraform", "terraform/examples/complete"] {
+        let module = Module::load(&repo().join(dir));
+        let readme_path = repo().join(dir).join("README.md");
+        let readme = std::fs::read_to_string(&readme_path).unwrap_or_else(|e| panic!("{}: {e}", readme_path.display()));
+        let start = readme.find(DOCS_BEGIN).unwrap_or_else(|| panic!("{}: no {DOCS_BEGIN}", readme_path.display()));
+        let end = readme.find(DOCS_END).unwrap_or_else(|| panic!("{}: no {DOCS_END}", readme_path.display()));
+        let generated = docs_tables(&module);
+        let current = &readme[start + DOCS_BEGIN.len()..end];
+        if current != generated {
+            if std::env::var_os("UPDATE_TF_DOCS").is_some() {
+                let updated = format!("{}{DOCS_BEGIN}{generated}{}", &readme[..start], &readme[end..]);
+                std::fs::write(&readme_path, updated).unwrap();
+            } else {
+                panic!(
+                    "{}: the inputs/outputs tables differ from {dir}/variables.tf and outputs.tf; regenerate with \
+                     UPDATE_TF_DOCS=1 cargo test --test it docs_tables\n--- in the README\n{current}\n--- generated\n{generated}",
+                    readme_path.display()
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn invoke_command_output_is_the_safe_one_make_invoke_runs() {
+    let module = module();
+    let output = string(attr(module.block("output", &["invoke_command"]).body(), "value").unwrap());
+    let makefile = std::fs::read_to_string(repo().join("Makefile")).unwrap();
+    // No client-side retry (a second invocation of a long migration) and a read timeout as long as Lambda's.
+    for flag in ["AWS_MAX_ATTEMPTS=1 ", "--cli-read-timeout 900", "--cli-binary-format raw-in-base64-out"] {
+        assert!(output.contains(flag), "invoke_command lacks {flag}: {output}");
+        assert!(makefile.contains(flag), "make invoke lacks {flag}");
+    }
+}
+
+#[test]
+fn users_tags_win_over_the_modules_defaults() {
+    let module = module();
+    let Expression::FuncCall(merge) = module.local("tags") else { panic!("tags = merge(...)") };
+    assert_eq!(merge.name.name.as_str(), "merge");
+    // merge() keeps the last value of a key: the user's map must come last.
+    assert_eq!(path(merge.args.last().unwrap()).as_deref(), Some("var.tags"));
+    let defaults: hcl::Map<String, hcl::Value> =
+        match merge.args[0].evaluate(&Context::new()).expect("the module's defaults are literals") {
+            hcl::Value::Object(o) => o,
+            other => panic!("{other:?}"),
+        };
+    assert!(defaults.contains_key("app"), "{defaults:?}");
 }

@@ -28,7 +28,7 @@ locals {
   lambda_zip_path = coalesce(var.lambda_zip_path, "${path.root}/../../../target/lambda/scanner-migrator/bootstrap.zip")
   account_id      = data.aws_caller_identity.current.account_id
   partition       = data.aws_partition.current.partition
-  region          = data.aws_region.current.region
+  region          = data.aws_region.current.id
 }
 
 # --- Encryption: one customer key for the database, its secret, and the log groups ----
@@ -243,13 +243,22 @@ module "scanner_migrator" {
   name_prefix = "${var.name}-migrator"
   vpc_id      = aws_vpc.this.id
   subnet_ids  = aws_subnet.private[*].id
+  # The VPC is this example's own and has no NAT: the module's endpoints are its only way to the AWS APIs.
+  # They admit the whole VPC on 443, since private DNS sends every client in it there.
+  create_vpc_endpoints       = true
+  vpc_endpoint_allowed_cidrs = [var.vpc_cidr]
 
+  # The database is created in this same apply: nothing to look up at plan time, everything given.
+  look_up_database       = false
   db_instance_identifier = aws_db_instance.this.identifier
   db_security_group_id   = aws_security_group.db.id
   db_port                = aws_db_instance.this.port
   db_name                = aws_db_instance.this.db_name
   db_secret_arn          = aws_db_instance.this.master_user_secret[0].secret_arn
   db_secret_kms_key_arn  = aws_kms_key.this.arn
+  # IAM authentication is on (above): the refresh function logs in as scanner_refresh with an IAM token
+  # (refresh_db_auth = "iam", the default) and reads no secret; rds-db:connect names this resource id.
+  db_resource_id = aws_db_instance.this.resource_id
 
   lambda_zip_path             = local.lambda_zip_path
   snapshot_before_migrate     = var.snapshot_before_migrate

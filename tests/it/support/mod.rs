@@ -1,10 +1,12 @@
 //! Shared helpers: the real PostgreSQL, the real binary, the secrets never to print.
 
 pub mod cli;
+pub mod lambda_standin;
 pub mod moto;
 pub mod pg;
 pub mod runtime;
 pub mod secrets;
+pub mod terraform;
 pub mod tls;
 
 /// A directory of migration files for tests that need their own (edited, failing, extra).
