@@ -9,7 +9,6 @@ TEST_TOOLS  := moto[server]==5.2.5 squawk-cli==2.70.0
 # cargo-lambda (and zig, through ziglang) cross-compile the arm64 Lambda zip.
 BUILD_TOOLS := cargo-lambda==1.9.2 ziglang==0.13.0.post1
 LAMBDA_ZIP  := target/lambda/scanner-migrator/bootstrap.zip
-CA_BUNDLE   := target/rds-ca-bundle.pem
 TF_DIR      ?= terraform/examples/complete
 FUNCTION    ?= scanner-migrator-migrate
 CMD         ?= status
@@ -58,15 +57,9 @@ demo: $(VENV)/.test-tools postgres ## migrate a throwaway database through the r
 bench: $(VENV)/.test-tools postgres ## measure the guide's claims side by side; writes bench/RESULTS.md
 	scripts/bench.sh
 
-$(CA_BUNDLE): scripts/rds-ca-bundle.sh
-	scripts/rds-ca-bundle.sh $@
-
-build: $(VENV)/.build-tools $(CA_BUNDLE) ## the arm64 Lambda zip (bootstrap + rds-ca-bundle.pem) at target/lambda/scanner-migrator/bootstrap.zip
+# The RDS CA bundle is committed (certs/) and built into the binary: no npm, no node, no file beside it.
+build: $(VENV)/.build-tools ## the arm64 Lambda zip (one file, bootstrap) at target/lambda/scanner-migrator/bootstrap.zip
 	PATH=$(CURDIR)/$(VENV)/bin:$$PATH cargo lambda build --release --arm64 --bin scanner-migrator --output-format zip
-	@# Beside bootstrap in /var/task, where the binary looks for it (DB_CA_BUNDLE's default).
-	python3 -c 'import sys, zipfile; z = zipfile.ZipFile(sys.argv[1], "a", zipfile.ZIP_DEFLATED); \
-	  "rds-ca-bundle.pem" in z.namelist() or z.write(sys.argv[2], "rds-ca-bundle.pem"); z.close()' \
-	  $(LAMBDA_ZIP) $(CA_BUNDLE)
 	@unzip -l $(LAMBDA_ZIP)
 
 deploy: build ## terraform apply in TF_DIR (default: the complete example); migrates as part of the apply

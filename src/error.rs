@@ -20,7 +20,7 @@ pub struct MigrationFailure {
     pub position: Option<usize>,
     /// PostgreSQL's message.
     pub message: String,
-    /// PostgreSQL's detail and hint.
+    /// PostgreSQL's detail (row values withheld, see [`pg_detail`]), constraint, column and hint.
     pub detail: Option<String>,
     /// Migrations this run applied before the failure (they stay applied).
     pub applied_before: Vec<String>,
@@ -159,9 +159,14 @@ impl Error {
         }
     }
 
+    /// The message as printed anywhere: the cause chain with credentials redacted ([`redact`]).
+    pub fn message(&self) -> String {
+        redact(&self.to_string())
+    }
+
     /// The error as the JSON document the CLI prints and Lambda returns.
     pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(ErrorDoc { error_type: self.kind(), error_message: self.to_string() }).unwrap_or_default()
+        serde_json::to_value(ErrorDoc { error_type: self.kind(), error_message: self.message() }).unwrap_or_default()
     }
 
     /// A database error outside a migration, with what we were doing.
@@ -177,18 +182,170 @@ struct ErrorDoc {
     error_message: String,
 }
 
-/// `err: source: source...` on one line, so nothing of the cause is lost.
+/// `err: source: source...` on one line, so nothing of the cause is lost; credentials redacted,
+/// and a database error without the driver's "at line N" (a line of PostgreSQL's C source).
 pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = err.to_string();
+    let mut out = one_error(err);
     let mut source = err.source();
     while let Some(s) = source {
-        let text = s.to_string();
+        let text = one_error(s);
         if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
         source = s.source();
     }
+    redact(&out)
+}
+
+fn one_error(err: &(dyn std::error::Error + 'static)) -> String {
+    use sqlx::postgres::PgDatabaseError;
+    if let Some(pg) = err.downcast_ref::<PgDatabaseError>() {
+        return pg.message().to_string();
+    }
+    match err.downcast_ref::<sqlx::Error>() {
+        Some(sqlx::Error::Database(db)) => format!("error returned from database: {}", db.message()),
+        _ => err.to_string(),
+    }
+}
+
+/// What PostgreSQL says beyond the message, without row values: the DETAIL of a constraint
+/// violation quotes the row ("Failing row contains (...)", "Key (email)=(a@b.c) already exists"),
+/// and that text would land in Terraform's output and CI logs. Keeps the constraint, table and
+/// column names, the shape of a key detail, and the hint.
+pub fn pg_detail(pg: &sqlx::postgres::PgDatabaseError) -> Option<String> {
+    let mut parts: Vec<String> = Vec::new();
+    if let Some(c) = pg.constraint() {
+        parts.push(format!("constraint {c}"));
+    }
+    match (pg.table(), pg.column()) {
+        (Some(t), Some(c)) => parts.push(format!("column {t}.{c}")),
+        (Some(t), None) => parts.push(format!("table {t}")),
+        (None, Some(c)) => parts.push(format!("column {c}")),
+        (None, None) => {}
+    }
+    if let Some(d) = pg.detail().and_then(scrub_detail) {
+        parts.push(d);
+    }
+    if let Some(h) = pg.hint() {
+        parts.push(format!("hint: {h}"));
+    }
+    (!parts.is_empty()).then(|| redact(&parts.join("; ")))
+}
+
+/// A DETAIL line with the values it quotes replaced by `…`; `None` when it is only values.
+pub fn scrub_detail(detail: &str) -> Option<String> {
+    let d = detail.trim();
+    let lower = d.to_ascii_lowercase();
+    if lower.contains("failing row contains") {
+        return Some("the failing row's values are withheld".into());
+    }
+    let Some(rest) = d.strip_prefix("Key (") else {
+        // Details that quote no values (dependencies, column types, ...) pass; anything with a
+        // `=(` may quote one, so it goes.
+        return (!d.contains(")=(")).then(|| d.to_string());
+    };
+    let columns = &rest[..rest.find(")=(")?];
+    const ENDINGS: [&str; 5] = [
+        " already exists",
+        " is not present in table ",
+        " is still referenced from table ",
+        " is duplicated",
+        " conflicts with existing key ",
+    ];
+    let ending = ENDINGS.iter().filter_map(|e| rest.rfind(e).map(|i| (i, *e))).max_by_key(|(i, _)| *i);
+    Some(match ending {
+        Some((i, " conflicts with existing key ")) => {
+            let _ = i;
+            format!("Key ({columns})=(…) conflicts with an existing key")
+        }
+        Some((i, " is not present in table " | " is still referenced from table ")) => {
+            format!("Key ({columns})=(…){}", &rest[i..])
+        }
+        Some((i, _)) => format!("Key ({columns})=(…){}", &rest[i..]),
+        None => format!("Key ({columns})=(…)"),
+    })
+}
+
+/// Redacts credentials from text about to be printed: the password of a URL's user-info
+/// (`postgres://user:***@host`), `password=`/`sslpassword=` parameters, JSON `"password"` values,
+/// and the signature parts of an IAM token (`X-Amz-Signature=***`).
+pub fn redact(text: &str) -> String {
+    let mut out = redact_userinfo(text);
+    for key in ["password", "X-Amz-Signature", "X-Amz-Credential", "X-Amz-Security-Token"] {
+        out = redact_values(&out, key);
+    }
+    out
+}
+
+fn is_boundary(c: char) -> bool {
+    c.is_whitespace() || matches!(c, '\'' | '"' | '`' | '<' | '>')
+}
+
+fn redact_userinfo(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find("://") {
+        let (head, tail) = rest.split_at(i + 3);
+        out.push_str(head);
+        // The authority as typed, up to a space or a quote; a password may hold '/' or '@', so
+        // the user-info ends at the last '@'.
+        let end = tail.find(is_boundary).unwrap_or(tail.len());
+        let word = &tail[..end];
+        match (word.rfind('@'), word.find(':')) {
+            (Some(at), Some(colon)) if colon < at => {
+                out.push_str(&word[..colon]);
+                out.push_str(":***");
+                out.push_str(&word[at..]);
+            }
+            _ => out.push_str(word),
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+fn redact_values(text: &str, key: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let needle = key.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(found) = lower[from..].find(&needle) {
+        let start = from + found;
+        let after = start + needle.len();
+        from = after;
+        // `password=value` (URL query, libpq keywords) or `"password": "value"` (JSON).
+        let tail = &text[after..];
+        let (value_start, quoted) = if let Some(t) = tail.strip_prefix('=') {
+            (after + 1 + (t.len() - t.trim_start_matches('\'').len()), t.starts_with('\''))
+        } else if let Some(t) = tail.strip_prefix('"') {
+            let t2 = t.trim_start();
+            match t2.strip_prefix(':') {
+                Some(t3) if t3.trim_start().starts_with('"') => {
+                    (text.len() - t3.trim_start().len() + 1, true)
+                }
+                _ => continue,
+            }
+        } else {
+            continue;
+        };
+        let value = &text[value_start..];
+        let len = if quoted {
+            value.find(['"', '\'']).unwrap_or(value.len())
+        } else {
+            value.find(|c: char| is_boundary(c) || matches!(c, '&' | ',' | ';' | ')' | ']' | '}')).unwrap_or(value.len())
+        };
+        if len == 0 {
+            continue;
+        }
+        out.push_str(&text[copied..value_start]);
+        out.push_str("***");
+        copied = value_start + len;
+        from = copied;
+    }
+    out.push_str(&text[copied..]);
     out
 }
 
@@ -197,5 +354,54 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// The whole cause chain of an AWS SDK error (service code, message, transport cause).
 pub fn sdk_cause<E: std::error::Error>(err: &E) -> String {
-    aws_sdk_rds::error::DisplayErrorContext(err).to_string()
+    redact(&aws_sdk_rds::error::DisplayErrorContext(err).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_keep_the_user_and_lose_the_password() {
+        let cases = [
+            ("unexpected 'postgres://admin:S3cret@host/db'", "unexpected 'postgres://admin:***@host/db'"),
+            ("postgresql://u:p%40ss@h:5432/d?sslmode=require", "postgresql://u:***@h:5432/d?sslmode=require"),
+            ("postgres://u:pa/ss@w@h/d", "postgres://u:***@h/d"),
+            ("postgres://u@h/d and http://example.com/x", "postgres://u@h/d and http://example.com/x"),
+            ("postgres://h/d?user=u&password=S3cret&sslmode=disable", "postgres://h/d?user=u&password=***&sslmode=disable"),
+            ("host=h password='S3 cret' user=u", "host=h password='***' user=u"),
+            ("sslpassword=S3cret", "sslpassword=***"),
+            (r#"{"username": "u", "password" : "S3cret"}"#, r#"{"username": "u", "password" : "***"}"#),
+            (
+                "h:5432/?Action=connect&DBUser=u&X-Amz-Credential=AKIA%2F1&X-Amz-Signature=abc123",
+                "h:5432/?Action=connect&DBUser=u&X-Amz-Credential=***&X-Amz-Signature=***",
+            ),
+            ("password authentication failed for user \"u\"", "password authentication failed for user \"u\""),
+        ];
+        for (text, want) in cases {
+            assert_eq!(redact(text), want, "{text}");
+        }
+    }
+
+    #[test]
+    fn details_keep_names_and_lose_values() {
+        let cases = [
+            ("Failing row contains (1, secret@example.com, null).", Some("the failing row's values are withheld")),
+            ("Key (email)=(secret@example.com) already exists.", Some("Key (email)=(…) already exists.")),
+            ("Key (job_id, bucket)=(7, a) b)) is duplicated.", Some("Key (job_id, bucket)=(…) is duplicated.")),
+            (
+                "Key (job_id)=(42) is not present in table \"jobs\".",
+                Some("Key (job_id)=(…) is not present in table \"jobs\"."),
+            ),
+            ("Key (r)=([1,5)) conflicts with existing key (r)=([2,3)).", Some("Key (r)=(…) conflicts with an existing key")),
+            ("Key (x)=(secret) frobnicated.", Some("Key (x)=(…)")),
+            ("view v depends on column c", Some("view v depends on column c")),
+            ("Partition key of the failing row contains (secret).", Some("the failing row's values are withheld")),
+        ];
+        for (detail, want) in cases {
+            let got = scrub_detail(detail);
+            assert_eq!(got.as_deref(), want, "{detail}");
+            assert!(!got.unwrap_or_default().contains("secret"));
+        }
+    }
 }

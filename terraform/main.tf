@@ -68,10 +68,9 @@ locals {
   # stay in Secrets Manager (or are IAM tokens). Who logs in differs: lambda.tf.
   common_environment = merge(
     {
-      DB_PORT    = tostring(var.db_port)
+      DB_PORT = tostring(var.db_port)
+      # Against the RDS CA bundle built into the binary (DB_CA_BUNDLE would override it).
       DB_SSLMODE = "verify-full"
-      # `make build` puts the RDS CA bundle beside bootstrap in the zip, i.e. in /var/task.
-      DB_CA_BUNDLE = "/var/task/rds-ca-bundle.pem"
     },
     var.db_name == null ? {} : { DB_NAME = var.db_name },
     local.is_cluster ? { DB_CLUSTER_IDENTIFIER = var.db_cluster_identifier } : { DB_INSTANCE_IDENTIFIER = var.db_instance_identifier },

@@ -184,7 +184,7 @@ variable "db_iam_username" {
 # --- The functions ------------------------------------------------------------
 
 variable "lambda_zip_path" {
-  description = "Path of the zip `make build` writes (target/lambda/scanner-migrator/bootstrap.zip in the repository), holding bootstrap and rds-ca-bundle.pem. Both functions are made from it."
+  description = "Path of the zip `make build` writes (target/lambda/scanner-migrator/bootstrap.zip in the repository), holding bootstrap (the RDS CA bundle is built into it). Both functions are made from it."
   type        = string
 
   validation {

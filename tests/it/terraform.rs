@@ -262,25 +262,13 @@ fn handler_names_are_the_ones_the_binary_dispatches_on() {
 #[test]
 fn environment_holds_only_variables_the_binary_reads_and_every_required_one() {
     let module = module();
-    let mut known: BTreeSet<&str> = ENV_VARS.iter().map(|v| v.name).collect();
-    let mut required: BTreeSet<String> =
+    let known: BTreeSet<&str> = ENV_VARS.iter().map(|v| v.name).collect();
+    let required: BTreeSet<String> =
         ENV_VARS.iter().filter(|v| v.required_in_lambda).map(|v| v.name.to_string()).collect();
-    // Issue 13 (another branch) teaches the binary DB_USER (the IAM login of the refresh function, which
-    // then reads no secret) and REFRESH_SECRET_ARN (the refresh login's secret, whose password migrate
-    // sets). Until that lands, exactly these two names are expected-new, and DB_SECRET_ARN is not required
-    // of the refresh function (its IAM branch sets none). Remove this once ENV_VARS has DB_USER.
-    let pending_issue_13 = !known.contains("DB_USER");
-    if pending_issue_13 {
-        known.extend(["DB_USER", "REFRESH_SECRET_ARN"]);
-    }
-    let ca_bundle = tempfile::NamedTempFile::new().unwrap();
     for f in functions(&module) {
         let name = f.labels()[1].as_str();
         let variables = attr(nested(f.body(), "environment"), "variables");
         let variables = variables.unwrap_or_else(|| panic!("{name}: no environment variables"));
-        if pending_issue_13 && name == "refresh" {
-            required.remove("DB_SECRET_ARN");
-        }
         // Every branch at once: what may be set, what is always set.
         let sample = BTreeMap::from([
             ("local.db_secret_arn", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:scanner-db-AbCdEf"),
@@ -317,15 +305,9 @@ fn environment_holds_only_variables_the_binary_reads_and_every_required_one() {
                     secret.is_none(),
                     "refresh reads a secret only without IAM: {values:?}"
                 );
-                if pending_issue_13 && refresh_iam == "true" {
-                    // Today's binary needs a secret even with IAM auth; issue 13 removes that.
-                    values.insert("DB_SECRET_ARN".into(), sample["local.refresh_secret_arn"].into());
-                }
             }
-            // /var/task/rds-ca-bundle.pem exists in Lambda (ca_bundle_path_is_where_make_build_puts_it); here,
-            // a stand-in file at another path.
-            assert!(values.contains_key("DB_CA_BUNDLE"), "{name}: verify-full needs DB_CA_BUNDLE");
-            values.insert("DB_CA_BUNDLE".into(), ca_bundle.path().to_string_lossy().into_owned());
+            // As Lambda reads it (a TLS mode that does not verify the server is refused there).
+            values.insert("AWS_LAMBDA_RUNTIME_API".into(), "127.0.0.1:9001".into());
             Settings::from_lookup(|k| values.get(k).cloned())
                 .unwrap_or_else(|e| panic!("{name}: the binary refuses the environment {values:?}: {e}"));
         }
@@ -333,19 +315,12 @@ fn environment_holds_only_variables_the_binary_reads_and_every_required_one() {
 }
 
 #[test]
-fn ca_bundle_path_is_where_make_build_puts_it() {
+fn the_ca_bundle_is_built_in_not_beside_bootstrap() {
+    // The binary carries the RDS bundle (src/config.rs RDS_CA_BUNDLE); a DB_CA_BUNDLE naming a file
+    // the zip does not hold would fail every start.
     let module = module();
     let env = environment(&module, module.local("common_environment"), &BTreeMap::new());
-    let makefile = std::fs::read_to_string(repo().join("Makefile")).unwrap();
-    assert_eq!(
-        env["DB_CA_BUNDLE"].value.as_deref(),
-        Some("/var/task/rds-ca-bundle.pem"),
-        "Lambda unpacks the zip into /var/task"
-    );
-    assert!(
-        makefile.contains(r#""rds-ca-bundle.pem""#),
-        "make build no longer adds rds-ca-bundle.pem at the zip's root"
-    );
+    assert!(!env.contains_key("DB_CA_BUNDLE"), "the zip holds no CA file for DB_CA_BUNDLE to name");
 }
 
 #[test]

@@ -58,9 +58,11 @@ pub async fn cli(args: &[&str], envs: &[(&str, &str)]) -> Run {
     Run { code: out.status.code().unwrap_or(-1), json, stderr }
 }
 
-/// `scanner-migrator --database-url URL ARGS...`
+/// `scanner-migrator --database-url URL ARGS...`, trusting the test server's CA. The URLs name
+/// 127.0.0.1 and the certificate is for `localhost`, hence verify-ca (the chain is still verified).
 pub async fn migrator(url: &str, args: &[&str]) -> Run {
     let mut all = vec!["--database-url", url];
     all.extend_from_slice(args);
-    cli(&all, &[]).await
+    let ca = super::pg::server().ca.display().to_string();
+    cli(&all, &[("DB_SSLMODE", "verify-ca"), ("DB_CA_BUNDLE", &ca)]).await
 }
