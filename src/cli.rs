@@ -82,7 +82,11 @@ pub async fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let message = e.render().to_string();
+            // The arguments are echoed back, and a URL typed without --database-url holds a password.
+            let mut message = crate::error::redact(&e.render().to_string());
+            if std::env::args().skip(1).any(|a| a.contains("://")) && !message.contains("--database-url") {
+                message.push_str("tip: a database URL goes after --database-url (or in DATABASE_URL)\n");
+            }
             eprint!("{message}");
             // The problem is the first paragraph; usage and help follow it.
             let problem: Vec<&str> = message.lines().take_while(|l| !l.trim().is_empty()).map(str::trim).collect();
@@ -105,7 +109,7 @@ pub async fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(err) => {
-            tracing::error!(error_type = err.kind(), "{err}");
+            tracing::error!(error_type = err.kind(), "{}", err.message());
             print_json(&err.to_json());
             ExitCode::FAILURE
         }

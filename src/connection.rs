@@ -11,7 +11,30 @@ use crate::{
 
 /// Opens the connection the command runs on. With a secret: on an authentication failure
 /// the secret is read once more (it may have rotated since it was read) and the connect retried.
+/// The target says which TLS the session negotiated, not only which mode was configured.
 pub async fn open(settings: &Settings, aws: Option<&Aws>, application_name: &str) -> Result<(PgConnection, Target)> {
+    let (mut conn, mut target) = connect(settings, aws, application_name).await?;
+    target.tls = Some(negotiated_tls(&mut conn).await?);
+    tracing::info!(step = "connect", target = %target, tls = target.tls.as_deref().unwrap_or(""), "connected");
+    Ok((conn, target))
+}
+
+/// The session's TLS as the server sees it: protocol and cipher, or `none` for plaintext.
+pub async fn negotiated_tls(conn: &mut PgConnection) -> Result<String> {
+    let row: Option<(bool, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_optional(conn)
+            .await
+            .map_err(|e| Error::db("reading the session's TLS state (pg_stat_ssl)", e))?;
+    Ok(match row {
+        Some((true, version, cipher)) => {
+            format!("{} {}", version.unwrap_or_default(), cipher.unwrap_or_default()).trim().to_string()
+        }
+        _ => "none".to_string(),
+    })
+}
+
+async fn connect(settings: &Settings, aws: Option<&Aws>, application_name: &str) -> Result<(PgConnection, Target)> {
     tracing::info!(step = "resolve", "resolving the database connection");
     match &settings.db {
         DbSource::Url(opts) => {

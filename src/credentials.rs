@@ -199,7 +199,10 @@ pub async fn resolve(s: &SecretSettings, aws: &Aws, application_name: &str) -> R
         (_, _, Some(secret)) => secret.username.clone(),
         (_, Some(user), None) => user.clone(),
         (_, None, None) => {
-            return Err(Error::Config { var: "DB_USER".into(), problem: "not set and no secret to take it from".into() });
+            return Err(Error::Config {
+                var: "DB_USER".into(),
+                problem: "not set and no secret to take it from".into(),
+            });
         }
     };
     let password = match (s.auth, &secret) {

@@ -33,6 +33,9 @@ pub struct Target {
     pub user: String,
     /// The TLS mode used.
     pub sslmode: String,
+    /// What the session negotiated, from `pg_stat_ssl`: e.g. `TLSv1.3 TLS_AES_256_GCM_SHA384`, or `none`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<String>,
 }
 
 impl Target {
@@ -44,6 +47,7 @@ impl Target {
             database: opts.get_database().unwrap_or(opts.get_username()).to_string(),
             user: opts.get_username().to_string(),
             sslmode: sslmode_name(opts.get_ssl_mode()).to_string(),
+            tls: None,
         }
     }
 }

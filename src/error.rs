@@ -323,9 +323,7 @@ fn redact_values(text: &str, key: &str) -> String {
         } else if let Some(t) = tail.strip_prefix('"') {
             let t2 = t.trim_start();
             match t2.strip_prefix(':') {
-                Some(t3) if t3.trim_start().starts_with('"') => {
-                    (text.len() - t3.trim_start().len() + 1, true)
-                }
+                Some(t3) if t3.trim_start().starts_with('"') => (text.len() - t3.trim_start().len() + 1, true),
                 _ => continue,
             }
         } else {
@@ -335,7 +333,9 @@ fn redact_values(text: &str, key: &str) -> String {
         let len = if quoted {
             value.find(['"', '\'']).unwrap_or(value.len())
         } else {
-            value.find(|c: char| is_boundary(c) || matches!(c, '&' | ',' | ';' | ')' | ']' | '}')).unwrap_or(value.len())
+            value
+                .find(|c: char| is_boundary(c) || matches!(c, '&' | ',' | ';' | ')' | ']' | '}'))
+                .unwrap_or(value.len())
         };
         if len == 0 {
             continue;
@@ -368,7 +368,10 @@ mod tests {
             ("postgresql://u:p%40ss@h:5432/d?sslmode=require", "postgresql://u:***@h:5432/d?sslmode=require"),
             ("postgres://u:pa/ss@w@h/d", "postgres://u:***@h/d"),
             ("postgres://u@h/d and http://example.com/x", "postgres://u@h/d and http://example.com/x"),
-            ("postgres://h/d?user=u&password=S3cret&sslmode=disable", "postgres://h/d?user=u&password=***&sslmode=disable"),
+            (
+                "postgres://h/d?user=u&password=S3cret&sslmode=disable",
+                "postgres://h/d?user=u&password=***&sslmode=disable",
+            ),
             ("host=h password='S3 cret' user=u", "host=h password='***' user=u"),
             ("sslpassword=S3cret", "sslpassword=***"),
             (r#"{"username": "u", "password" : "S3cret"}"#, r#"{"username": "u", "password" : "***"}"#),
@@ -393,7 +396,10 @@ mod tests {
                 "Key (job_id)=(42) is not present in table \"jobs\".",
                 Some("Key (job_id)=(…) is not present in table \"jobs\"."),
             ),
-            ("Key (r)=([1,5)) conflicts with existing key (r)=([2,3)).", Some("Key (r)=(…) conflicts with an existing key")),
+            (
+                "Key (r)=([1,5)) conflicts with existing key (r)=([2,3)).",
+                Some("Key (r)=(…) conflicts with an existing key"),
+            ),
             ("Key (x)=(secret) frobnicated.", Some("Key (x)=(…)")),
             ("view v depends on column c", Some("view v depends on column c")),
             ("Partition key of the failing row contains (secret).", Some("the failing row's values are withheld")),

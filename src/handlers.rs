@@ -234,7 +234,7 @@ fn now_ms() -> i64 {
 
 impl From<Error> for lambda_runtime::Diagnostic {
     fn from(err: Error) -> Self {
-        lambda_runtime::Diagnostic { error_type: err.kind().to_string(), error_message: err.to_string() }
+        lambda_runtime::Diagnostic { error_type: err.kind().to_string(), error_message: err.message() }
     }
 }
 
@@ -257,9 +257,9 @@ pub async fn run_lambda() -> std::result::Result<(), lambda_runtime::Error> {
     let (handler, app) = match start.await {
         Ok(ready) => ready,
         Err(err) => {
-            tracing::error!(error_type = err.kind(), error = %err, "start-up failed");
+            tracing::error!(error_type = err.kind(), error = %err.message(), "start-up failed");
             report_init_error(&err).await;
-            return Err(format!("{}: {err}", err.kind()).into());
+            return Err(format!("{}: {}", err.kind(), err.message()).into());
         }
     };
     let function =
@@ -277,7 +277,7 @@ pub async fn run_lambda() -> std::result::Result<(), lambda_runtime::Error> {
         };
         let result = within_deadline(deadline, work).await;
         if let Err(err) = &result {
-            tracing::error!(error_type = err.kind(), error = %err, "invocation failed");
+            tracing::error!(error_type = err.kind(), error = %err.message(), "invocation failed");
         }
         result.map_err(lambda_runtime::Diagnostic::from)
     }))
@@ -303,7 +303,7 @@ async fn within_deadline(deadline: Deadline, work: impl std::future::Future<Outp
 
 /// Tells the Runtime API why start-up failed, so `aws lambda invoke` shows the variable at fault.
 async fn report_init_error(err: &Error) {
-    let body = serde_json::json!({"errorType": err.kind(), "errorMessage": err.to_string()});
+    let body = serde_json::json!({"errorType": err.kind(), "errorMessage": err.message()});
     let sent = async {
         let client = lambda_runtime_api_client::Client::builder().build()?;
         let req = lambda_runtime_api_client::build_request()

@@ -92,7 +92,7 @@ pub async fn function(handler: &str, env: &[(String, String)]) -> (RuntimeApi, F
     (api, f)
 }
 
-const T: Duration = Duration::from_secs(60);
+pub const T: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn the_migrate_handler_end_to_end() {

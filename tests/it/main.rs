@@ -3,6 +3,7 @@
 mod adoption;
 mod deadline;
 mod engine;
+mod hardening;
 mod lambda;
 mod make;
 mod refresh;
