@@ -127,8 +127,7 @@ pub fn pg_details(err: &sqlx::Error) -> (String, Option<String>, Option<usize>) 
                 Some(sqlx::postgres::PgErrorPosition::Original(p)) => Some(p),
                 _ => None,
             };
-            let detail = [pg.detail(), pg.hint()].into_iter().flatten().collect::<Vec<_>>().join("; ");
-            (pg.message().to_string(), (!detail.is_empty()).then_some(detail), position)
+            (pg.message().to_string(), crate::error::pg_detail(pg), position)
         }
         None => (cause_chain(err), None, None),
     }

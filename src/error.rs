@@ -203,6 +203,10 @@ fn one_error(err: &(dyn std::error::Error + 'static)) -> String {
     if let Some(pg) = err.downcast_ref::<PgDatabaseError>() {
         return pg.message().to_string();
     }
+    // sqlx's Database variant reports its boxed error as the source.
+    if let Some(db) = err.downcast_ref::<Box<dyn sqlx::error::DatabaseError>>() {
+        return db.message().to_string();
+    }
     match err.downcast_ref::<sqlx::Error>() {
         Some(sqlx::Error::Database(db)) => format!("error returned from database: {}", db.message()),
         _ => err.to_string(),

@@ -122,3 +122,42 @@ async fn lambda_refuses_a_mode_that_does_not_authenticate_the_server_unless_told
     let logs = f.stop().await;
     secrets::assert_absent("function logs", &logs);
 }
+
+#[tokio::test]
+async fn a_constraint_violation_names_the_constraint_and_column_not_the_row() {
+    let db = TestDb::new().await;
+    assert_eq!(crate::support::cli::migrator(&db.url, &["migrate"]).await.code, 0);
+    let value = "customer-records-9d2";
+    secrets::register(value);
+    db.exec(&format!("INSERT INTO jobs (bucket, prefix) VALUES ('{value}', '{value}'), ('{value}', 'b')")).await;
+    // Migrations numbered far above the real ones, each failing on a row in its own way.
+    let cases = [
+        ("ALTER TABLE jobs ADD CONSTRAINT jobs_prefix_short CHECK (length(prefix) < 3);", "23514", "jobs_prefix_short"),
+        ("CREATE UNIQUE INDEX jobs_bucket_unique ON jobs (bucket);", "23505", "(bucket)=(…)"),
+        ("UPDATE jobs SET bucket = NULL;", "23502", "column jobs.bucket"),
+    ];
+    for (i, (sql, sqlstate, named)) in cases.iter().enumerate() {
+        let dir = crate::support::migrations_copy();
+        std::fs::write(dir.path().join(format!("{}_violation.sql", 901 + i)), format!("-- Migration\n{sql}\n"))
+            .unwrap();
+        let run =
+            crate::support::cli::migrator(&db.url, &["--migrations-dir", dir.path().to_str().unwrap(), "migrate"])
+                .await;
+        assert_eq!(run.error_type(), "MigrationFailed", "{:#}", run.json);
+        let msg = run.error_message();
+        assert!(msg.contains(&format!("SQLSTATE {sqlstate}")) && msg.contains(named), "{msg}");
+        assert!(!msg.contains(value) && !run.stderr.contains(value), "a row value was printed: {msg}");
+    }
+}
+
+#[tokio::test]
+async fn database_errors_do_not_end_in_a_line_of_postgresql_source() {
+    let db = TestDb::new().await;
+    // A history table that is not ours: reading it fails inside PostgreSQL's parser.
+    db.exec("CREATE TABLE scanner_migrator_history (version bigint)").await;
+    let run = crate::support::cli::migrator(&db.url, &["status"]).await;
+    assert_eq!(run.error_type(), "DatabaseError", "{:#}", run.json);
+    let msg = run.error_message();
+    assert!(msg.contains("reading the migration history") && msg.contains("does not exist"), "{msg}");
+    assert!(!msg.contains(" at line "), "the driver's C source line is noise: {msg}");
+}
