@@ -7,7 +7,7 @@ use crate::{
     command::Command,
     config::{DbSource, Settings},
     connection,
-    credentials::Aws,
+    credentials::{self, Aws},
     deadline::Deadline,
     error::{Error, Result},
     migrations::Migrations,
@@ -30,8 +30,8 @@ impl App {
     /// Builds the AWS clients only when the settings need them.
     pub async fn new(settings: Settings, migrations: Migrations) -> Self {
         let aws = match settings.db {
-            DbSource::Secret(_) => Some(Aws::load().await),
-            DbSource::Url(_) => None,
+            DbSource::Url(_) if settings.refresh_secret_id.is_none() => None,
+            _ => Some(Aws::load().await),
         };
         App { settings, aws, migrations }
     }
@@ -71,6 +71,13 @@ impl App {
         };
         let hook_ref: Option<runner::BeforeChange<'_>> = if snapshot_db.is_some() { Some(&hook) } else { None };
         let outcome = runner::run(&mut conn, &self.migrations, command, &run, hook_ref).await;
+        // Without IAM database authentication the refresh role logs in with its own secret's password.
+        let outcome = match (outcome, &self.settings.refresh_secret_id, &self.aws) {
+            (Ok(report), Some(secret), Some(aws)) if matches!(command, Command::Migrate { .. }) => {
+                credentials::set_refresh_password(&mut conn, aws, secret).await.map(|_| report)
+            }
+            (outcome, ..) => outcome,
+        };
         close(conn).await;
         let mut report = outcome?;
         report.database = Some(target);

@@ -240,6 +240,85 @@ async fn iam_token(aws: &Aws, host: &str, port: u16, user: &str) -> Result<Secre
     Ok(SecretString::from(token.as_str().to_string()))
 }
 
+/// The role the scheduled refresh logs in as (migration 004).
+pub const REFRESH_ROLE: &str = "scanner_refresh";
+
+/// PostgreSQL's SCRAM-SHA-256 verifier of `password` (RFC 5802/7677, as `CREATE ROLE ... PASSWORD`
+/// stores it): `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`. Sent instead of the
+/// password, so the plaintext never reaches the server or its statement log.
+pub fn scram_sha256_verifier(password: &str, salt: &[u8], iterations: u32) -> String {
+    use base64::prelude::{BASE64_STANDARD, Engine as _};
+    use hmac::{KeyInit, Mac};
+    use sha2::Digest;
+    type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+    let hmac = |key: &[u8], data: &[&[u8]]| {
+        let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length");
+        for d in data {
+            mac.update(d);
+        }
+        mac.finalize().into_bytes()
+    };
+    // PostgreSQL normalises with SASLprep when it can, and uses the bytes as they are otherwise.
+    let prepared = stringprep::saslprep(password).map(|p| p.into_owned()).unwrap_or_else(|_| password.to_string());
+    // PBKDF2-HMAC-SHA-256 with one output block (Hi() in RFC 5802).
+    let mut u = hmac(prepared.as_bytes(), &[salt, &1u32.to_be_bytes()]);
+    let mut salted = u;
+    for _ in 1..iterations {
+        u = hmac(prepared.as_bytes(), &[&u]);
+        for (s, x) in salted.iter_mut().zip(u.iter()) {
+            *s ^= x;
+        }
+    }
+    let client_key = hmac(&salted, &[b"Client Key"]);
+    let stored_key = sha2::Sha256::digest(client_key);
+    let server_key = hmac(&salted, &[b"Server Key"]);
+    format!(
+        "SCRAM-SHA-256${iterations}:{}${}:{}",
+        BASE64_STANDARD.encode(salt),
+        BASE64_STANDARD.encode(stored_key),
+        BASE64_STANDARD.encode(server_key)
+    )
+}
+
+/// After a migrate, without IAM database authentication: gives `scanner_refresh` the password of
+/// the secret `secret_id` (`REFRESH_SECRET_ARN`), as a SCRAM verifier. Refuses a secret for any
+/// other user, so the migrator can never be pointed at another role's password. Returns whether
+/// the role existed (it does once migration 004 is applied).
+pub async fn set_refresh_password(conn: &mut sqlx::PgConnection, aws: &Aws, secret_id: &str) -> Result<bool> {
+    let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+        .bind(REFRESH_ROLE)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| Error::db(format!("looking up the role {REFRESH_ROLE}"), e))?;
+    if !exists {
+        tracing::info!(step = "refresh-role", "no {REFRESH_ROLE} role yet (migration 004); its password waits for it");
+        return Ok(false);
+    }
+    let secret = fetch_secret(aws, secret_id).await?;
+    if secret.username != REFRESH_ROLE {
+        return Err(Error::SecretFormat {
+            secret: secret_id.to_string(),
+            problem: format!(
+                "`username` is `{}`; REFRESH_SECRET_ARN must hold the credentials of the {REFRESH_ROLE} role",
+                secret.username
+            ),
+        });
+    }
+    let mut salt = [0u8; 16];
+    getrandom::fill(&mut salt).map_err(|e| Error::Config {
+        var: "REFRESH_SECRET_ARN".into(),
+        problem: format!("no random salt for the password verifier: {e}"),
+    })?;
+    let verifier = scram_sha256_verifier(secret.password.expose_secret(), &salt, 4096);
+    // A verifier holds only base64, digits, `$` and `:`; quoted all the same.
+    let sql = format!("ALTER ROLE {REFRESH_ROLE} PASSWORD '{}'", verifier.replace('\'', "''"));
+    crate::db::exec(conn, &sql)
+        .await
+        .map_err(|e| Error::db(format!("setting the password of {REFRESH_ROLE} from {secret_id}"), e))?;
+    tracing::info!(step = "refresh-role", secret = secret_id, "{REFRESH_ROLE}'s password set from the secret");
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -280,6 +359,20 @@ mod tests {
             assert!(msg.contains(expected) && msg.contains("arn:secret"), "{msg}");
             assert!(!msg.contains("topsecret"), "secret value leaked: {msg}");
         }
+    }
+
+    #[test]
+    fn the_scram_verifier_is_postgresqls() {
+        // RFC 7677's test vector: user "user", password "pencil", salt W22ZaJ0SNY7soEsUEjb6gQ==, 4096.
+        use base64::prelude::{BASE64_STANDARD, Engine as _};
+        let salt = BASE64_STANDARD.decode("W22ZaJ0SNY7soEsUEjb6gQ==").unwrap();
+        let v = scram_sha256_verifier("pencil", &salt, 4096);
+        assert_eq!(
+            v,
+            "SCRAM-SHA-256$4096:W22ZaJ0SNY7soEsUEjb6gQ==$WG5d8oPm3OtcPnkdi4Uo7BkeZkBFzpcXkuLmtbsT4qY=:\
+             wfPLwcE6nTWhTAmQ7tl2KeoiWGPlZqQxSrmfPwDl2dU="
+        );
+        assert!(!v.contains("pencil"));
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub struct Fixture {
     pub env: Vec<(String, String)>,
 }
 
-fn random_password() -> String {
+pub fn random_password() -> String {
     let n: u128 = rand_seed();
     format!("pw-{n:x}")
 }
@@ -47,7 +47,7 @@ impl Fixture {
         let mut admin = sqlx::PgConnection::connect(&server().url("postgres")).await.unwrap();
         admin
             .execute(sqlx::AssertSqlSafe(format!(
-                "CREATE ROLE {user} LOGIN PASSWORD '{password}'; ALTER DATABASE {} OWNER TO {user};",
+                "CREATE ROLE {user} LOGIN CREATEROLE PASSWORD '{password}'; ALTER DATABASE {} OWNER TO {user};",
                 db.name
             )))
             .await

@@ -7,6 +7,7 @@ mod hardening;
 mod lambda;
 mod make;
 mod refresh;
+mod refresh_role;
 mod support;
 mod terraform;
 mod tf_apply;
