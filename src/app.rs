@@ -66,7 +66,7 @@ impl App {
             Box::pin(async move {
                 let (db, aws) = snapshot_db.expect("hook only installed with a snapshot target");
                 // Without a Lambda deadline, wait for the snapshot at most 30 minutes.
-                snapshot::create(aws, db, &next, deadline.or_after(Duration::from_secs(1800))).await
+                snapshot::ensure(aws, db, &next, deadline.or_after(Duration::from_secs(1800))).await
             })
         };
         let hook_ref: Option<runner::BeforeChange<'_>> = if snapshot_db.is_some() { Some(&hook) } else { None };

@@ -132,6 +132,14 @@ pub enum Error {
     /// The snapshot before migrating failed or did not become available in time.
     #[error("snapshot {snapshot}: {cause}")]
     SnapshotFailed { snapshot: String, cause: String },
+
+    /// The snapshot before migrating is still being created when the invocation's time runs out;
+    /// nothing was changed, and the next invocation picks the same snapshot up.
+    #[error(
+        "snapshot {snapshot} is still {status} after waiting {waited_s:.0} s; nothing was migrated. Invoke again \
+         (the same snapshot is picked up, and the migration runs once it is available)"
+    )]
+    SnapshotPending { snapshot: String, status: String, waited_s: f64 },
 }
 
 impl Error {
@@ -156,6 +164,7 @@ impl Error {
             Error::SecretUnavailable { .. } => "SecretUnavailable",
             Error::RdsApi(_) => "RdsApiError",
             Error::SnapshotFailed { .. } => "SnapshotFailed",
+            Error::SnapshotPending { .. } => "SnapshotPending",
         }
     }
 

@@ -358,7 +358,7 @@ async fn a_snapshot_is_taken_only_when_there_is_pending_work() {
     let (api, f) = function("migrate", &env).await;
     let first = api.invoke(json!({}), T).await;
     let snap = first.ok()["snapshot"].as_str().expect("a snapshot id").to_string();
-    assert!(snap.starts_with("scanner-migrator-before-000-initial-schema-"), "{snap}");
+    assert!(snap.starts_with(&format!("scanner-migrator-{id}-before-000-initial-schema-")), "{snap}");
     let taken = snapshots().await;
     let ours: Vec<_> = taken.iter().filter(|s| s.db_snapshot_identifier() == Some(snap.as_str())).collect();
     assert_eq!(ours.len(), 1, "{taken:?}");

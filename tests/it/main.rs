@@ -8,6 +8,7 @@ mod lambda;
 mod make;
 mod refresh;
 mod refresh_role;
+mod snapshot;
 mod support;
 mod terraform;
 mod tf_apply;

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod lambda_standin;
 pub mod moto;
 pub mod pg;
+pub mod rds_status;
 pub mod runtime;
 pub mod secrets;
 pub mod terraform;
