@@ -8,7 +8,7 @@ use clap::{Arg, ArgAction, Args, FromArgMatches};
 use crate::{
     app::App,
     command::{COMMANDS, Command, TargetArg},
-    config::Settings,
+    config::{Settings, TUNABLES},
     deadline::Deadline,
     error::Error,
     migrations::Migrations,
@@ -23,35 +23,40 @@ pub struct Global {
     /// Read migrations from this directory instead of the ones built into the binary.
     #[arg(long, global = true)]
     migrations_dir: Option<PathBuf>,
-    /// lock_timeout for each migration statement, in milliseconds [env LOCK_TIMEOUT_MS; default 500].
-    #[arg(long, global = true)]
-    lock_timeout_ms: Option<u64>,
-    /// Retries after a lock timeout [env LOCK_RETRIES; default 10].
-    #[arg(long, global = true)]
-    lock_retries: Option<u32>,
-    /// Seconds to wait for another migrator's lock [env ADVISORY_LOCK_WAIT_S; default 60].
-    #[arg(long, global = true)]
-    lock_wait_s: Option<f64>,
-    /// statement_timeout in seconds, 0 for none [env STATEMENT_TIMEOUT_S].
-    #[arg(long, global = true)]
-    statement_timeout_s: Option<f64>,
-    /// Seconds to wait for a connection [env DB_CONNECT_TIMEOUT_S; default 10].
-    #[arg(long, global = true)]
-    connect_timeout_s: Option<f64>,
-    /// Skip a refresh when the view is younger than this many seconds [env REFRESH_MIN_INTERVAL_S; default 60].
-    #[arg(long, global = true)]
-    refresh_min_interval_s: Option<f64>,
 }
 
 /// The command line: the global options, and one subcommand per entry of [`COMMANDS`].
 pub fn command_line() -> clap::Command {
-    let cli = clap::Command::new("scanner-migrator")
-        .version(env!("CARGO_PKG_VERSION"))
-        .about("Keeps the S3 scanner's PostgreSQL schema current and its job_progress statistics fresh.")
-        .subcommand_required(true);
-    let cli = Global::augment_args(cli);
+    let cli = clap::Command::new("scanner-migrator").version(env!("CARGO_PKG_VERSION")).subcommand_required(true);
+    // After the derived options, whose doc comment would otherwise become the about text.
+    let cli = Global::augment_args(cli)
+        .about("Keeps the S3 scanner's PostgreSQL schema current and its job_progress statistics fresh.");
+    // Each tunable's flag, environment variable and default come from config::TUNABLES.
+    let cli = TUNABLES.iter().fold(cli, |cli, t| {
+        let kind = t.kind;
+        cli.arg(
+            Arg::new(t.var)
+                .long(t.flag)
+                .env(t.var)
+                .default_value(t.default)
+                .value_parser(move |v: &str| kind.check(v).map(|_| v.trim().to_string()))
+                .global(true)
+                .help(t.help),
+        )
+    });
     cli.subcommands(COMMANDS.iter().map(|spec| {
         let sub = clap::Command::new(spec.name).about(spec.about);
+        // A CI gate, as dbmate's: `status --exit-code` fails while migrations are pending.
+        let sub = if spec.name == "status" {
+            sub.arg(
+                Arg::new("exit-code")
+                    .long("exit-code")
+                    .action(ArgAction::SetTrue)
+                    .help(format!("Exit with {PENDING_EXIT_CODE} when migrations are pending (for CI gates)")),
+            )
+        } else {
+            sub
+        };
         match spec.target {
             TargetArg::None => sub,
             target => sub.arg(
@@ -68,14 +73,22 @@ pub fn command_line() -> clap::Command {
     }))
 }
 
-/// Runs the CLI and returns its exit code: 0 success, 1 failure, 2 bad usage.
+/// The exit code of `status --exit-code` while migrations are pending (1 is an error, 2 bad usage).
+pub const PENDING_EXIT_CODE: u8 = 3;
+
+/// Runs the CLI and returns its exit code: 0 success, 1 failure, 2 bad usage, 3 pending
+/// migrations (only with `status --exit-code`).
 pub async fn main() -> ExitCode {
     let parsed = command_line().try_get_matches().and_then(|m| {
         let global = Global::from_arg_matches(&m)?;
+        let tunables: HashMap<&'static str, String> =
+            TUNABLES.iter().filter_map(|t| Some((t.var, m.get_one::<String>(t.var)?.clone()))).collect();
         let (name, sub) = m.subcommand().expect("a subcommand is required");
-        Ok((global, name.to_string(), sub.try_get_one::<i64>("target").ok().flatten().copied()))
+        let exit_code = sub.try_get_one::<bool>("exit-code").ok().flatten().copied().unwrap_or(false);
+        let target = sub.try_get_one::<i64>("target").ok().flatten().copied();
+        Ok((global, tunables, name.to_string(), target, exit_code))
     });
-    let (cli, name, target) = match parsed {
+    let (cli, tunables, name, target, exit_code) = match parsed {
         Ok(parsed) => parsed,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             let _ = e.print();
@@ -103,9 +116,12 @@ pub async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match run(cli, &name, target).await {
+    match run(cli, tunables, &name, target).await {
         Ok(value) => {
             print_json(&value);
+            if exit_code && value["status"] == "pending" {
+                return ExitCode::from(PENDING_EXIT_CODE);
+            }
             ExitCode::SUCCESS
         }
         Err(err) => {
@@ -120,21 +136,16 @@ fn print_json(value: &serde_json::Value) {
     println!("{}", serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string()));
 }
 
-async fn run(cli: Global, name: &str, target: Option<i64>) -> Result<serde_json::Value, Error> {
+async fn run(
+    cli: Global,
+    mut flags: HashMap<&'static str, String>,
+    name: &str,
+    target: Option<i64>,
+) -> Result<serde_json::Value, Error> {
     let command = Command::parse(name, target).map_err(Error::BadRequest)?;
-    let mut flags: HashMap<&str, String> = HashMap::new();
-    let mut flag = |name: &'static str, value: Option<String>| {
-        if let Some(v) = value {
-            flags.insert(name, v);
-        }
-    };
-    flag("DATABASE_URL", cli.database_url.clone());
-    flag("LOCK_TIMEOUT_MS", cli.lock_timeout_ms.map(|v| v.to_string()));
-    flag("LOCK_RETRIES", cli.lock_retries.map(|v| v.to_string()));
-    flag("ADVISORY_LOCK_WAIT_S", cli.lock_wait_s.map(|v| v.to_string()));
-    flag("STATEMENT_TIMEOUT_S", cli.statement_timeout_s.map(|v| v.to_string()));
-    flag("DB_CONNECT_TIMEOUT_S", cli.connect_timeout_s.map(|v| v.to_string()));
-    flag("REFRESH_MIN_INTERVAL_S", cli.refresh_min_interval_s.map(|v| v.to_string()));
+    if let Some(url) = cli.database_url.clone() {
+        flags.insert("DATABASE_URL", url);
+    }
     let settings = Settings::from_lookup(|name| flags.get(name).cloned().or_else(|| std::env::var(name).ok()))?;
     let migrations = match &cli.migrations_dir {
         Some(dir) => Migrations::from_dir(dir)?,

@@ -17,6 +17,105 @@ pub struct EnvVar {
     pub doc: &'static str,
 }
 
+/// How a tunable's value is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A whole non-negative number (a count, milliseconds): `2.5` is refused, not truncated.
+    Whole,
+    /// A non-negative number of seconds (or a rate); fractions allowed.
+    Seconds,
+}
+
+impl Kind {
+    /// The value, or what is wrong with it (naming the text, never guessing).
+    pub fn check(self, text: &str) -> Result<f64, String> {
+        let text = text.trim();
+        match self {
+            Kind::Whole => text
+                .parse::<u64>()
+                .ok()
+                .filter(|n| *n < 1_000_000_000)
+                .map(|n| n as f64)
+                .ok_or_else(|| format!("`{text}` is not a whole non-negative number")),
+            Kind::Seconds => text
+                .parse::<f64>()
+                .ok()
+                .filter(|n| n.is_finite() && *n >= 0.0 && *n < 1e9)
+                .ok_or_else(|| format!("`{text}` is not a non-negative number")),
+        }
+    }
+}
+
+/// A setting the command line also takes as a flag. Its flag, environment variable, default and
+/// type are written here once: the CLI's `--help` (clap's `env` and `default_value`) and the
+/// Lambda's reading of the environment both come from this table.
+#[derive(Debug, Clone, Copy)]
+pub struct Tunable {
+    /// The long flag (`lock-timeout-ms`).
+    pub flag: &'static str,
+    /// The environment variable (`LOCK_TIMEOUT_MS`).
+    pub var: &'static str,
+    /// The default, as text.
+    pub default: &'static str,
+    /// Whole number or seconds.
+    pub kind: Kind,
+    /// One line of help.
+    pub help: &'static str,
+}
+
+/// Every tunable.
+pub const TUNABLES: &[Tunable] = &[
+    Tunable {
+        flag: "lock-timeout-ms",
+        var: "LOCK_TIMEOUT_MS",
+        default: "500",
+        kind: Kind::Whole,
+        help: "lock_timeout for each migration statement, in milliseconds",
+    },
+    Tunable {
+        flag: "lock-retries",
+        var: "LOCK_RETRIES",
+        default: "10",
+        kind: Kind::Whole,
+        help: "Retries after a lock timeout, with backoff",
+    },
+    Tunable {
+        flag: "lock-wait-s",
+        var: "ADVISORY_LOCK_WAIT_S",
+        default: "60",
+        kind: Kind::Seconds,
+        help: "Seconds to wait for another migrator's lock",
+    },
+    Tunable {
+        flag: "statement-timeout-s",
+        var: "STATEMENT_TIMEOUT_S",
+        default: "0",
+        kind: Kind::Seconds,
+        help: "statement_timeout in seconds, 0 for none (in Lambda always cut to the time left)",
+    },
+    Tunable {
+        flag: "connect-timeout-s",
+        var: "DB_CONNECT_TIMEOUT_S",
+        default: "10",
+        kind: Kind::Seconds,
+        help: "Seconds to wait for a connection",
+    },
+    Tunable {
+        flag: "refresh-min-interval-s",
+        var: "REFRESH_MIN_INTERVAL_S",
+        default: "60",
+        kind: Kind::Seconds,
+        help: "Skip a refresh of the materialized view when it is younger than this many seconds",
+    },
+    Tunable {
+        flag: "index-build-rows-per-s",
+        var: "INDEX_BUILD_ROWS_PER_S",
+        default: "250000",
+        kind: Kind::Seconds,
+        help: "Rows per second an index build is assumed to manage, to refuse one that cannot finish in time",
+    },
+];
+
 /// Every environment variable the binary reads (besides the runtime's own `_HANDLER`,
 /// `AWS_LAMBDA_RUNTIME_API`, `AWS_REGION` and friends).
 pub const ENV_VARS: &[EnvVar] = &[
@@ -291,18 +390,18 @@ impl Settings {
         };
         Ok(Settings {
             db,
-            connect_timeout: Duration::from_secs_f64(number(&get, "DB_CONNECT_TIMEOUT_S", 10.0)?),
-            lock_timeout: Duration::from_millis(integer(&get, "LOCK_TIMEOUT_MS", 500)?),
-            lock_retries: u32::try_from(integer(&get, "LOCK_RETRIES", 10)?).unwrap_or(u32::MAX),
-            advisory_wait: Duration::from_secs_f64(number(&get, "ADVISORY_LOCK_WAIT_S", 60.0)?),
-            statement_timeout: match number(&get, "STATEMENT_TIMEOUT_S", 0.0)? {
+            connect_timeout: Duration::from_secs_f64(number(&get, "DB_CONNECT_TIMEOUT_S")?),
+            lock_timeout: Duration::from_millis(integer(&get, "LOCK_TIMEOUT_MS")?),
+            lock_retries: u32::try_from(integer(&get, "LOCK_RETRIES")?).unwrap_or(u32::MAX),
+            advisory_wait: Duration::from_secs_f64(number(&get, "ADVISORY_LOCK_WAIT_S")?),
+            statement_timeout: match number(&get, "STATEMENT_TIMEOUT_S")? {
                 0.0 => None,
                 s => Some(Duration::from_secs_f64(s)),
             },
             snapshot_before_migrate: boolean(&get, "SNAPSHOT_BEFORE_MIGRATE")?,
-            refresh_min_interval: Duration::from_secs_f64(number(&get, "REFRESH_MIN_INTERVAL_S", 60.0)?),
+            refresh_min_interval: Duration::from_secs_f64(number(&get, "REFRESH_MIN_INTERVAL_S")?),
             allow_rollback: boolean(&get, "ALLOW_ROLLBACK")?,
-            index_build_rows_per_s: number(&get, "INDEX_BUILD_ROWS_PER_S", 250_000.0)?.max(1.0),
+            index_build_rows_per_s: number(&get, "INDEX_BUILD_ROWS_PER_S")?.max(1.0),
             refresh_secret_id: get("REFRESH_SECRET_ARN"),
         })
     }
@@ -463,26 +562,20 @@ fn secret_settings(get: &impl Fn(&str) -> Option<String>, tls: Tls) -> Result<Se
     })
 }
 
-fn number(get: &impl Fn(&str) -> Option<String>, var: &str, default: f64) -> Result<f64, Error> {
-    match get(var) {
-        None => Ok(default),
-        Some(v) => v
-            .parse::<f64>()
-            .ok()
-            .filter(|n| n.is_finite() && *n >= 0.0 && *n < 1e9)
-            .ok_or_else(|| Error::Config { var: var.into(), problem: format!("`{v}` is not a non-negative number") }),
-    }
+/// What the user typed, or the tunable's default.
+fn tunable(get: &impl Fn(&str) -> Option<String>, var: &str) -> Option<String> {
+    get(var).or_else(|| TUNABLES.iter().find(|t| t.var == var).map(|t| t.default.to_string()))
+}
+
+fn number(get: &impl Fn(&str) -> Option<String>, var: &str) -> Result<f64, Error> {
+    let v = tunable(get, var).unwrap_or_default();
+    Kind::Seconds.check(&v).map_err(|problem| Error::Config { var: var.into(), problem })
 }
 
 /// A count or a number of milliseconds: `2.5` is an error, not 2.
-fn integer(get: &impl Fn(&str) -> Option<String>, var: &str, default: u64) -> Result<u64, Error> {
-    match get(var) {
-        None => Ok(default),
-        Some(v) => v.parse::<u64>().ok().filter(|n| *n < 1_000_000_000).ok_or_else(|| Error::Config {
-            var: var.into(),
-            problem: format!("`{v}` is not a whole non-negative number"),
-        }),
-    }
+fn integer(get: &impl Fn(&str) -> Option<String>, var: &str) -> Result<u64, Error> {
+    let v = tunable(get, var).unwrap_or_default();
+    Kind::Whole.check(&v).map(|n| n as u64).map_err(|problem| Error::Config { var: var.into(), problem })
 }
 
 fn boolean(get: &impl Fn(&str) -> Option<String>, var: &str) -> Result<bool, Error> {
@@ -590,6 +683,16 @@ mod tests {
         assert!(err.contains("DB_SECRET_ARN"), "{err}");
         let err = settings(&[("DB_USER", "u"), ("DB_SECRET_ARN", "arn")]).unwrap_err().to_string();
         assert!(err.contains("DB_USER") && err.contains("iam"), "{err}");
+    }
+
+    #[test]
+    fn every_tunable_is_a_documented_variable_with_a_valid_default() {
+        for t in TUNABLES {
+            assert!(ENV_VARS.iter().any(|e| e.name == t.var), "{} is not in ENV_VARS", t.var);
+            assert!(t.kind.check(t.default).is_ok(), "{}: default {}", t.var, t.default);
+        }
+        let s = settings(&[("DATABASE_URL", "postgres://h/d")]).unwrap();
+        assert_eq!((s.lock_timeout, s.lock_retries), (Duration::from_millis(500), 10), "defaults from TUNABLES");
     }
 
     #[test]
