@@ -382,7 +382,7 @@ async fn a_snapshot_is_taken_only_when_there_is_pending_work() {
     .await;
     let rollback = api.invoke(json!({"command": "rollback", "target": 1}), T).await;
     let snap = rollback.ok()["snapshot"].as_str().expect("a snapshot before the rollback").to_string();
-    assert!(snap.starts_with("scanner-migrator-before-rollback-of-"), "{snap}");
+    assert!(snap.starts_with(&format!("scanner-migrator-{id}-before-rollback-of-")), "{snap}");
     assert!(snapshots().await.iter().any(|s| s.db_snapshot_identifier() == Some(snap.as_str())));
     f.stop().await;
 }
