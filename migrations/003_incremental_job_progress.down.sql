@@ -1,0 +1,109 @@
+-- Rollback of 003_incremental_job_progress: job_progress becomes 002's materialized view again,
+-- populated, with its unique index, its dependent views and the VOID refresh_job_progress();
+-- every object 003 added is removed.
+-- The materialized view is built and populated under another name first (the long part, which
+-- blocks nobody), then swapped in by one short transaction, so the status API never sees
+-- job_progress missing or empty. Its counts are as of that build: 002's refresh schedule keeps it.
+-- migrate:no-transaction
+-- Dropping these objects is the point of a rollback; each is replaced in the same transaction or
+-- was added by 003.
+-- squawk-ignore-file ban-drop-function, ban-drop-view, ban-drop-table
+
+CREATE MATERIALIZED VIEW IF NOT EXISTS job_progress_002 AS
+SELECT
+    j.job_id,
+    j.bucket,
+    j.prefix,
+    j.execution_arn,
+    count(o.key)                                         AS total_objects,
+    count(o.key) FILTER (WHERE o.status = 'queued')      AS queued_count,
+    count(o.key) FILTER (WHERE o.status = 'processing')  AS processing_count,
+    count(o.key) FILTER (WHERE o.status = 'succeeded')   AS succeeded_count,
+    count(o.key) FILTER (WHERE o.status = 'failed')      AS failed_count,
+    max(o.updated_at)                                    AS last_object_update,
+    now()                                                AS refreshed_at
+FROM jobs AS j
+LEFT JOIN job_objects AS o ON o.job_id = j.job_id
+GROUP BY j.job_id, j.bucket, j.prefix, j.execution_arn;
+
+-- A new materialized view nobody reads yet, one row per job.
+-- squawk-ignore require-concurrent-index-creation
+CREATE UNIQUE INDEX IF NOT EXISTS job_progress_002_job_id_key ON job_progress_002 (job_id);
+
+-- The swap, as one statement and so one transaction. squawk does not look inside DO.
+DO $swap$
+BEGIN
+    IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = to_regclass('job_progress')) = 'v' THEN
+        DROP VIEW job_progress CASCADE;
+    END IF;
+    IF to_regclass('job_progress') IS NULL THEN
+        ALTER MATERIALIZED VIEW job_progress_002 RENAME TO job_progress;
+        ALTER INDEX job_progress_002_job_id_key RENAME TO job_progress_job_id_key;
+    END IF;
+
+    CREATE OR REPLACE VIEW active_jobs_progress AS
+    SELECT
+        job_id,
+        bucket,
+        prefix,
+        execution_arn,
+        total_objects,
+        queued_count,
+        processing_count,
+        succeeded_count,
+        failed_count,
+        round(100.0 * (succeeded_count + failed_count) / nullif(total_objects, 0), 2) AS percent_complete,
+        last_object_update,
+        refreshed_at
+    FROM job_progress
+    WHERE queued_count + processing_count > 0;
+
+    CREATE OR REPLACE VIEW job_statistics AS
+    SELECT
+        count(*)                                          AS total_jobs,
+        count(*) FILTER (WHERE queued_count + processing_count > 0) AS active_jobs,
+        coalesce(sum(total_objects), 0)::bigint           AS total_objects,
+        coalesce(sum(queued_count), 0)::bigint            AS queued_count,
+        coalesce(sum(processing_count), 0)::bigint        AS processing_count,
+        coalesce(sum(succeeded_count), 0)::bigint         AS succeeded_count,
+        coalesce(sum(failed_count), 0)::bigint            AS failed_count,
+        max(refreshed_at)                                 AS refreshed_at
+    FROM job_progress;
+
+    IF (SELECT p.prorettype FROM pg_proc AS p WHERE p.oid = to_regprocedure('refresh_job_progress()'))
+       IS DISTINCT FROM 'void'::regtype THEN
+        DROP FUNCTION IF EXISTS refresh_job_progress();
+    END IF;
+
+    -- 002's function, as 002 created it.
+    CREATE OR REPLACE FUNCTION refresh_job_progress() RETURNS VOID
+    LANGUAGE plpgsql
+    AS $fn$
+    BEGIN
+        IF (SELECT c.relispopulated FROM pg_class AS c WHERE c.oid = 'job_progress'::regclass) THEN
+            REFRESH MATERIALIZED VIEW CONCURRENTLY job_progress;
+        ELSE
+            REFRESH MATERIALIZED VIEW job_progress;
+        END IF;
+    END;
+    $fn$;
+END;
+$swap$;
+
+-- A leftover of an interrupted rollback that found job_progress already swapped.
+DROP MATERIALIZED VIEW IF EXISTS job_progress_002;
+
+-- Each a short SHARE ROW EXCLUSIVE lock on job_objects, under lock_timeout.
+DROP TRIGGER IF EXISTS job_progress_capture_insert ON job_objects;
+DROP TRIGGER IF EXISTS job_progress_capture_update ON job_objects;
+DROP TRIGGER IF EXISTS job_progress_capture_delete ON job_objects;
+DROP TRIGGER IF EXISTS job_progress_capture_truncate ON job_objects;
+
+DROP FUNCTION IF EXISTS job_progress_capture_insert();
+DROP FUNCTION IF EXISTS job_progress_capture_update();
+DROP FUNCTION IF EXISTS job_progress_capture_delete();
+DROP FUNCTION IF EXISTS job_progress_capture_truncate();
+DROP PROCEDURE IF EXISTS job_progress_backfill();
+
+DROP TABLE IF EXISTS job_progress_deltas;
+DROP TABLE IF EXISTS job_progress_counts;
