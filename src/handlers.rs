@@ -220,6 +220,7 @@ pub async fn handle_refresh(
             &[
                 ("RefreshDuration", "Milliseconds", (!skipped).then_some(report.refresh_ms as f64)),
                 ("Staleness", "Seconds", report.staleness_after_s),
+                ("DeltaRowsFolded", "Count", report.delta_rows.map(|n| n as f64)),
                 ("Skipped", "Count", Some(if skipped { 1.0 } else { 0.0 })),
                 ("RefreshFailed", "Count", Some(0.0)),
             ]
