@@ -75,18 +75,18 @@ BEGIN
         DROP FUNCTION IF EXISTS refresh_job_progress();
     END IF;
 
-    -- 002's function, as 002 created it.
+    -- 002's function, its body byte for byte as 002 created it.
     CREATE OR REPLACE FUNCTION refresh_job_progress() RETURNS VOID
     LANGUAGE plpgsql
-    AS $fn$
-    BEGIN
-        IF (SELECT c.relispopulated FROM pg_class AS c WHERE c.oid = 'job_progress'::regclass) THEN
-            REFRESH MATERIALIZED VIEW CONCURRENTLY job_progress;
-        ELSE
-            REFRESH MATERIALIZED VIEW job_progress;
-        END IF;
-    END;
-    $fn$;
+    AS $$
+BEGIN
+    IF (SELECT c.relispopulated FROM pg_class AS c WHERE c.oid = 'job_progress'::regclass) THEN
+        REFRESH MATERIALIZED VIEW CONCURRENTLY job_progress;
+    ELSE
+        REFRESH MATERIALIZED VIEW job_progress;
+    END IF;
+END;
+$$;
 END;
 $swap$;
 

@@ -213,8 +213,13 @@ async fn fold(conn: &mut PgConnection, settings: &RefreshSettings) -> Result<Ref
         report.jobs_touched = Some(folded.jobs_touched);
         report.fold_ms = Some(folded.fold_ms);
         report.pending_after = Some(folded.pending_after);
-        tracing::info!(step = "refresh", delta_rows = folded.delta_rows, jobs_touched = folded.jobs_touched,
-            fold_ms = folded.fold_ms, "folded");
+        tracing::info!(
+            step = "refresh",
+            delta_rows = folded.delta_rows,
+            jobs_touched = folded.jobs_touched,
+            fold_ms = folded.fold_ms,
+            "folded"
+        );
         Ok::<(), Error>(())
     }
     .await;

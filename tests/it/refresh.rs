@@ -1,5 +1,7 @@
-//! The refresh of job_progress: populate, counts, concurrency with other refreshes and migrations,
-//! readers never blocked, the min interval, and the Lambda path.
+//! The refresh of job_progress on a database at 002 (the materialized view: what the refresh
+//! still does during an upgrade or after a rollback): populate, counts, concurrency with other
+//! refreshes and migrations, readers never blocked, the min interval; and the Lambda path at the
+//! newest migration (003 on: the fold, tests/it/job_progress.rs).
 
 use std::time::{Duration, Instant};
 
@@ -7,13 +9,16 @@ use serde_json::json;
 use sqlx::{Connection, Executor};
 
 use crate::{
+    job_progress::v_matview,
     lambda::{Fixture, function},
     support::{cli::migrator, pg::TestDb, secrets},
 };
 
+/// A database at 002: job_progress is the materialized view.
 async fn migrated() -> TestDb {
     let db = TestDb::new().await;
-    assert_eq!(migrator(&db.url, &["migrate"]).await.status(), "applied");
+    let run = migrator(&db.url, &["migrate", "--target", &v_matview().to_string()]).await;
+    assert_eq!(run.status(), "applied", "{:#}", run.json);
     db
 }
 
@@ -194,7 +199,9 @@ async fn the_refresh_handler_end_to_end() {
     let event = json!({"scheduled_time": "2026-11-25T07:00:00Z", "execution_id": "e-1", "attempt_number": "1"});
     let out = api.invoke(event, Duration::from_secs(60)).await;
     assert_eq!(out.ok()["status"], "refreshed", "{out:?}");
+    assert_eq!(out.ok()["mode"], "incremental", "{out:?}");
     assert_eq!(out.ok()["jobs"], 3);
+    assert_eq!(out.ok()["jobs_touched"], 2, "two of the three jobs have objects: {out:?}");
     let (view, direct) = view_vs_direct(&fx.db).await;
     assert_eq!(view, direct);
     assert_eq!(
@@ -208,8 +215,9 @@ async fn the_refresh_handler_end_to_end() {
     assert!(msg.contains("scheduled_time"), "lists what is accepted: {msg}");
 
     // The refresh is cancelled by PostgreSQL before the invocation's deadline, not killed by Lambda.
+    // (The fold reads the delta log, never job_objects.)
     let mut blocker = fx.db.conn().await;
-    blocker.execute("BEGIN; LOCK TABLE job_objects IN ACCESS EXCLUSIVE MODE;").await.unwrap();
+    blocker.execute("BEGIN; LOCK TABLE job_progress_deltas IN ACCESS EXCLUSIVE MODE;").await.unwrap();
     let started = Instant::now();
     let (kind, msg) = api.invoke(json!({}), Duration::from_secs(4)).await.err();
     assert_eq!(kind, "DatabaseError", "{msg}");
@@ -232,9 +240,11 @@ async fn the_refresh_handler_end_to_end() {
         .iter()
         .map(|m| m["Name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, vec!["RefreshDuration", "Staleness", "Skipped", "RefreshFailed"]);
+    assert_eq!(names, vec!["RefreshDuration", "Staleness", "DeltaRowsFolded", "Skipped", "RefreshFailed"]);
     assert_eq!(first["RefreshFailed"], 0.0);
     assert_eq!(first["Skipped"], 0.0);
+    assert_eq!(first["Staleness"], 0.0, "exact by construction");
+    assert_eq!(first["DeltaRowsFolded"], 2.0, "one delta row per job and insert statement");
     assert_eq!(first["FunctionName"], "scanner-migrator-refresh");
 
     // Database down: a clear error naming where it tried.
