@@ -153,7 +153,7 @@ fn spawn_writers(db: &TestDb, n: usize, stop: Arc<AtomicBool>) -> Vec<tokio::tas
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
                     let work = random_work(&mut rng, w, i);
-                    let end = if rng % 8 == 0 { "ROLLBACK" } else { "COMMIT" };
+                    let end = if rng.is_multiple_of(8) { "ROLLBACK" } else { "COMMIT" };
                     // Conflicts between writers (deadlocks, a job deleted under an insert) roll back.
                     let ok = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("BEGIN; {work}; {end}"))).execute(&mut c).await;
                     match ok {
