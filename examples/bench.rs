@@ -1539,7 +1539,11 @@ async fn case7(cfg: &Config, res: &mut Results) -> R<()> {
     );
 
     // 7b: upkeep after 1% and 10% of the active job's rows changed, and reads while deltas are pending.
-    let settings = refresh::RefreshSettings { min_interval: Duration::ZERO, statement_timeout: None, deadline: None };
+    let settings = refresh::RefreshSettings {
+        min_interval: Duration::ZERO,
+        statement_timeout: None,
+        deadline: Default::default(),
+    };
     let reps = if cfg.smoke { 2 } else { cfg.refresh_reps.clamp(1, 5) };
     let keys = cfg.sample_keys(256);
     let mut upkeep_headline = Vec::new();

@@ -196,7 +196,7 @@ async fn fold(conn: &mut PgConnection, settings: &RefreshSettings) -> Result<Ref
         return Ok(report);
     }
     let outcome = async {
-        let timeout = db::bounded_timeout(settings.statement_timeout, settings.deadline);
+        let timeout = settings.deadline.cap(settings.statement_timeout);
         db::set_timeout(conn, "statement_timeout", timeout).await?;
         tracing::info!(step = "refresh", mode = "incremental", "folding the job_progress delta log");
         let t = Instant::now();
