@@ -10,8 +10,9 @@
 //! `BENCH_BG_JOBS` (9), `BENCH_REPS` (runs of the slow queries, 100; the fast ones run 10 times as
 //! often), `BENCH_REFRESH_REPS` (15), `BENCH_MIGRATION_REPS` (5), `BENCH_PROCESS_REPS` (30),
 //! `BENCH_HOLD_S` (how long the long reader of case 4 holds its lock, 5), `BENCH_WRITE_RATE`
-//! (the offered write load of cases 3 and 4, commits per second, 200). `--smoke` makes everything
-//! tiny, so `make test` proves the code still runs; its numbers mean nothing.
+//! (the offered write load of cases 3, 4 and 7, commits per second, 200), `BENCH_CASES` (a comma list
+//! such as `7` or `1,3`: only those cases run; all by default). `--smoke` makes everything tiny, so
+//! `make test` proves the code still runs; its numbers mean nothing.
 
 // The tests use all of it; the benchmark only part.
 #[allow(dead_code)]
@@ -1798,12 +1799,15 @@ async fn environment(cfg: &Config, data: &Dataset, res: &mut Results) -> R<()> {
     res.env.push((
         "runs".into(),
         format!(
-            "case 1: {} slow / {} fast reads per pass; case 2: {} per variant; cases 3-4: {}; cases 5-6: {}",
+            "case 1: {} slow / {} fast reads per pass; case 2: {} per variant; cases 3-4: {}; cases 5-6: {}; case 7: \
+             {} upkeep runs per change size, 290 reads each, 600 / 120 / 40 commits for batches of 1 / 100 / 1,000{}",
             cfg.reps,
             cfg.reps * cfg.light_per_heavy,
             cfg.refresh_reps,
             cfg.migration_reps,
-            cfg.process_reps
+            cfg.process_reps,
+            cfg.refresh_reps.clamp(1, 5),
+            std::env::var("BENCH_CASES").map(|c| format!("; only cases {c} ran (BENCH_CASES)")).unwrap_or_default()
         ),
     ));
     res.env.push(("binaries".into(), "dev profile (`cargo build --bin scanner-migrator --examples`)".into()));

@@ -4,7 +4,8 @@
 #                              prints the table and writes bench/RESULTS.md
 #   scripts/bench.sh --smoke   tiny sizes, so the code cannot rot (make test); fails if any case fails;
 #                              writes nothing into the repository
-# BENCH_ROWS=10000000 for 10M objects; the other knobs are described at the top of examples/bench.rs.
+# BENCH_ROWS=10000000 for 10M objects; BENCH_CASES=7 (or 1,3,...) runs only those cases; BENCH_OUT=FILE
+# writes the table there instead of bench/RESULTS.md; the other knobs are described at the top of examples/bench.rs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -38,5 +39,5 @@ if [ "$smoke" = 1 ]; then
   fi
   echo "bench smoke run: every case ran ($((SECONDS - started)) s)"
 else
-  DATABASE_URL="$admin_url" target/debug/examples/bench --out bench/RESULTS.md
+  DATABASE_URL="$admin_url" target/debug/examples/bench --out "${BENCH_OUT:-bench/RESULTS.md}"
 fi

@@ -195,6 +195,13 @@ async fn fold(conn: &mut PgConnection, settings: &RefreshSettings) -> Result<Ref
     if !lock_or_skip(conn, &mut report, started).await? {
         return Ok(report);
     }
+    // A rollback to 002 may have finished between the look-up and the lock.
+    let now = kind(conn).await;
+    if !matches!(now, Ok(Kind::Incremental)) {
+        db::unlock(conn).await?;
+        now?;
+        return refresh_view(conn, settings).await;
+    }
     let outcome = async {
         let timeout = settings.deadline.cap(settings.statement_timeout);
         db::set_timeout(conn, "statement_timeout", timeout).await?;
