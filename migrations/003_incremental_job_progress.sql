@@ -224,18 +224,17 @@ BEGIN
         now()                                                                AS refreshed_at
     FROM jobs AS j
     LEFT JOIN job_progress_counts AS c ON c.job_id = j.job_id
-    LEFT JOIN (
-        SELECT dd.job_id,
-               sum(dd.total_objects)::bigint    AS total_objects,
+    -- The job's unfolded deltas, through job_progress_deltas_job_id; those its backfill counted are left out.
+    LEFT JOIN LATERAL (
+        SELECT sum(dd.total_objects)::bigint    AS total_objects,
                sum(dd.queued_count)::bigint     AS queued_count,
                sum(dd.processing_count)::bigint AS processing_count,
                sum(dd.succeeded_count)::bigint  AS succeeded_count,
                sum(dd.failed_count)::bigint     AS failed_count
           FROM job_progress_deltas AS dd
-          LEFT JOIN job_progress_counts AS dc ON dc.job_id = dd.job_id
-         WHERE dc.backfill_snapshot IS NULL OR NOT pg_visible_in_snapshot(dd.xid, dc.backfill_snapshot)
-         GROUP BY dd.job_id
-    ) AS d ON d.job_id = j.job_id;
+         WHERE dd.job_id = j.job_id
+           AND (c.backfill_snapshot IS NULL OR NOT pg_visible_in_snapshot(dd.xid, c.backfill_snapshot))
+    ) AS d ON true;
 
     CREATE OR REPLACE VIEW active_jobs_progress AS
     SELECT
