@@ -9,6 +9,28 @@
 -- was added by 003.
 -- squawk-ignore-file ban-drop-function, ban-drop-view, ban-drop-table
 
+-- First, before anything changes: a view of the user's over job_progress would stop the swap below
+-- (no CASCADE), so it stops the migration here, naming it.
+DO $check$
+DECLARE
+    dependents text;
+BEGIN
+    SELECT string_agg(DISTINCT v.oid::regclass::text, ', ') INTO dependents
+      FROM pg_depend AS d
+      JOIN pg_rewrite AS r ON r.oid = d.objid
+      JOIN pg_class AS v ON v.oid = r.ev_class
+     WHERE d.classid = 'pg_rewrite'::regclass
+       AND d.refobjid = to_regclass('job_progress')
+       AND v.oid <> to_regclass('job_progress')
+       AND v.oid NOT IN (coalesce(to_regclass('active_jobs_progress'), 0), coalesce(to_regclass('job_statistics'), 0));
+    IF dependents IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot replace job_progress: % depends on it', dependents
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'drop that view first and create it again afterwards; a migration never drops objects it did not create';
+    END IF;
+END;
+$check$;
+
 CREATE MATERIALIZED VIEW IF NOT EXISTS job_progress_002 AS
 SELECT
     j.job_id,
@@ -30,11 +52,45 @@ GROUP BY j.job_id, j.bucket, j.prefix, j.execution_arn;
 -- squawk-ignore require-concurrent-index-creation
 CREATE UNIQUE INDEX IF NOT EXISTS job_progress_002_job_id_key ON job_progress_002 (job_id);
 
--- The swap, as one statement and so one transaction. squawk does not look inside DO.
+-- The swap, as one statement and so one transaction, keeping the privileges granted on what it
+-- replaces; no CASCADE (a view of the user's over job_progress stops it with its name). squawk
+-- does not look inside DO.
 DO $swap$
+DECLARE
+    dependents text;
+    grants     text[];
+    grant_sql  text;
 BEGIN
+    -- No CASCADE: a view of the user's over job_progress stops the swap, before anything changes, with its name.
+    SELECT string_agg(DISTINCT v.oid::regclass::text, ', ') INTO dependents
+      FROM pg_depend AS d
+      JOIN pg_rewrite AS r ON r.oid = d.objid
+      JOIN pg_class AS v ON v.oid = r.ev_class
+     WHERE d.classid = 'pg_rewrite'::regclass
+       AND d.refobjid = to_regclass('job_progress')
+       AND v.oid <> to_regclass('job_progress')
+       AND v.oid NOT IN (coalesce(to_regclass('active_jobs_progress'), 0), coalesce(to_regclass('job_statistics'), 0));
+    IF dependents IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot replace job_progress: % depends on it', dependents
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'drop that view first and create it again afterwards; a migration never drops objects it did not create';
+    END IF;
+    -- The privileges on what is replaced (the status API's role reads job_progress), granted again below.
+    SELECT coalesce(array_agg(g), '{}') INTO grants FROM (
+        SELECT format('GRANT %s ON %I TO %s', a.privilege_type, c.relname,
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END) AS g
+          FROM pg_class AS c, aclexplode(c.relacl) AS a
+         WHERE c.oid IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
+                         coalesce(to_regclass('job_statistics'), 0))
+        UNION ALL
+        SELECT format('GRANT EXECUTE ON FUNCTION refresh_job_progress() TO %s',
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
+          FROM pg_proc AS p, aclexplode(p.proacl) AS a
+         WHERE p.oid = to_regprocedure('refresh_job_progress()') AND a.privilege_type = 'EXECUTE') AS privileges;
     IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = to_regclass('job_progress')) = 'v' THEN
-        DROP VIEW job_progress CASCADE;
+        DROP VIEW IF EXISTS active_jobs_progress;
+        DROP VIEW IF EXISTS job_statistics;
+        DROP VIEW job_progress;
     END IF;
     IF to_regclass('job_progress') IS NULL THEN
         ALTER MATERIALIZED VIEW job_progress_002 RENAME TO job_progress;
@@ -87,6 +143,10 @@ BEGIN
     END IF;
 END;
 $$;
+
+    FOREACH grant_sql IN ARRAY grants LOOP
+        EXECUTE grant_sql;
+    END LOOP;
 END;
 $swap$;
 

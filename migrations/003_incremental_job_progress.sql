@@ -41,7 +41,9 @@
 --   4. Swap, in one short transaction (a DO block, so the statement-by-statement runner runs it
 --      as one statement): drop the materialized view (and its dependent views), create the view
 --      job_progress and the dependent views again, replace refresh_job_progress() (VOID ->
---      jsonb needs DROP + CREATE; in the same transaction, so no caller sees it missing). The
+--      jsonb needs DROP + CREATE; in the same transaction, so no caller sees it missing), and grant
+--      again what was granted on them. No CASCADE: a view of the user's over job_progress stops
+--      the swap with its name, and nothing has changed that a rerun would not redo. The
 --      status API sees the old view until the commit and the exact one after: never missing,
 --      never empty. It waits at most lock_timeout for readers of the old view, and is retried.
 --   5. A first fold of what accumulated during the backfill.
@@ -50,6 +52,28 @@
 -- Fold and backfill serialise on a transaction advisory lock (key 7355608003), so a fold never
 -- sees a half-counted job.
 -- migrate:no-transaction
+
+-- First, before anything changes: a view of the user's over job_progress would stop the swap below
+-- (no CASCADE), so it stops the migration here, naming it.
+DO $check$
+DECLARE
+    dependents text;
+BEGIN
+    SELECT string_agg(DISTINCT v.oid::regclass::text, ', ') INTO dependents
+      FROM pg_depend AS d
+      JOIN pg_rewrite AS r ON r.oid = d.objid
+      JOIN pg_class AS v ON v.oid = r.ev_class
+     WHERE d.classid = 'pg_rewrite'::regclass
+       AND d.refobjid = to_regclass('job_progress')
+       AND v.oid <> to_regclass('job_progress')
+       AND v.oid NOT IN (coalesce(to_regclass('active_jobs_progress'), 0), coalesce(to_regclass('job_statistics'), 0));
+    IF dependents IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot replace job_progress: % depends on it', dependents
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'drop that view first and create it again afterwards; a migration never drops objects it did not create';
+    END IF;
+END;
+$check$;
 
 CREATE TABLE IF NOT EXISTS job_progress_deltas (
     job_id           uuid   NOT NULL,
@@ -199,14 +223,46 @@ CALL job_progress_backfill();
 DROP PROCEDURE IF EXISTS job_progress_backfill();
 
 -- The swap, as one statement and so one transaction: the status API sees the old view or the new
--- one, never neither. squawk does not look inside DO; these are the statements it would see:
--- DROP MATERIALIZED VIEW (ban-drop-view: the point of the swap, replaced in the same
--- transaction) and DROP FUNCTION (ban-drop-function: VOID -> jsonb, replaced in the same
--- transaction).
+-- one, never neither, with the privileges the old ones had. squawk does not look inside DO; these
+-- are the statements it would see: DROP MATERIALIZED VIEW / DROP VIEW (ban-drop-view: the point of
+-- the swap, replaced in the same transaction) and DROP FUNCTION (ban-drop-function: VOID -> jsonb,
+-- replaced in the same transaction).
 DO $swap$
+DECLARE
+    dependents text;
+    grants     text[];
+    grant_sql  text;
 BEGIN
+    -- No CASCADE: a view of the user's over job_progress stops the swap, before anything changes, with its name.
+    SELECT string_agg(DISTINCT v.oid::regclass::text, ', ') INTO dependents
+      FROM pg_depend AS d
+      JOIN pg_rewrite AS r ON r.oid = d.objid
+      JOIN pg_class AS v ON v.oid = r.ev_class
+     WHERE d.classid = 'pg_rewrite'::regclass
+       AND d.refobjid = to_regclass('job_progress')
+       AND v.oid <> to_regclass('job_progress')
+       AND v.oid NOT IN (coalesce(to_regclass('active_jobs_progress'), 0), coalesce(to_regclass('job_statistics'), 0));
+    IF dependents IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot replace job_progress: % depends on it', dependents
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'drop that view first and create it again afterwards; a migration never drops objects it did not create';
+    END IF;
+    -- The privileges on what is replaced (the status API's role reads job_progress), granted again below.
+    SELECT coalesce(array_agg(g), '{}') INTO grants FROM (
+        SELECT format('GRANT %s ON %I TO %s', a.privilege_type, c.relname,
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END) AS g
+          FROM pg_class AS c, aclexplode(c.relacl) AS a
+         WHERE c.oid IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
+                         coalesce(to_regclass('job_statistics'), 0))
+        UNION ALL
+        SELECT format('GRANT EXECUTE ON FUNCTION refresh_job_progress() TO %s',
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
+          FROM pg_proc AS p, aclexplode(p.proacl) AS a
+         WHERE p.oid = to_regprocedure('refresh_job_progress()') AND a.privilege_type = 'EXECUTE') AS privileges;
     IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = to_regclass('job_progress')) = 'm' THEN
-        DROP MATERIALIZED VIEW job_progress CASCADE;
+        DROP VIEW IF EXISTS active_jobs_progress;
+        DROP VIEW IF EXISTS job_statistics;
+        DROP MATERIALIZED VIEW job_progress;
     END IF;
 
     CREATE OR REPLACE VIEW job_progress AS
@@ -339,6 +395,10 @@ BEGIN
         );
     END;
     $fold$;
+
+    FOREACH grant_sql IN ARRAY grants LOOP
+        EXECUTE grant_sql;
+    END LOOP;
 END;
 $swap$;
 

@@ -365,3 +365,61 @@ async fn the_refresh_reports_what_it_folded_and_zero_staleness() {
     migration.close().await.unwrap();
     assert_eq!(db.advisory_locks().await, 0);
 }
+
+#[tokio::test]
+async fn privileges_granted_on_job_progress_survive_the_switch_and_the_rollback() {
+    let db = TestDb::new().await;
+    migrator(&db.url, &["migrate", "--target", &v_matview().to_string()]).await;
+    seed(&db).await;
+    db.exec("SELECT refresh_job_progress()").await;
+    let role = format!("status_api_{}", db.name);
+    db.exec(&format!(
+        "CREATE ROLE {role};
+         GRANT SELECT ON job_progress, active_jobs_progress, job_statistics TO {role};
+         GRANT EXECUTE ON FUNCTION refresh_job_progress() TO {role};"
+    ))
+    .await;
+    let can = |db: &TestDb, role: String| {
+        let db_url = db.url.clone();
+        async move {
+            let mut c = PgConnection::connect(&db_url).await.unwrap();
+            let privileges: (bool, bool, bool, bool) = sqlx::query_as(
+                "SELECT has_table_privilege($1, 'job_progress', 'SELECT'), has_table_privilege($1, 'active_jobs_progress', 'SELECT'),
+                        has_table_privilege($1, 'job_statistics', 'SELECT'), has_function_privilege($1, 'refresh_job_progress()', 'EXECUTE')",
+            )
+            .bind(&role)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+            // And the role really reads: a view runs with its owner's rights on what is under it.
+            c.execute(sqlx::AssertSqlSafe(format!("SET ROLE {role}"))).await.unwrap();
+            let jobs: i64 = sqlx::query_scalar("SELECT count(*) FROM job_progress").fetch_one(&mut c).await.unwrap();
+            c.close().await.unwrap();
+            (privileges, jobs)
+        }
+    };
+    assert_eq!(can(&db, role.clone()).await, ((true, true, true, true), JOBS), "at 002");
+    let run = migrator(&db.url, &["migrate"]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+    assert_eq!(can(&db, role.clone()).await, ((true, true, true, true), JOBS), "at 003");
+    let run = migrator(&db.url, &["rollback", "--to", &v_matview().to_string()]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+    assert_eq!(can(&db, role.clone()).await, ((true, true, true, true), JOBS), "after the rollback");
+    db.exec(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
+}
+
+#[tokio::test]
+async fn a_view_of_the_users_over_job_progress_stops_003_before_anything_changes() {
+    let db = TestDb::new().await;
+    migrator(&db.url, &["migrate", "--target", &v_matview().to_string()]).await;
+    let at_002 = db.fingerprint().await;
+    db.exec("CREATE VIEW my_report AS SELECT job_id, total_objects FROM job_progress").await;
+    let run = migrator(&db.url, &["migrate"]).await;
+    assert_eq!(run.code, 1, "{:#}", run.json);
+    assert!(run.error_message().contains("my_report"), "{}", run.error_message());
+    assert_eq!(db.history().await, versions(0, v_matview()));
+    db.exec("DROP VIEW my_report").await;
+    assert_eq!(db.fingerprint().await, at_002, "nothing of 003 was left behind");
+    let run = migrator(&db.url, &["migrate"]).await;
+    assert_eq!(run.versions("applied"), versions(v_matview() + 1, latest()));
+}
