@@ -207,12 +207,14 @@ async fn fold(conn: &mut PgConnection, settings: &RefreshSettings) -> Result<Ref
         db::set_timeout(conn, "statement_timeout", timeout).await?;
         tracing::info!(step = "refresh", mode = "incremental", "folding the job_progress delta log");
         let t = Instant::now();
-        let result = sqlx::query_scalar::<_, sqlx::types::Json<Folded>>("SELECT refresh_job_progress()")
-            .fetch_one(&mut *conn)
-            .await;
+        let result = sqlx::query_scalar::<_, String>("SELECT refresh_job_progress()::text").fetch_one(&mut *conn).await;
         report.refresh_ms = t.elapsed().as_millis() as u64;
         db::set_timeout(conn, "statement_timeout", None).await?;
-        let folded = result.map_err(|e| Error::db("refresh_job_progress()", e))?.0;
+        let text = result.map_err(|e| Error::db("refresh_job_progress()", e))?;
+        let folded: Folded = serde_json::from_str(&text).map_err(|e| Error::Database {
+            context: "reading what refresh_job_progress() returned".into(),
+            cause: format!("{e}: {text}"),
+        })?;
         report.status = "refreshed";
         report.mode = Some("incremental");
         report.jobs = folded.jobs;

@@ -187,8 +187,9 @@ async fn concurrent_writers_and_folds_keep_every_read_exact() {
         tokio::spawn(async move {
             let mut c = PgConnection::connect(&url).await.unwrap();
             while !stop.load(Ordering::Relaxed) {
-                let r: serde_json::Value =
-                    sqlx::query_scalar("SELECT refresh_job_progress()").fetch_one(&mut c).await.unwrap();
+                let r: String =
+                    sqlx::query_scalar("SELECT refresh_job_progress()::text").fetch_one(&mut c).await.unwrap();
+                let r: serde_json::Value = serde_json::from_str(&r).unwrap();
                 folded.fetch_add(r["delta_rows"].as_u64().unwrap() as usize, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(30)).await;
             }

@@ -71,7 +71,9 @@ async fn the_migrator_gives_the_refresh_role_its_own_password_and_the_role_can_o
         "SELECT count(*) FROM jobs",
         "SELECT count(*) FROM job_progress",
         "INSERT INTO jobs (bucket) VALUES ('x')",
-        "REFRESH MATERIALIZED VIEW job_progress",
+        // From 003 on job_progress is kept by the delta log and the folded counts (a plain view).
+        "DELETE FROM job_progress_deltas",
+        "UPDATE job_progress_counts SET total_objects = 0",
         "CREATE TABLE mine (x int)",
     ] {
         assert_eq!(sqlstate(&mut conn, sql).await.as_deref(), Some("42501"), "scanner_refresh may not: {sql}");
