@@ -1519,7 +1519,7 @@ async fn case7(cfg: &Config, res: &mut Results) -> R<()> {
     res.line(
         "7",
         &format!(
-            "the switch to 003 on {} objects under {:.0} writes/s: duration",
+            "the switch to 003 on {} objects under {:.0} writes/s (migrate from 002: 003 and any later migration): duration",
             with_commas(cfg.total_rows()),
             sw.before_per_s
         ),
@@ -1701,7 +1701,7 @@ async fn case7(cfg: &Config, res: &mut Results) -> R<()> {
         write_headline.join("; ")
     ));
     res.headlines.push(format!(
-        "The switch to 003 on {} objects took {} under {:.0} writes/s; the longest writer stall was {}, the worst \
+        "The switch to 003 on {} objects (migrate from 002, later migrations included) took {} under {:.0} writes/s; the longest writer stall was {}, the worst \
          job_progress read {} (never missing, never without the job's row).",
         with_commas(cfg.total_rows()),
         fmt_time(sw.duration_s),
