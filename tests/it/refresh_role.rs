@@ -96,6 +96,23 @@ async fn the_migrator_gives_the_refresh_role_its_own_password_and_the_role_can_o
     };
     assert!(secdef);
     assert_eq!(config, vec!["search_path=pg_catalog, public".to_string()]);
+
+    // The refresh function as Terraform deploys it without IAM: its own secret, never the master's.
+    fx.db.exec("INSERT INTO jobs (bucket) VALUES ('b'); INSERT INTO job_objects (job_id, bucket, key) SELECT job_id, 'b', 'k' || g FROM jobs, generate_series(1, 5) g;").await;
+    let env = fx.env_with(&[
+        ("DB_SECRET_ARN", &refresh_secret),
+        ("DB_HOST", "localhost"),
+        ("DB_PORT", &server().port.to_string()),
+        ("DB_NAME", &fx.db.name),
+    ]);
+    let (api, f) = function("refresh", &env).await;
+    let out = api.invoke(json!({}), T).await;
+    let report = out.ok();
+    assert_eq!(report["status"], "refreshed", "{report:#}");
+    assert!(report["delta_rows"].as_i64().unwrap_or(0) >= 1, "it folded the inserts: {report:#}");
+    let logs = f.stop().await;
+    secrets::assert_absent("refresh function logs", &logs);
+    assert_eq!(fx.db.scalar::<i64>("SELECT total_objects FROM job_progress").await, 5);
 }
 
 #[tokio::test]
