@@ -1470,6 +1470,9 @@ enum ScannerWrite {
 }
 
 /// One commit of the scanner's write, `keys` rows; its duration.
+/// In `bench/RESULTS.md`, what follows this line was measured by other runs and is kept as it is.
+const KEEP_MARKER: &str = "<!-- make bench keeps what follows: measured by other runs -->";
+
 async fn scanner_write(c: &mut PgConnection, what: &ScannerWrite, keys: &[String]) -> R<f64> {
     let t = Instant::now();
     match what {
@@ -1880,6 +1883,12 @@ async fn main() -> ExitCode {
                 if let Some(dir) = out.parent() {
                     let _ = std::fs::create_dir_all(dir);
                 }
+                // Sections measured by other runs (the zip, the 10M case) follow KEEP_MARKER and survive.
+                let kept = std::fs::read_to_string(out)
+                    .ok()
+                    .and_then(|old| old.find(KEEP_MARKER).map(|i| old[i..].to_string()))
+                    .unwrap_or_default();
+                let md = if kept.is_empty() { md } else { format!("{}\n\n{kept}", md.trim_end()) };
                 if let Err(e) = std::fs::write(out, &md) {
                     eprintln!("bench: writing {}: {e}", out.display());
                     return ExitCode::FAILURE;
