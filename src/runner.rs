@@ -384,17 +384,11 @@ async fn run_step(
     let outcome = if step.in_transaction {
         let statements: Vec<Statement> =
             step.statements.iter().map(|s| Statement { sql: s.clone(), line: 0 }).collect();
-        loop {
-            match run_in_transaction(conn, &statements, settings, Bookkeeping::None).await {
-                Ok(()) => break Ok(()),
-                Err(TxError::Statement(i, e)) => match retry_or_stop(&e, settings, &mut retries).await {
-                    Retry::Again => continue,
-                    Retry::Deadline(during) => break Err(deadline(during)),
-                    Retry::Fail => break Err(failed(&step.statements[i], &e)),
-                },
-                Err(TxError::Bookkeeping(e)) => break Err(Error::db(step.what.clone(), e)),
-            }
-        }
+        transaction(conn, &statements, settings, Bookkeeping::None, &mut retries).await.map_err(|f| match f {
+            TxError::Deadline(_, during) => deadline(during),
+            TxError::Statement(i, e) => failed(&step.statements[i], &e),
+            TxError::Bookkeeping(e) => Error::db(step.what.clone(), e),
+        })
     } else {
         let mut result = Ok(());
         for sql in &step.statements {
@@ -521,28 +515,20 @@ async fn apply(
             Direction::Up => Bookkeeping::Record { m, started, applied_by: &settings.applied_by },
             Direction::Down => Bookkeeping::Forget(m.version),
         };
-        loop {
-            match run_in_transaction(conn, &statements, settings, book).await {
-                Ok(()) => break Ok(()),
-                Err(TxError::Statement(i, e)) => match retry_or_stop(&e, settings, &mut step.lock_retries).await {
-                    Retry::Again => {}
-                    Retry::Deadline(during) => {
-                        break Err(Error::DeadlineReached {
-                            during: format!(
-                                "{during} in migration {} at line {} (its transaction was rolled back)",
-                                m.label(),
-                                statements[i].line
-                            ),
-                            remaining_ms: remaining_ms(settings),
-                            done: done.to_vec(),
-                            left: left.to_vec(),
-                        });
-                    }
-                    Retry::Fail => break Err(migration_failed(m, script, &statements[i], &e, done, None)),
-                },
-                Err(TxError::Bookkeeping(e)) => break Err(bookkeeping(e)),
-            }
-        }
+        transaction(conn, &statements, settings, book, &mut step.lock_retries).await.map_err(|f| match f {
+            TxError::Deadline(i, during) => Error::DeadlineReached {
+                during: format!(
+                    "{during} in migration {} at line {} (its transaction was rolled back)",
+                    m.label(),
+                    statements[i].line
+                ),
+                remaining_ms: remaining_ms(settings),
+                done: done.to_vec(),
+                left: left.to_vec(),
+            },
+            TxError::Statement(i, e) => migration_failed(m, script, &statements[i], &e, done, None),
+            TxError::Bookkeeping(e) => bookkeeping(e),
+        })
     };
     // Leave the session as we found it even after a failure.
     let reset = db::reset_limits(conn).await;
@@ -591,12 +577,37 @@ enum Bookkeeping<'a> {
 }
 
 enum TxError {
+    /// Statement `i` failed (after the lock retries the time allowed).
     Statement(usize, sqlx::Error),
+    /// The deadline stopped the retries of statement `i`, or PostgreSQL cancelled it.
+    Deadline(usize, String),
+    /// Beginning, recording in the history or committing failed.
     Bookkeeping(sqlx::Error),
 }
 
-/// Statements and their history change in one transaction; each statement under the limits.
-async fn run_in_transaction(
+/// Statements and their history change in one transaction, retried whole after a lock timeout
+/// while the time allows.
+async fn transaction(
+    conn: &mut PgConnection,
+    statements: &[Statement],
+    settings: &RunSettings,
+    book: Bookkeeping<'_>,
+    retries: &mut u32,
+) -> std::result::Result<(), TxError> {
+    loop {
+        match attempt_transaction(conn, statements, settings, book).await {
+            Err(TxError::Statement(i, e)) => match retry_or_stop(&e, settings, retries).await {
+                Retry::Again => {}
+                Retry::Deadline(during) => return Err(TxError::Deadline(i, during)),
+                Retry::Fail => return Err(TxError::Statement(i, e)),
+            },
+            other => return other,
+        }
+    }
+}
+
+/// One attempt: statements and their history change in one transaction, each statement under the limits.
+async fn attempt_transaction(
     conn: &mut PgConnection,
     statements: &[Statement],
     settings: &RunSettings,
