@@ -87,7 +87,7 @@ pub async fn decide(conn: &mut PgConnection, key: &str, after: &Catalog, live: &
     }
     let was = Some(differences.iter().map(|d| d.problem.clone()).collect::<Vec<_>>().join("; "));
     let adoption = Adoption { object: object.clone(), action: "converged", was };
-    let name = key.split_once(' ').map_or(key, |(_, n)| n);
+    let name = verify::key_name(key);
     let steps = match expected {
         Object::Index { table, unique, using, .. } => index_steps(name, table, *unique, using),
         Object::View { .. } => relation_steps(conn, name, expected, found, after).await?,
@@ -156,7 +156,7 @@ async fn relation_steps(
         if let Some(Object::Index { table, unique, using, .. }) = after.objects.get(key)
             && table == name
         {
-            let index = key.split_once(' ').map_or(key.as_str(), |(_, n)| n);
+            let index = verify::key_name(key);
             let tmp_index = beside(index, "__scm_new");
             let unique = if *unique { "UNIQUE " } else { "" };
             // The new relation is not read by anyone yet: no need for CONCURRENTLY.

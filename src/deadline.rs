@@ -34,11 +34,6 @@ impl Deadline {
         Deadline::after(total.saturating_sub(answer_margin(total)))
     }
 
-    /// The instant, if there is a deadline.
-    pub fn instant(&self) -> Option<Instant> {
-        self.0
-    }
-
     /// Time left; `None` when there is no deadline.
     pub fn remaining(&self) -> Option<Duration> {
         self.0.map(|d| d.saturating_duration_since(Instant::now()))

@@ -212,6 +212,12 @@ pub async fn run(
     Ok(report)
 }
 
+/// The migrations wholly applied according to the history, oldest first: what the expected
+/// schema is derived from.
+fn applied_migrations<'a>(migrations: &'a Migrations, history: &[Applied]) -> Vec<&'a Migration> {
+    history.iter().filter(|a| a.state == State::Applied).filter_map(|a| migrations.get(a.version)).collect()
+}
+
 /// What this run finished, for `DeadlineReached`.
 fn labels<'a>(ms: impl IntoIterator<Item = &'a Migration>) -> Vec<String> {
     ms.into_iter().map(Migration::label).collect()
@@ -235,11 +241,7 @@ async fn locked(
                 report.snapshot = Some(hook(first.label()).await?);
             }
             let schema = db::current_schema(conn).await?;
-            let mut applied: Vec<&Migration> = history
-                .iter()
-                .filter(|a| a.state == State::Applied)
-                .filter_map(|a| migrations.get(a.version))
-                .collect();
+            let mut applied = applied_migrations(migrations, &history);
             let mut before = if plan.pending.is_empty() {
                 verify::Catalog::default()
             } else {
@@ -465,19 +467,29 @@ async fn run_statement(
     settings: &RunSettings,
     retries: &mut u32,
 ) -> std::result::Result<(), StatementFailure> {
-    loop {
-        if !settings.deadline.has(Duration::from_millis(100)) {
-            return Err(StatementFailure::Deadline("before a statement could start".into()));
-        }
-        limits(conn, settings).await.map_err(StatementFailure::Db)?;
-        match db::exec(conn, sql).await {
-            Ok(()) => return Ok(()),
-            Err(e) => match retry_or_stop(&e, settings, retries).await {
-                Retry::Again => {}
-                Retry::Deadline(during) => return Err(StatementFailure::Deadline(during)),
-                Retry::Fail => return Err(StatementFailure::Db(e)),
-            },
-        }
+    while !attempt_statement(conn, sql, settings, retries).await? {}
+    Ok(())
+}
+
+/// One attempt at a statement: `Ok(true)` when it ran, `Ok(false)` when it hit a lock timeout
+/// and may be tried again (after the backoff, which this has already waited).
+async fn attempt_statement(
+    conn: &mut PgConnection,
+    sql: &str,
+    settings: &RunSettings,
+    retries: &mut u32,
+) -> std::result::Result<bool, StatementFailure> {
+    if !settings.deadline.has(Duration::from_millis(100)) {
+        return Err(StatementFailure::Deadline("before a statement could start".into()));
+    }
+    limits(conn, settings).await.map_err(StatementFailure::Db)?;
+    match db::exec(conn, sql).await {
+        Ok(()) => Ok(true),
+        Err(e) => match retry_or_stop(&e, settings, retries).await {
+            Retry::Again => Ok(false),
+            Retry::Deadline(during) => Err(StatementFailure::Deadline(during)),
+            Retry::Fail => Err(StatementFailure::Db(e)),
+        },
     }
 }
 
@@ -719,17 +731,8 @@ async fn apply_statements(
                     return Err(err);
                 }
             }
-            if !settings.deadline.has(Duration::from_millis(100)) {
-                return Err(deadline("before a statement could start".into()));
-            }
-            limits(conn, settings).await.map_err(|e| fail(&e))?;
-            match db::exec(conn, &stmt.sql).await {
-                Ok(()) => break,
-                Err(e) => match retry_or_stop(&e, settings, &mut step.lock_retries).await {
-                    Retry::Again => {}
-                    Retry::Deadline(during) => return Err(deadline(during)),
-                    Retry::Fail => return Err(fail(&e)),
-                },
+            if attempt_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await.map_err(failure)? {
+                break;
             }
         }
     }
@@ -792,8 +795,7 @@ async fn verify_applied(
             a.version, a.name
         ));
     }
-    let applied: Vec<&Migration> =
-        history.iter().filter(|a| a.state == State::Applied).filter_map(|a| migrations.get(a.version)).collect();
+    let applied = applied_migrations(migrations, history);
     report.versions = applied.iter().map(|m| m.version).collect();
     if unknown.is_empty() {
         let expected = verify::expected(conn, &applied, deadline).await?;

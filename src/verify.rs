@@ -90,8 +90,13 @@ impl Catalog {
     }
 }
 
+/// The name part of a key (`idx_a` of `relation idx_a`, `f()` of `function f()`).
+pub fn key_name(key: &str) -> &str {
+    key.split_once(' ').map_or(key, |(_, n)| n)
+}
+
 fn describe(key: &str, object: Option<&Object>) -> String {
-    let name = key.split_once(' ').map_or(key, |(_, n)| n);
+    let name = key_name(key);
     match object {
         Some(Object::Trigger { .. }) => format!("trigger {name}"),
         Some(o) => format!("{} {name}", o.kind()),
