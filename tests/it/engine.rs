@@ -341,11 +341,12 @@ async fn a_wrong_password_is_auth_failed_and_never_printed() {
     let db = TestDb::new().await;
     let wrong = "Wr0ngPassw0rd-xyz";
     crate::support::secrets::register(wrong);
-    let url = db.url.replace(&crate::support::pg::server().password, wrong);
+    let url = db.url.replace(&crate::support::pg::server().master_password, wrong);
     let run = migrator(&url, &["status"]).await;
     assert_eq!(run.code, 1);
     assert_eq!(run.error_type(), "AuthFailed");
-    assert!(run.error_message().contains("postgres@127.0.0.1"), "{}", run.error_message());
+    let who = format!("{}@127.0.0.1", crate::support::pg::server().master);
+    assert!(run.error_message().contains(&who), "{}", run.error_message());
 }
 
 #[tokio::test]
@@ -374,8 +375,11 @@ async fn invalid_index_repair_touches_only_the_index_on_the_table_the_statement_
     db.exec(
         "CREATE SCHEMA other;
          CREATE TABLE other.job_objects (job_id uuid, status text);
-         CREATE INDEX idx_job_objects_job_status ON other.job_objects (status);
-         UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'other.idx_job_objects_job_status'::regclass;",
+         CREATE INDEX idx_job_objects_job_status ON other.job_objects (status);",
+    )
+    .await;
+    db.exec_super(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'other.idx_job_objects_job_status'::regclass",
     )
     .await;
     let run = migrator(&db.url, &["migrate"]).await;

@@ -40,19 +40,23 @@ fn rand_seed() -> u128 {
 impl Fixture {
     /// `secret` builds the secret's JSON from (user, password, port, dbname).
     pub async fn new(secret: impl Fn(&str, &str, u16, &str) -> Value) -> Self {
-        let db = TestDb::new().await;
+        let mut db = TestDb::new().await;
         let user = format!("app_{}", db.name);
         let password = random_password();
         secrets::register(&password);
-        let mut admin = sqlx::PgConnection::connect(&server().url("postgres")).await.unwrap();
+        // The function's user is shaped like the RDS master, and owns the database as it does on RDS.
+        let mut admin = sqlx::PgConnection::connect(&server().super_url("postgres")).await.unwrap();
         admin
             .execute(sqlx::AssertSqlSafe(format!(
-                "CREATE ROLE {user} LOGIN CREATEROLE PASSWORD '{password}'; ALTER DATABASE {} OWNER TO {user};",
+                "{} ALTER DATABASE {} OWNER TO {user};",
+                crate::support::pg::rds_shaped_master(&user, &password),
                 db.name
             )))
             .await
             .unwrap();
         admin.close().await.unwrap();
+        // The tests' checks read the database as its owner, as the function does.
+        db.url = format!("postgres://{user}:{password}@127.0.0.1:{}/{}", server().port, db.name);
         let text = secret(&user, &password, server().port, &db.name).to_string();
         let secret_arn = moto::create_secret(&format!("db/{}", db.name), &text).await;
         let mut env = moto::aws_env();
@@ -323,7 +327,9 @@ async fn a_rotated_password_is_picked_up_by_the_next_invocation() {
 
     let new_password = random_password();
     secrets::register(&new_password);
+    let mut fx = fx;
     fx.db.exec(&format!("ALTER ROLE {} PASSWORD '{new_password}'", fx.user)).await;
+    fx.db.url = fx.db.url.replace(&fx.password, &new_password);
     let rotated = json!({"engine": "postgres", "host": "localhost", "port": server().port, "dbname": fx.db.name, "username": fx.user, "password": new_password});
     moto::put_secret(&fx.secret_arn, &rotated.to_string()).await;
     assert_eq!(

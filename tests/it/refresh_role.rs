@@ -47,7 +47,7 @@ async fn the_migrator_gives_the_refresh_role_its_own_password_and_the_role_can_o
     )
     .await;
     // The statements the server logs must hold no plaintext password: log every DDL of this database.
-    fx.db.exec(&format!("ALTER DATABASE {} SET log_statement = 'ddl'", fx.db.name)).await;
+    fx.db.exec_super(&format!("ALTER DATABASE {} SET log_statement = 'ddl'", fx.db.name)).await;
     let (api, f) = function("migrate", &fx.env_with(&[("REFRESH_SECRET_ARN", &refresh_secret)])).await;
     let out = api.invoke(json!({}), T).await;
     assert_eq!(out.ok()["status"], "applied", "{:?}", out);
@@ -55,7 +55,8 @@ async fn the_migrator_gives_the_refresh_role_its_own_password_and_the_role_can_o
     secrets::assert_absent("function logs", &logs);
     assert!(logs.contains("scanner_refresh's password set from the secret"), "{logs}");
 
-    let stored: String = fx.db.scalar("SELECT rolpassword FROM pg_authid WHERE rolname = 'scanner_refresh'").await;
+    let stored: String =
+        fx.db.scalar_super("SELECT rolpassword FROM pg_authid WHERE rolname = 'scanner_refresh'").await;
     assert!(stored.starts_with("SCRAM-SHA-256$4096:"), "a SCRAM verifier: {stored}");
     let server_log =
         std::env::temp_dir().join(format!("scanner-migrator-it-{}", std::process::id())).join("pg/server.log");

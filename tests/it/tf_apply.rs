@@ -246,8 +246,9 @@ async fn terraform_apply_migrates_reinvokes_on_change_fails_with_the_migrators_e
         .unwrap();
     let db1 = TestDb::new().await;
     // The rotation shape: the host is the name the test certificate is for.
-    let secret = json!({"engine": "postgres", "host": "localhost", "port": server.port, "username": "postgres",
-                        "password": server.password, "dbname": "postgres"});
+    // The RDS-shaped master's credentials, as in RDS's managed secret.
+    let secret = json!({"engine": "postgres", "host": "localhost", "port": server.port, "username": server.master,
+                        "password": server.master_password, "dbname": "postgres"});
     let secret_arn = moto::create_secret("tfit-db", &secret.to_string()).await;
 
     let mut stack = Stack { ws, standin, vars: endpoints };

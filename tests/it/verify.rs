@@ -61,7 +61,7 @@ async fn a_view_with_the_right_columns_and_another_definition_fails_and_user_obj
 async fn an_invalid_index_and_a_missing_column_are_failures() {
     let db = TestDb::new().await;
     assert_eq!(migrator(&db.url, &["migrate"]).await.code, 0);
-    db.exec("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'idx_jobs_execution_arn'::regclass").await;
+    db.exec_super("UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'idx_jobs_execution_arn'::regclass").await;
     let run = migrator(&db.url, &["verify"]).await;
     assert!(run.error_message().contains("index idx_jobs_execution_arn: is INVALID"), "{}", run.error_message());
 }

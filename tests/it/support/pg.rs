@@ -17,6 +17,12 @@ pub struct Server {
     pub port: u16,
     /// The superuser's password (asserted never to appear in any output).
     pub password: String,
+    /// The RDS-shaped master (scripts/rds-shaped-master.sql): not a superuser; LOGIN CREATEROLE
+    /// CREATEDB, a member of `rds_superuser`. The migrator runs as it; only the tests' own setup
+    /// uses the real superuser.
+    pub master: String,
+    /// The master's password (asserted never to appear in any output).
+    pub master_password: String,
     /// CA that signed the server's certificate (for `localhost` only).
     pub ca: PathBuf,
     /// A CA that did not sign it.
@@ -69,14 +75,45 @@ pub fn server() -> &'static Server {
             .spawn()
             .expect("start the PostgreSQL watchdog");
         super::secrets::register(&password);
-        Server { port, password, ca, wrong_ca }
+        let master = "scanner_master".to_string();
+        let mut bytes = [0u8; 12];
+        getrandom::fill(&mut bytes).unwrap();
+        let master_password = format!("mpw-{}", hex::encode(bytes));
+        super::secrets::register(&master_password);
+        let server = Server { port, password, master, master_password, ca, wrong_ca };
+        let out = Command::new("psql")
+            .args([
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-q",
+                &server.super_url("postgres"),
+                "-c",
+                &rds_shaped_master(&server.master, &server.master_password),
+            ])
+            .output()
+            .expect("run psql");
+        assert!(out.status.success(), "the RDS-shaped master: {}", String::from_utf8_lossy(&out.stderr));
+        server
     })
 }
 
+/// scripts/rds-shaped-master.sql for a master named `master` with `password`.
+pub fn rds_shaped_master(master: &str, password: &str) -> String {
+    std::fs::read_to_string(root().join("scripts/rds-shaped-master.sql"))
+        .unwrap()
+        .replace("{master}", master)
+        .replace("{password}", password)
+}
+
 impl Server {
-    /// URL of a database on this server as the superuser.
-    pub fn url(&self, db: &str) -> String {
+    /// URL of a database on this server as the real superuser (the tests' own setup only).
+    pub fn super_url(&self, db: &str) -> String {
         format!("postgres://postgres:{}@127.0.0.1:{}/{db}", self.password, self.port)
+    }
+
+    /// URL of a database on this server as the RDS-shaped master: what the migrator uses.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://{}:{}@127.0.0.1:{}/{db}", self.master, self.master_password, self.port)
     }
 }
 
@@ -84,8 +121,10 @@ impl Server {
 pub struct TestDb {
     /// Its name.
     pub name: String,
-    /// Its superuser URL.
+    /// Its URL as the RDS-shaped master, the database's owner (what the migrator and most checks use).
     pub url: String,
+    /// Its URL as the real superuser: for the tests' own setup only.
+    pub super_url: String,
 }
 
 impl TestDb {
@@ -93,13 +132,26 @@ impl TestDb {
     pub async fn new() -> Self {
         let server = server();
         let name = format!("t{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
-        let mut admin = PgConnection::connect(&server.url("postgres")).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut admin).await.unwrap();
+        let mut admin = PgConnection::connect(&server.super_url("postgres")).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} OWNER {}", server.master)))
+            .execute(&mut admin)
+            .await
+            .unwrap();
         admin.close().await.unwrap();
-        TestDb { url: server.url(&name), name }
+        TestDb { url: server.url(&name), super_url: server.super_url(&name), name }
     }
 
-    /// A connection of the test's own.
+    /// Runs SQL as the real superuser (the tests' own setup: what no product path may need).
+    pub async fn exec_super(&self, sql: &str) {
+        let mut c = PgConnection::connect(&self.super_url).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.close().await.unwrap();
+    }
+
+    /// A connection of the test's own, as the master.
     pub async fn conn(&self) -> PgConnection {
         PgConnection::connect(&self.url).await.unwrap()
     }
@@ -112,6 +164,20 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("{sql}: {e}"));
         c.close().await.unwrap();
+    }
+
+    /// One value, read as the real superuser (what only a superuser may read, such as pg_authid).
+    pub async fn scalar_super<T>(&self, sql: &str) -> T
+    where
+        T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+    {
+        let mut c = PgConnection::connect(&self.super_url).await.unwrap();
+        let v = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+            .fetch_one(&mut c)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        c.close().await.unwrap();
+        v
     }
 
     /// One value.
