@@ -29,8 +29,14 @@ admin_url=$(scripts/pg.sh start "$work/pg" "$work/server.crt" "$work/server.key"
 port=$(cat "$work/pg/port")
 db_url="${admin_url%/postgres}/scanner_db"
 app_password=$(head -c 18 /dev/urandom | base64 | tr -dc 'A-Za-z0-9' | head -c 20)
-psql -q "$admin_url" -c "CREATE ROLE scanner_admin LOGIN PASSWORD '$app_password'" -c "CREATE DATABASE scanner_db OWNER scanner_admin"
+# The database's user is shaped like the RDS master (scripts/rds-shaped-master.sql): not a superuser, with
+# CREATEROLE and CREATEDB, a member of rds_superuser. It creates and owns the database, as on RDS.
+sed -e "s/{master}/scanner_admin/g" -e "s/{password}/$app_password/g" scripts/rds-shaped-master.sql \
+  | psql -q -v ON_ERROR_STOP=1 "$admin_url" >/dev/null
+PGPASSWORD="$app_password" psql -q -v ON_ERROR_STOP=1 "postgres://scanner_admin@127.0.0.1:$port/postgres" \
+  -c "CREATE DATABASE scanner_db"
 echo "PostgreSQL $(psql -tA "$admin_url" -c 'SHOW server_version') on localhost:$port, database scanner_db"
+echo "its user scanner_admin: $(psql -tA "$admin_url" -c "SELECT format('superuser=%s createrole=%s createdb=%s member of %s', rolsuper, rolcreaterole, rolcreatedb, (SELECT string_agg(b.rolname, ',') FROM pg_auth_members m JOIN pg_roles b ON b.oid = m.roleid WHERE m.member = r.oid)) FROM pg_roles r WHERE rolname = 'scanner_admin'")"
 
 say "moto's AWS API server, holding the database secret"
 moto_port=$(free_port)
@@ -38,19 +44,26 @@ moto_port=$(free_port)
 moto_pid=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$moto_port") 2>/dev/null && break; sleep 0.1; done
 export AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
-DB_SECRET_ARN=$(PORT="$port" PW="$app_password" .venv/bin/python - <<'PY'
-import json, os, boto3
+# Two secrets, as the module makes them with refresh_db_auth = "password": the master's (the rotation shape)
+# for migrate, and scanner_refresh's own (username and password only; the refresh function never sees the
+# master's), whose password migrate gives the role after migrating.
+read -r DB_SECRET_ARN REFRESH_SECRET_ARN < <(PORT="$port" PW="$app_password" .venv/bin/python - <<'PY'
+import json, os, secrets, boto3
 sm = boto3.client("secretsmanager", region_name=os.environ["AWS_REGION"])
-secret = {"engine": "postgres", "host": "localhost", "port": os.environ["PORT"], "dbname": "scanner_db",
+master = {"engine": "postgres", "host": "localhost", "port": os.environ["PORT"], "dbname": "scanner_db",
           "username": "scanner_admin", "password": os.environ["PW"]}
-print(sm.create_secret(Name="scanner/db", SecretString=json.dumps(secret))["ARN"])
+refresh = {"username": "scanner_refresh", "password": secrets.token_urlsafe(24)}
+print(sm.create_secret(Name="scanner/db", SecretString=json.dumps(master))["ARN"],
+      sm.create_secret(Name="scanner/refresh", SecretString=json.dumps(refresh))["ARN"])
 PY
 )
-export DB_SECRET_ARN DB_CA_BUNDLE="$work/ca.pem"
-echo "DB_SECRET_ARN=$DB_SECRET_ARN (the function reads it on every invocation; the password is never printed)"
+export DB_CA_BUNDLE="$work/ca.pem" DB_HOST=localhost DB_PORT="$port" DB_NAME=scanner_db
+echo "DB_SECRET_ARN=$DB_SECRET_ARN (migrate; read on every invocation; the password is never printed)"
+echo "REFRESH_SECRET_ARN=$REFRESH_SECRET_ARN (scanner_refresh's own login)"
 
 say "the migrate function: {} twice (applied, then up_to_date), then status"
-target/debug/examples/local_lambda --handler migrate '{}' '{}' '{"command":"status"}' 2>"$work/migrate.log"
+DB_SECRET_ARN="$DB_SECRET_ARN" REFRESH_SECRET_ARN="$REFRESH_SECRET_ARN" \
+  target/debug/examples/local_lambda --handler migrate '{}' '{}' '{"command":"status"}' 2>"$work/migrate.log"
 
 say "the scanner writes some progress"
 psql -q "$db_url" <<'SQL'
@@ -62,12 +75,16 @@ SELECT job_id, 'demo-bucket', 'incoming/object-' || g, g * 1024,
 SQL
 echo "5000 objects in one job"
 
-say "the refresh function, invoked as EventBridge Scheduler does"
-target/debug/examples/local_lambda --handler refresh \
+say "the refresh function, logged in as scanner_refresh with its own secret, invoked as EventBridge Scheduler does"
+DB_AUTH=password DB_SECRET_ARN="$REFRESH_SECRET_ARN" target/debug/examples/local_lambda --handler refresh \
   '{"scheduled_time":"2026-11-25T07:00:00Z","execution_id":"demo-1","attempt_number":"1"}' 2>"$work/refresh.log"
 
 say "what the status API reads now"
 psql "$db_url" -c "SELECT bucket, total_objects, queued_count, processing_count, succeeded_count, failed_count FROM job_progress"
+
+# The proof that production's path was taken: the refresh connected as scanner_refresh, not as the master.
+grep -o '"target":"scanner_refresh@[^"]*"' "$work/refresh.log" | head -n 1 | grep . \
+  || { echo "the refresh did not log in as scanner_refresh:" >&2; cat "$work/refresh.log" >&2; exit 1; }
 
 say "the function's JSON log lines (the first few)"
 grep -v '^---' "$work/migrate.log" | head -n 8
