@@ -189,10 +189,7 @@ impl Depth {
             self.first[self.words] = lower.as_bytes()[0];
         }
         self.words += 1;
-        let routine = match self.first {
-            [b'c', b'f' | b'p', ..] | [b'c', b'o', b'r', b'f' | b'p'] => true,
-            _ => false,
-        };
+        let routine = matches!(self.first, [b'c', b'f' | b'p', ..] | [b'c', b'o', b'r', b'f' | b'p']);
         if !routine || self.parens > 0 {
             return;
         }
