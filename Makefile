@@ -5,7 +5,8 @@ SHELL := /bin/bash
 VENV        := .venv
 # moto: the AWS API server (Secrets Manager, RDS) the tests and the demo talk to.
 # squawk-cli: the PostgreSQL migration linter.
-TEST_TOOLS  := moto[server]==5.2.5 squawk-cli==2.70.0
+# pglast: PostgreSQL's own scanner and parser, the reference tests/it/split_corpus.rs holds the splitter to.
+TEST_TOOLS  := moto[server]==5.2.5 squawk-cli==2.70.0 pglast==8.8
 # cargo-lambda (and zig, through ziglang) cross-compile the arm64 Lambda zip.
 BUILD_TOOLS := cargo-lambda==1.9.2 ziglang==0.13.0.post1
 LAMBDA_ZIP  := target/lambda/scanner-migrator/bootstrap.zip

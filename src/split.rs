@@ -1,6 +1,20 @@
-//! Just enough of PostgreSQL's lexer to split a script into statements (respecting quotes,
-//! dollar-quoted bodies and nested comments) and to recognise the statements the runner treats
-//! specially: concurrent index builds. Pure functions.
+//! Just enough of PostgreSQL's lexer to split a script into statements exactly where psql does,
+//! and to recognise the statements the runner treats specially: concurrent index builds. Pure
+//! functions.
+//!
+//! The reference is psql's scanner, `src/fe_utils/psqlscan.l`: its quoting rules (strings with
+//! their continuation across newlines, escape strings, dollar quotes, nested comments) and its
+//! two depth counters (parentheses, and `BEGIN … END` after `CREATE [OR REPLACE] FUNCTION |
+//! PROCEDURE`), so a script splits here as `psql -f` splits it. tests/it/split_corpus.rs checks
+//! that against PostgreSQL's own scanner (through pglast) on real SQL.
+//!
+//! Why not the `pg_query` crate (PostgreSQL's scanner itself)? Measured for issue 16 (6.2.1, debug
+//! build, scratch project): its `split_with_scanner` cuts `BEGIN ATOMIC … END` at the inner `;`
+//! as our old splitter did, so it would still need psql's depth rules on top; `split_with_parser`
+//! refuses any script its bundled grammar cannot parse. It builds C with bindgen (libclang-dev on
+//! every builder, and a C cross-compile for the arm64 zip), adds 74 crates to the build graph and
+//! about 630 KB to a stripped binary. This file is a few hundred lines, checked against the
+//! real scanner in CI.
 
 /// One statement of a script and the line it starts on (1-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +75,7 @@ impl Statement {
         }
         let mut out = String::with_capacity(self.sql.len());
         for (kind, text) in Lexer::new(&self.sql) {
-            if !(kind == Token::Other && text.eq_ignore_ascii_case("concurrently")) {
+            if !(kind == Token::Word && text.eq_ignore_ascii_case("concurrently")) {
                 out.push_str(text);
             }
         }
@@ -85,26 +99,49 @@ pub struct IndexBuild {
     pub table: String,
 }
 
-/// The statement's words and quoted names, without comments and whitespace.
+/// The statement's words: runs of tokens not separated by whitespace or comments (`s.t(x)`,
+/// `"S"."T"`), so qualified and quoted names stay whole.
 fn words(sql: &str) -> Vec<&str> {
-    Lexer::new(sql).filter(|(kind, _)| matches!(kind, Token::Other | Token::Quoted)).map(|(_, t)| t).collect()
+    let mut out = Vec::new();
+    let mut start = None;
+    let mut pos = 0;
+    for (kind, text) in Lexer::new(sql) {
+        let glued = !matches!(kind, Token::Space | Token::Comment | Token::Semicolon);
+        match start {
+            None if glued => start = Some(pos),
+            Some(s) if !glued => {
+                out.push(&sql[s..pos]);
+                start = None;
+            }
+            _ => {}
+        }
+        pos += text.len();
+    }
+    if let Some(s) = start {
+        out.push(&sql[s..]);
+    }
+    out
 }
 
-/// Splits SQL on top-level semicolons, respecting quotes, dollar-quoted bodies and comments.
+/// Splits SQL where psql would send a statement: at semicolons outside quotes, comments,
+/// parentheses and `BEGIN … END` bodies of functions and procedures.
 pub fn split_statements(sql: &str) -> Vec<Statement> {
     let mut out = Vec::new();
     let mut current = String::new();
     let mut start_line = 1;
     let mut line = 1;
     let mut has_code = false;
+    let mut depth = Depth::default();
     for (kind, text) in Lexer::new(sql) {
-        if kind == Token::Semicolon {
+        if kind == Token::Semicolon && depth.ends_statement() {
             if has_code {
                 out.push(Statement { sql: current.trim().to_string(), line: start_line });
             }
             current.clear();
             has_code = false;
+            depth = Depth::default();
         } else {
+            depth.see(kind, text);
             if !has_code && kind != Token::Comment && kind != Token::Space {
                 has_code = true;
                 start_line = line;
@@ -122,13 +159,85 @@ pub fn split_statements(sql: &str) -> Vec<Statement> {
     out
 }
 
+/// psql's two counters that keep a `;` inside a statement (psqlscan.l: `paren_depth`,
+/// `begin_depth` and the `identifiers` it matches `CREATE [OR REPLACE] FUNCTION|PROCEDURE` with).
+#[derive(Debug, Default)]
+struct Depth {
+    parens: usize,
+    begins: usize,
+    /// How many words the statement has had so far.
+    words: usize,
+    /// The first letter of each of the first four words, where the word is one of `create`,
+    /// `or`, `replace`, `function`, `procedure` (psqlscan.l's `identifiers`).
+    first: [u8; 4],
+}
+
+impl Depth {
+    fn ends_statement(&self) -> bool {
+        self.parens == 0 && self.begins == 0
+    }
+
+    fn see(&mut self, kind: Token, text: &str) {
+        match kind {
+            Token::Open => self.parens += 1,
+            Token::Close => self.parens = self.parens.saturating_sub(1),
+            Token::Word => self.word(text),
+            _ => {}
+        }
+    }
+
+    /// psqlscan.l's `{identifier}` rule: keywords are identifiers to psql's scanner.
+    fn word(&mut self, word: &str) {
+        let lower = word.to_ascii_lowercase();
+        if self.words < self.first.len()
+            && matches!(lower.as_str(), "create" | "or" | "replace" | "function" | "procedure")
+        {
+            self.first[self.words] = lower.as_bytes()[0];
+        }
+        self.words += 1;
+        let routine = matches!(self.first, [b'c', b'f' | b'p', ..] | [b'c', b'o', b'r', b'f' | b'p']);
+        if !routine || self.parens > 0 {
+            return;
+        }
+        match lower.as_str() {
+            "begin" => self.begins += 1,
+            // CASE ends with END too; psql counts it only inside a BEGIN.
+            "case" if self.begins > 0 => self.begins += 1,
+            "end" => self.begins = self.begins.saturating_sub(1),
+            _ => {}
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Token {
     Space,
     Comment,
+    /// A string, quoted identifier or dollar-quoted body.
     Quoted,
     Semicolon,
+    Open,
+    Close,
+    /// An identifier or keyword (psqlscan.l's `{identifier}`).
+    Word,
+    /// Numbers, operators, parameters, other punctuation.
     Other,
+}
+
+/// psqlscan.l's `{space}`: ASCII only; other characters (a no-break space) are identifier
+/// characters to PostgreSQL.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c')
+}
+
+/// psqlscan.l's `ident_start`: every byte of a non-ASCII character counts as a letter.
+fn is_ident_start(c: char) -> bool {
+    c.is_ascii_alphabetic() || c == '_' || !c.is_ascii()
+}
+
+/// psqlscan.l's `ident_cont` (identifiers may contain `$`, so `a$b$` is no dollar quote).
+fn is_ident_cont(c: char) -> bool {
+    is_ident_start(c) || c.is_ascii_digit() || c == '$'
 }
 
 /// Just enough of PostgreSQL's lexer to know where statements end.
@@ -163,14 +272,58 @@ impl<'a> Lexer<'a> {
         rest.len()
     }
 
-    /// `$tag$` at the start of `rest`, if it is a dollar-quote opener.
+    /// Length of a string literal starting at its opening `'`, including the segments it is
+    /// continued with: `'a'` newline `'b'` is one literal (psqlscan.l's `xqs` state and
+    /// `quotecontinue`), and an escape string stays one across them.
+    fn string_len(rest: &str, backslash_escapes: bool) -> usize {
+        let mut len = 0;
+        loop {
+            len += Self::quoted_len(&rest[len..], '\'', backslash_escapes);
+            match Self::continuation(&rest[len..]) {
+                Some(next) if len < rest.len() => len += next,
+                _ => return len,
+            }
+        }
+    }
+
+    /// Offset of the `'` that continues a literal just closed: psqlscan.l's
+    /// `{quote}{whitespace_with_newline}{quote}`, where the whitespace has a newline and may
+    /// hold `--` comments (not `/* */` ones).
+    fn continuation(rest: &str) -> Option<usize> {
+        let b = rest.as_bytes();
+        let mut i = 0;
+        let comment_end = |i: usize| rest[i..].find(['\n', '\r']).map(|n| i + n);
+        // horiz_whitespace*
+        loop {
+            match b.get(i) {
+                Some(b' ' | b'\t' | b'\x0b' | b'\x0c') => i += 1,
+                Some(b'-') if b.get(i + 1) == Some(&b'-') => i = comment_end(i)?,
+                _ => break,
+            }
+        }
+        // newline
+        if !matches!(b.get(i), Some(b'\n' | b'\r')) {
+            return None;
+        }
+        i += 1;
+        // special_whitespace*: spaces, or a comment that ends in a newline
+        loop {
+            match b.get(i) {
+                Some(&c) if is_space(c as char) => i += 1,
+                Some(b'-') if b.get(i + 1) == Some(&b'-') => i = comment_end(i)? + 1,
+                Some(b'\'') => return Some(i),
+                _ => return None,
+            }
+        }
+    }
+
+    /// `$tag$` at the start of `rest`, if it is a dollar-quote opener (psqlscan.l's `dolqdelim`:
+    /// the tag is an identifier without `$`, non-ASCII letters included).
     fn dollar_tag(rest: &str) -> Option<&str> {
         let body = &rest[1..];
-        let end = body.find('$')?;
-        let tag = &body[..end];
-        let valid =
-            tag.chars().enumerate().all(|(i, c)| c == '_' || c.is_alphabetic() || (i > 0 && c.is_ascii_digit()));
-        valid.then(|| &rest[..end + 2])
+        let end = body.find(|c: char| !(is_ident_start(c) || c.is_ascii_digit()))?;
+        let starts_well = body.chars().next().is_some_and(|c| c == '$' || is_ident_start(c));
+        (starts_well && body[end..].starts_with('$')).then(|| &rest[..end + 2])
     }
 }
 
@@ -180,10 +333,10 @@ impl<'a> Iterator for Lexer<'a> {
     fn next(&mut self) -> Option<Self::Item> {
         let rest = self.rest();
         let c = rest.chars().next()?;
-        let (kind, len) = if c.is_whitespace() {
-            (Token::Space, rest.find(|ch: char| !ch.is_whitespace()).unwrap_or(rest.len()))
+        let (kind, len) = if is_space(c) {
+            (Token::Space, rest.find(|ch: char| !is_space(ch)).unwrap_or(rest.len()))
         } else if rest.starts_with("--") {
-            (Token::Comment, rest.find('\n').unwrap_or(rest.len()))
+            (Token::Comment, rest.find(['\n', '\r']).unwrap_or(rest.len()))
         } else if rest.starts_with("/*") {
             // Block comments nest in PostgreSQL.
             let mut depth = 0usize;
@@ -206,9 +359,13 @@ impl<'a> Iterator for Lexer<'a> {
                 }
             }
             (Token::Comment, len)
+        } else if matches!(c, 'e' | 'E') && rest[1..].starts_with('\'') {
+            // Only a standalone E starts an escape string (psqlscan.l's `xestart`); in `LIKE'a'`
+            // the E belongs to the word before (the longest match wins), and the string is plain.
+            (Token::Quoted, 1 + Self::string_len(&rest[1..], true))
         } else if c == '\'' {
-            let escapes = self.pos > 0 && matches!(self.src.as_bytes()[self.pos - 1], b'e' | b'E');
-            (Token::Quoted, Self::quoted_len(rest, '\'', escapes))
+            // standard_conforming_strings is on (the default since PostgreSQL 9.1).
+            (Token::Quoted, Self::string_len(rest, false))
         } else if c == '"' {
             (Token::Quoted, Self::quoted_len(rest, '"', false))
         } else if c == '$'
@@ -218,22 +375,21 @@ impl<'a> Iterator for Lexer<'a> {
             (Token::Quoted, len)
         } else if c == ';' {
             (Token::Semicolon, 1)
-        } else {
-            // Identifiers, numbers and operators up to the next character that can start
-            // something else. `$1` parameters and `a$b` identifiers stay in one word.
-            let len = rest
-                .char_indices()
-                .skip(1)
-                .find(|&(i, ch)| {
-                    ch.is_whitespace()
-                        || matches!(ch, '\'' | '"' | ';')
-                        || rest[i..].starts_with("--")
-                        || rest[i..].starts_with("/*")
-                        || (ch == '$' && !rest[..i].ends_with(|p: char| p.is_alphanumeric() || p == '_'))
-                })
-                .map(|(i, _)| i)
-                .unwrap_or(rest.len());
+        } else if c == '(' {
+            (Token::Open, 1)
+        } else if c == ')' {
+            (Token::Close, 1)
+        } else if is_ident_start(c) {
+            (Token::Word, rest.find(|ch: char| !is_ident_cont(ch)).unwrap_or(rest.len()))
+        } else if c.is_ascii_digit() || (c == '$' && rest[1..].starts_with(|d: char| d.is_ascii_digit())) {
+            // Numbers and `$1` parameters, with the letters psql's `*_junk` rules glue to them
+            // (so `1e'x'` is no escape string).
+            let len = rest[1..]
+                .find(|ch: char| !(ch.is_ascii_alphanumeric() || ch == '_' || ch == '.'))
+                .map_or(rest.len(), |i| i + 1);
             (Token::Other, len)
+        } else {
+            (Token::Other, c.len_utf8())
         };
         let text = &rest[..len];
         self.pos += len;
@@ -309,5 +465,75 @@ mod tests {
         let body = "CREATE FUNCTION f() RETURNS void LANGUAGE sql AS $$ REFRESH MATERIALIZED VIEW CONCURRENTLY v $$";
         assert_eq!(plain(body), body);
         assert_eq!(plain("SELECT 'concurrently'"), "SELECT 'concurrently'");
+    }
+
+    #[test]
+    fn begin_atomic_bodies_stay_whole() {
+        let f = "CREATE FUNCTION f(x int) RETURNS int LANGUAGE sql\nBEGIN ATOMIC\n  SELECT CASE WHEN x > 0 THEN 1 ELSE 0 END;\n  SELECT x;\nEND";
+        let p = "create or replace procedure p() language sql begin atomic insert into t values (1); end";
+        let got = sqls(&format!("{f};\n{p};\nBEGIN;\nSELECT 1;\nEND;"));
+        assert_eq!(got, vec![f, p, "BEGIN", "SELECT 1", "END"]);
+    }
+
+    #[test]
+    fn begin_is_counted_only_after_create_function_or_procedure() {
+        // A CASE … END outside a BEGIN body, and BEGIN in a view, do not hold the statement open.
+        assert_eq!(
+            sqls("CREATE FUNCTION g(x int) RETURNS int LANGUAGE sql RETURN CASE WHEN x > 0 THEN 1 END; SELECT 2"),
+            vec!["CREATE FUNCTION g(x int) RETURNS int LANGUAGE sql RETURN CASE WHEN x > 0 THEN 1 END", "SELECT 2"]
+        );
+        assert_eq!(
+            sqls("CREATE VIEW v AS SELECT 1 AS begin; SELECT 2"),
+            vec!["CREATE VIEW v AS SELECT 1 AS begin", "SELECT 2"]
+        );
+        // psql looks at the first words only: a function's name or argument called `begin` inside
+        // parentheses is not a body.
+        assert_eq!(sqls("CREATE FUNCTION h(begin int) RETURNS int LANGUAGE sql RETURN 1; SELECT 2").len(), 2);
+    }
+
+    #[test]
+    fn semicolons_inside_parentheses_do_not_end_a_statement() {
+        let rule = "CREATE RULE r AS ON INSERT TO t DO ALSO (INSERT INTO a VALUES (1); INSERT INTO b VALUES (2))";
+        assert_eq!(sqls(&format!("{rule};\nSELECT 3;")), vec![rule, "SELECT 3"]);
+    }
+
+    #[test]
+    fn a_word_glued_to_a_quote_does_not_make_an_escape_string() {
+        assert_eq!(sqls(r"SELECT 1 WHERE 'a' LIKE'a\'; SELECT 2;"), vec![r"SELECT 1 WHERE 'a' LIKE'a\'", "SELECT 2"]);
+        assert_eq!(
+            sqls(r"SELECT 1 WHERE 'a' LIKE 'a' ESCAPE'\'; SELECT 2"),
+            vec![r"SELECT 1 WHERE 'a' LIKE 'a' ESCAPE'\'", "SELECT 2"]
+        );
+        assert_eq!(sqls(r"SELECT date'2024-01-01\'; SELECT 2"), vec![r"SELECT date'2024-01-01\'", "SELECT 2"]);
+        // A standalone E, after an operator or parenthesis too, does start one.
+        assert_eq!(sqls(r"SELECT (e'\';'); SELECT ||E'\';'"), vec![r"SELECT (e'\';')", r"SELECT ||E'\';'"]);
+    }
+
+    #[test]
+    fn an_escape_string_continued_on_the_next_line_is_one_literal() {
+        let continued = "SELECT E'a'\n'\\'; b'";
+        assert_eq!(sqls(&format!("{continued}; SELECT 2")), vec![continued, "SELECT 2"]);
+        // Comments may sit between the segments, as long as a newline does.
+        let commented = "SELECT E'a' -- first\n  -- more\n '\\'; b'";
+        assert_eq!(sqls(&format!("{commented}; SELECT 2")), vec![commented, "SELECT 2"]);
+        // Without a newline the next quote starts a new, plain literal: `'a' '\'` then `; b'`.
+        assert_eq!(sqls("SELECT E'a' '\\'; SELECT 'b'").len(), 2);
+    }
+
+    #[test]
+    fn dollar_quote_tags_may_hold_non_ascii_letters() {
+        let body = "DO $€$ BEGIN PERFORM 1; END $€$";
+        assert_eq!(sqls(&format!("{body}; SELECT 2")), vec![body, "SELECT 2"]);
+        let tagged = "SELECT $été$;$été$";
+        assert_eq!(sqls(&format!("{tagged}; SELECT 2")), vec![tagged, "SELECT 2"]);
+    }
+
+    #[test]
+    fn qualified_and_quoted_names_are_one_word() {
+        let build = |s: &str| Statement { sql: s.into(), line: 1 }.index_build();
+        assert_eq!(
+            build("CREATE INDEX CONCURRENTLY i ON \"S\".\"T\"(x)"),
+            Some(IndexBuild { name: "i".into(), table: "\"S\".\"T\"".into() })
+        );
     }
 }

@@ -11,6 +11,7 @@ mod make;
 mod refresh;
 mod refresh_role;
 mod snapshot;
+mod split_corpus;
 mod support;
 mod terraform;
 mod tf_apply;
