@@ -70,7 +70,14 @@ impl App {
             })
         };
         let hook_ref: Option<runner::BeforeChange<'_>> = if snapshot_db.is_some() { Some(&hook) } else { None };
-        let outcome = runner::run(&mut conn, &self.migrations, command, &run, hook_ref).await;
+        // Giving the refresh role its password comes after migrating: whether this user may is checked first.
+        let sets_refresh_password = matches!(command, Command::Migrate { .. })
+            && self.settings.refresh_secret_id.is_some()
+            && self.aws.is_some();
+        let outcome = match refresh_password_preflight(&mut conn, sets_refresh_password).await {
+            Ok(()) => runner::run(&mut conn, &self.migrations, command, &run, hook_ref).await,
+            Err(e) => Err(e),
+        };
         // Without IAM database authentication the refresh role logs in with its own secret's password.
         let outcome = match (outcome, &self.settings.refresh_secret_id, &self.aws) {
             (Ok(report), Some(secret), Some(aws)) if matches!(command, Command::Migrate { .. }) => {
@@ -102,6 +109,14 @@ impl App {
         close(conn).await;
         outcome
     }
+}
+
+async fn refresh_password_preflight(conn: &mut sqlx::PgConnection, needed: bool) -> Result<()> {
+    if !needed {
+        return Ok(());
+    }
+    let schema = crate::db::current_schema(conn).await?;
+    crate::privileges::before_setting_refresh_password(&crate::db::role_facts(conn, &schema).await?)
 }
 
 /// `scanner-migrator:<what>:<who>`, visible in pg_stat_activity and in LockTimeout errors.

@@ -175,6 +175,37 @@ pub async fn current_schema(conn: &mut PgConnection) -> Result<String> {
         })
 }
 
+/// What the catalog says about the connected user's privileges (see `privileges`).
+pub async fn role_facts(conn: &mut PgConnection, schema: &str) -> Result<crate::privileges::Facts> {
+    let row: (String, String, bool, bool, bool, bool, i32, bool, bool) = sqlx::query_as(
+        "SELECT current_user::text, current_database()::text, r.rolsuper, r.rolcreaterole,
+                has_database_privilege(current_database(), 'CREATE'), has_schema_privilege($1, 'CREATE'),
+                current_setting('server_version_num')::int,
+                EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2),
+                COALESCE(CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2)
+                              THEN pg_has_role($2, 'MEMBER WITH ADMIN OPTION') END, false)
+           FROM pg_roles AS r WHERE r.rolname = current_user",
+    )
+    .bind(schema)
+    .bind(crate::credentials::REFRESH_ROLE)
+    .fetch_one(conn)
+    .await
+    .map_err(|e| Error::db("reading the migrator's own privileges", e))?;
+    let (user, database, superuser, createrole, create_on_database, create_on_schema, version, exists, admin) = row;
+    Ok(crate::privileges::Facts {
+        user,
+        database,
+        schema: schema.to_string(),
+        superuser,
+        createrole,
+        create_on_database,
+        create_on_schema,
+        server_version_num: version,
+        refresh_role_exists: exists,
+        refresh_role_admin: admin,
+    })
+}
+
 /// An index of this name on this table (as the statement that builds it names them):
 /// `(schema-qualified name, valid)`.
 pub async fn index_on_table(

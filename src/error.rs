@@ -113,6 +113,11 @@ pub enum Error {
     #[error("rollback not allowed: {0}")]
     RollbackNotAllowed(String),
 
+    /// The migrator's database user lacks a privilege a pending migration (or a step after it)
+    /// needs; found before anything was applied.
+    #[error("the database user {user} lacks {missing}, needed for {needed_for}; nothing was applied. Fix: {fix}")]
+    InsufficientPrivilege { user: String, missing: String, needed_for: String, fix: String },
+
     /// A query outside a migration failed (history, locks, verification, refresh).
     #[error("{context}: {cause}")]
     Database { context: String, cause: String },
@@ -159,6 +164,7 @@ impl Error {
             Error::DeadlineTooShort(_) => "DeadlineTooShort",
             Error::RollbackNotAllowed(_) => "RollbackNotAllowed",
             Error::AdoptionFailed(_) => "AdoptionFailed",
+            Error::InsufficientPrivilege { .. } => "InsufficientPrivilege",
             Error::Database { .. } => "DatabaseError",
             Error::SecretFormat { .. } => "SecretFormat",
             Error::SecretUnavailable { .. } => "SecretUnavailable",

@@ -15,6 +15,7 @@ pub mod handlers;
 pub mod metrics;
 pub mod migrations;
 pub mod plan;
+pub mod privileges;
 pub mod refresh;
 pub mod runner;
 pub mod snapshot;

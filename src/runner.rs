@@ -237,11 +237,14 @@ async fn locked(
         Command::Migrate { target } => {
             let plan = plan::plan(migrations, &history, target)?;
             report.unknown_versions = plan.unknown.iter().map(|a| a.version).collect();
+            let schema = db::current_schema(conn).await?;
+            let mut applied = applied_migrations(migrations, &history);
+            if !plan.pending.is_empty() {
+                preflight(conn, &schema, &applied, &plan.pending, settings.deadline).await?;
+            }
             if let (Some(first), Some(hook)) = (plan.pending.first(), before_change) {
                 report.snapshot = Some(hook(first.label()).await?);
             }
-            let schema = db::current_schema(conn).await?;
-            let mut applied = applied_migrations(migrations, &history);
             let mut before = if plan.pending.is_empty() {
                 verify::Catalog::default()
             } else {
@@ -316,6 +319,26 @@ async fn locked(
         _ => unreachable!("only migrate and rollback take the lock"),
     }
     Ok(())
+}
+
+/// Before anything is applied (or snapshotted): the privileges the catalog shows missing, then the
+/// pending migrations replayed in the rolled-back scratch schema, so that a statement PostgreSQL
+/// would refuse to this user (SQLSTATE 42501) is named now, not after earlier migrations applied.
+async fn preflight(
+    conn: &mut PgConnection,
+    schema: &str,
+    applied: &[&Migration],
+    pending: &[&Migration],
+    deadline: Deadline,
+) -> Result<()> {
+    let facts = db::role_facts(conn, schema).await?;
+    crate::privileges::before_migrate(&facts)?;
+    let all: Vec<&Migration> = applied.iter().chain(pending).copied().collect();
+    match verify::expected(conn, &all, deadline).await {
+        // A migration that does not apply to an empty schema fails on its own statements later.
+        Ok(_) | Err(Error::InvalidMigration { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn remaining_ms(settings: &RunSettings) -> u64 {

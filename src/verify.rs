@@ -323,8 +323,10 @@ pub async fn live(conn: &mut PgConnection, schema: &str) -> Result<Catalog> {
 /// transaction that is rolled back whatever happens.
 pub async fn expected(conn: &mut PgConnection, migrations: &[&Migration], deadline: Deadline) -> Result<Catalog> {
     let ctx = "deriving the expected schema in a scratch schema";
-    let pid: i32 =
-        sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *conn).await.map_err(|e| Error::db(ctx, e))?;
+    let (pid, user): (i32, String) = sqlx::query_as("SELECT pg_backend_pid(), current_user::text")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
     let scratch = format!("scanner_migrator_scratch_{pid}");
     db::set_limits(conn, deadline.cap(None), None).await.map_err(|e| Error::db(ctx, e))?;
     let mut tx = conn.begin().await.map_err(|e| Error::db(ctx, e))?;
@@ -342,6 +344,15 @@ pub async fn expected(conn: &mut PgConnection, migrations: &[&Migration], deadli
                             done: Vec::new(),
                             left: vec!["verification".into()],
                         });
+                    }
+                    if db::sqlstate(&e).as_deref() == Some("42501") {
+                        return Err(crate::privileges::denied(
+                            &user,
+                            &m.label(),
+                            &m.up.sql,
+                            stmt.line,
+                            &db::pg_details(&e).0,
+                        ));
                     }
                     return Err(Error::InvalidMigration {
                         file: m.up.file.clone(),

@@ -8,6 +8,7 @@ mod hardening;
 mod job_progress;
 mod lambda;
 mod make;
+mod privileges;
 mod refresh;
 mod refresh_role;
 mod snapshot;

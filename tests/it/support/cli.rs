@@ -61,8 +61,13 @@ pub async fn cli(args: &[&str], envs: &[(&str, &str)]) -> Run {
 /// `scanner-migrator --database-url URL ARGS...`, trusting the test server's CA. The URLs name
 /// 127.0.0.1 and the certificate is for `localhost`, hence verify-ca (the chain is still verified).
 pub async fn migrator(url: &str, args: &[&str]) -> Run {
+    migrator_on(super::pg::server(), url, args).await
+}
+
+/// [`migrator`] against `server` (a private one has a CA of its own).
+pub async fn migrator_on(server: &super::pg::Server, url: &str, args: &[&str]) -> Run {
     let mut all = vec!["--database-url", url];
     all.extend_from_slice(args);
-    let ca = super::pg::server().ca.display().to_string();
+    let ca = server.ca.display().to_string();
     cli(&all, &[("DB_SSLMODE", "verify-ca"), ("DB_CA_BUNDLE", &ca)]).await
 }

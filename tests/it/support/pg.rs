@@ -37,15 +37,45 @@ pub fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Starts the server on first use; a watchdog stops it when this test process exits, however it exits.
+/// Starts the shared server on first use; a watchdog stops it when this test process exits, however it exits.
 pub fn server() -> &'static Server {
-    SERVER.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("scanner-migrator-it-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    SERVER.get_or_init(|| start(&std::env::temp_dir().join(format!("scanner-migrator-it-{}", std::process::id()))))
+}
+
+/// A server of one test's own, for what belongs to a whole server (roles such as
+/// scanner_refresh); stopped when dropped (and by the watchdog if the process dies first).
+pub struct PrivateServer {
+    /// The server.
+    pub server: Server,
+    dir: PathBuf,
+}
+
+impl PrivateServer {
+    /// Starts one, with the same RDS-shaped master as the shared server.
+    pub fn start() -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "scanner-migrator-it-{}-private-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
+        PrivateServer { server: start(&dir), dir }
+    }
+}
+
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/pg.sh")).arg("stop").arg(self.dir.join("pg")).output();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn start(dir: &Path) -> Server {
+    {
+        std::fs::create_dir_all(dir).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let (ca, cert, key) = super::tls::write_server_certs(&dir, "localhost");
-        let wrong_ca = super::tls::write_unrelated_ca(&dir);
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let (ca, cert, key) = super::tls::write_server_certs(dir, "localhost");
+        let wrong_ca = super::tls::write_unrelated_ca(dir);
         let pg_sh = root().join("scripts/pg.sh");
         let out = Command::new(&pg_sh)
             .arg("start")
@@ -94,7 +124,7 @@ pub fn server() -> &'static Server {
             .expect("run psql");
         assert!(out.status.success(), "the RDS-shaped master: {}", String::from_utf8_lossy(&out.stderr));
         server
-    })
+    }
 }
 
 /// scripts/rds-shaped-master.sql for a master named `master` with `password`.
@@ -128,9 +158,13 @@ pub struct TestDb {
 }
 
 impl TestDb {
-    /// Creates an empty database.
+    /// Creates an empty database on the shared server.
     pub async fn new() -> Self {
-        let server = server();
+        Self::new_on(server()).await
+    }
+
+    /// Creates an empty database on `server`, owned by its RDS-shaped master.
+    pub async fn new_on(server: &Server) -> Self {
         let name = format!("t{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst));
         let mut admin = PgConnection::connect(&server.super_url("postgres")).await.unwrap();
         sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name} OWNER {}", server.master)))
