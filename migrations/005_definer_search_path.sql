@@ -1,0 +1,17 @@
+-- Migration: 005_definer_search_path
+-- Purpose: refresh_job_progress() runs with its owner's rights (004), so its callers must not be
+--          able to choose what its names mean. 004 pinned `search_path = pg_catalog, public`; with
+--          pg_temp not named, PostgreSQL searches the session's temporary schema FIRST for tables
+--          and views, so scanner_refresh could create a temporary job_progress_deltas, fill it with
+--          forged deltas, and have the fold (as the owner) write them into job_progress_counts.
+-- PostgreSQL, CREATE FUNCTION, "Writing SECURITY DEFINER Functions Safely"
+-- (https://www.postgresql.org/docs/current/sql-createfunction.html#SQL-CREATEFUNCTION-SECURITY):
+-- search_path should exclude any schema writable by untrusted users; the temporary-table schema
+-- "is searched first by default, and is normally writable by anyone. A secure arrangement can be
+-- obtained by forcing the temporary schema to be searched last. To do this, write pg_temp as the
+-- last entry in search_path." (pg_temp is never searched for functions or operators.)
+-- It is the only SECURITY DEFINER function the migrations own: 003's capture trigger functions run
+-- with the writer's rights, and its backfill procedure is dropped when 003 ends.
+-- What a migration cannot fix, verify reports: a schema in the path that others may CREATE in
+-- (public, on PostgreSQL 13 and 14 by default) would let them plant an operator the fold calls.
+ALTER FUNCTION refresh_job_progress() SET search_path = pg_catalog, public, pg_temp;
