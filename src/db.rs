@@ -438,7 +438,8 @@ pub async fn definer_functions(
 }
 
 /// Who, besides `owner` and the roles that can act as it (and superusers), may create objects in
-/// `schema`: `PUBLIC` when everyone may. `None` when no such schema exists (nothing to plant into).
+/// `schema`: `PUBLIC` when everyone may, else the login roles that may, directly or through a role
+/// they belong to (`pg_database_owner` included). `None` when no such schema exists.
 pub async fn others_who_may_create(
     conn: &mut PgConnection,
     schema: &str,
@@ -446,10 +447,12 @@ pub async fn others_who_may_create(
 ) -> std::result::Result<Option<Vec<String>>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT CASE WHEN has_schema_privilege('public', n.oid, 'CREATE') THEN ARRAY['PUBLIC']
-                ELSE ARRAY(SELECT r.rolname::text FROM pg_roles AS r
-                            WHERE NOT r.rolsuper AND has_schema_privilege(r.oid, n.oid, 'CREATE')
-                              AND NOT pg_has_role(r.oid, o.oid, 'MEMBER')
-                            ORDER BY r.rolname) END
+                ELSE ARRAY(SELECT m.rolname::text FROM pg_roles AS m
+                            WHERE m.rolcanlogin AND NOT m.rolsuper AND NOT pg_has_role(m.oid, o.oid, 'MEMBER')
+                              AND EXISTS (SELECT 1 FROM pg_roles AS r
+                                           WHERE pg_has_role(m.oid, r.oid, 'MEMBER')
+                                             AND has_schema_privilege(r.oid, n.oid, 'CREATE'))
+                            ORDER BY m.rolname) END
            FROM pg_namespace AS n, pg_roles AS o
           WHERE n.nspname = $1 AND o.rolname = $2",
     )
