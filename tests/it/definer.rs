@@ -72,6 +72,29 @@ async fn forge_a_million(conn: &mut PgConnection, job: &str) {
     .unwrap_or_else(|e| panic!("scanner_refresh may create a temporary table and call the fold: {e}"));
 }
 
+/// The other attack on a definer function's path: where everyone may create in public (the
+/// default before PostgreSQL 15, emulated here), scanner_refresh plants `*`(numeric, integer), a
+/// closer match than pg_catalog's for the fold's `fold_ms` arithmetic, whose body grants it a
+/// table as whoever runs it. Whether the fold ran it with its owner's rights.
+async fn plant_an_operator(db: &TestDb, conn: &mut PgConnection) -> bool {
+    db.exec("GRANT CREATE ON SCHEMA public TO PUBLIC").await;
+    sqlx::raw_sql(
+        "CREATE FUNCTION public.planted(numeric, integer) RETURNS numeric LANGUAGE plpgsql AS $$
+         BEGIN
+             EXECUTE 'GRANT SELECT ON public.jobs TO scanner_refresh';
+             RETURN $1 OPERATOR(pg_catalog.*) $2::numeric;
+         END $$;
+         CREATE OPERATOR public.* (LEFTARG = numeric, RIGHTARG = integer, FUNCTION = public.planted);
+         SELECT refresh_job_progress();",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap_or_else(|e| panic!("scanner_refresh may create in public and call the fold: {e}"));
+    let escalated = db.scalar("SELECT has_table_privilege('scanner_refresh', 'jobs', 'SELECT')").await;
+    db.exec("DROP OPERATOR public.* (numeric, integer); DROP FUNCTION public.planted(numeric, integer); REVOKE CREATE ON SCHEMA public FROM PUBLIC; REVOKE SELECT ON jobs FROM scanner_refresh").await;
+    escalated
+}
+
 /// Jobs whose job_progress row differs from a direct count of their objects.
 async fn miscounted(db: &TestDb) -> Vec<String> {
     let mut c = db.conn().await;
@@ -104,8 +127,9 @@ async fn the_refresh_role_cannot_forge_the_counts_with_a_temporary_table() {
     let job = a_job_with_five_objects(&db).await;
     let mut conn = as_refresh_role(&db).await;
     forge_a_million(&mut conn, &job).await;
-    conn.close().await.unwrap();
     assert_eq!(db.scalar::<i64>("SELECT total_objects FROM job_progress").await, 1_000_005, "004's fold is forgeable");
+    assert!(plant_an_operator(&db, &mut conn).await, "004's fold runs an operator planted in public");
+    conn.close().await.unwrap();
 
     // At the latest version, migrated by the RDS-shaped master: the fold reads the real log.
     let db = TestDb::new().await;
@@ -115,11 +139,10 @@ async fn the_refresh_role_cannot_forge_the_counts_with_a_temporary_table() {
     let job = a_job_with_five_objects(&db).await;
     let mut conn = as_refresh_role(&db).await;
     forge_a_million(&mut conn, &job).await;
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM pg_temp.job_progress_deltas")
-        .fetch_one(&mut conn)
-        .await
-        .unwrap();
+    let left: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_temp.job_progress_deltas").fetch_one(&mut conn).await.unwrap();
     assert_eq!(left, 1, "the fold never touched the caller's temporary table");
+    assert!(!plant_an_operator(&db, &mut conn).await, "the fold ran an operator planted in public");
     conn.close().await.unwrap();
     assert_eq!(miscounted(&db).await, Vec::<String>::new());
     assert_eq!(db.scalar::<i64>("SELECT total_objects FROM job_progress").await, 5);
@@ -174,14 +197,15 @@ async fn verify_reports_a_definer_function_whose_search_path_lets_others_choose_
     assert_eq!(migrator(&master, &["verify"]).await.status(), "verified");
 
     // A schema in the path that everyone may create in (public before PostgreSQL 15): an operator
-    // planted there would run with the master's rights.
+    // planted there would run with the master's rights. refresh_job_progress() has no such schema.
     db.exec("GRANT CREATE ON SCHEMA public TO PUBLIC").await;
     let msg = failures(&migrator(&master, &["verify"]).await);
     assert!(
-        msg.contains("function refresh_job_progress(): SECURITY DEFINER with schema public in its search_path, where PUBLIC may create objects")
+        msg.contains("function hand_made(): SECURITY DEFINER with schema public in its search_path, where PUBLIC may create objects")
             && msg.contains("REVOKE CREATE ON SCHEMA public FROM PUBLIC"),
         "{msg}"
     );
+    assert!(!msg.contains("refresh_job_progress"), "{msg}");
     db.exec("REVOKE CREATE ON SCHEMA public FROM PUBLIC").await;
     assert_eq!(migrator(&master, &["verify"]).await.status(), "verified");
 }
@@ -192,8 +216,9 @@ async fn rolling_005_back_is_reported_unsafe_and_migrating_again_makes_it_safe()
     let master = rds_master(&db).await;
     assert_eq!(migrator(&master, &["migrate"]).await.status(), "applied");
     let before = db.fingerprint().await;
-    let config = || db.scalar::<Vec<String>>("SELECT proconfig FROM pg_proc WHERE oid = 'refresh_job_progress()'::regprocedure");
-    assert_eq!(config().await, ["search_path=pg_catalog, public, pg_temp"]);
+    let config =
+        || db.scalar::<Vec<String>>("SELECT proconfig FROM pg_proc WHERE oid = 'refresh_job_progress()'::regprocedure");
+    assert_eq!(config().await, ["search_path=pg_catalog, pg_temp"]);
 
     let v = the_definer_version();
     let run = migrator(&master, &["rollback", "--to", &(v - 1).to_string()]).await;
@@ -207,7 +232,7 @@ async fn rolling_005_back_is_reported_unsafe_and_migrating_again_makes_it_safe()
     );
 
     assert_eq!(migrator(&master, &["migrate"]).await.status(), "applied");
-    assert_eq!(config().await, ["search_path=pg_catalog, public, pg_temp"]);
+    assert_eq!(config().await, ["search_path=pg_catalog, pg_temp"]);
     assert_eq!(db.fingerprint().await, before);
     assert_eq!(migrator(&master, &["verify"]).await.status(), "verified");
 }
