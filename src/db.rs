@@ -406,7 +406,7 @@ pub async fn unlock(conn: &mut PgConnection) -> Result<()> {
 /// A SECURITY DEFINER function of a schema, as the definer check of `verify` needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DefinerFunction {
-    /// `name(argument types)`.
+    /// `name(argument types)`, as ALTER FUNCTION takes it.
     pub signature: String,
     /// The role whose rights it runs with.
     pub owner: String,
@@ -420,7 +420,7 @@ pub async fn definer_functions(
     schema: &str,
 ) -> std::result::Result<Vec<DefinerFunction>, sqlx::Error> {
     let rows = sqlx::query(
-        "SELECT p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')' AS sig,
+        "SELECT quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')' AS sig,
                 pg_get_userbyid(p.proowner)::text AS owner,
                 (SELECT substr(c, length('search_path=') + 1) FROM unnest(p.proconfig) AS c
                   WHERE c LIKE 'search\\_path=%') AS path
