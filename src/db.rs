@@ -433,3 +433,62 @@ pub async fn unlock(conn: &mut PgConnection) -> Result<()> {
         .map(|_| ())
         .map_err(|e| Error::db("releasing the migration lock", e))
 }
+
+/// A SECURITY DEFINER function of a schema, as the definer check of `verify` needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinerFunction {
+    /// `name(argument types)`, as ALTER FUNCTION takes it.
+    pub signature: String,
+    /// The role whose rights it runs with.
+    pub owner: String,
+    /// Its pinned `search_path` (as `SET search_path` stores it), if any.
+    pub search_path: Option<String>,
+}
+
+/// Every SECURITY DEFINER function and procedure of `schema`, extensions' included (they run in it too).
+pub async fn definer_functions(
+    conn: &mut PgConnection,
+    schema: &str,
+) -> std::result::Result<Vec<DefinerFunction>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')' AS sig,
+                pg_get_userbyid(p.proowner)::text AS owner,
+                (SELECT substr(c, length('search_path=') + 1) FROM unnest(p.proconfig) AS c
+                  WHERE c LIKE 'search\\_path=%') AS path
+           FROM pg_proc AS p
+          WHERE p.pronamespace = $1::regnamespace AND p.prosecdef
+          ORDER BY 1",
+    )
+    .bind(schema)
+    .fetch_all(conn)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| DefinerFunction { signature: r.get("sig"), owner: r.get("owner"), search_path: r.get("path") })
+        .collect())
+}
+
+/// Who, besides `owner` and the roles that can act as it (and superusers), may create objects in
+/// `schema`: `PUBLIC` when everyone may, else the login roles that may, directly or through a role
+/// they belong to (`pg_database_owner` included). `None` when no such schema exists.
+pub async fn others_who_may_create(
+    conn: &mut PgConnection,
+    schema: &str,
+    owner: &str,
+) -> std::result::Result<Option<Vec<String>>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT CASE WHEN has_schema_privilege('public', n.oid, 'CREATE') THEN ARRAY['PUBLIC']
+                ELSE ARRAY(SELECT m.rolname::text FROM pg_roles AS m
+                            WHERE m.rolcanlogin AND NOT m.rolsuper AND NOT pg_has_role(m.oid, o.oid, 'MEMBER')
+                              AND EXISTS (SELECT 1 FROM pg_roles AS r
+                                           WHERE pg_has_role(m.oid, r.oid, 'MEMBER')
+                                             AND has_schema_privilege(r.oid, n.oid, 'CREATE'))
+                            ORDER BY m.rolname) END
+           FROM pg_namespace AS n, pg_roles AS o
+          WHERE n.nspname = $1 AND o.rolname = $2",
+    )
+    .bind(schema)
+    .bind(owner)
+    .fetch_optional(conn)
+    .await
+}

@@ -828,6 +828,7 @@ async fn verify_applied(
         for d in verify::diff(&expected, &live) {
             if d.accepted { report.accepted.push(d.to_string()) } else { report.failures.push(d.to_string()) }
         }
+        report.failures.extend(verify::definer_findings(conn, &schema).await?);
     }
     report.ok = report.failures.is_empty();
     tracing::info!(

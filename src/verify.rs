@@ -377,6 +377,102 @@ pub async fn expected(conn: &mut PgConnection, migrations: &[&Migration], deadli
     Ok(catalog)
 }
 
+/// Every SECURITY DEFINER function of `schema` (the migrations' and any other) whose search_path
+/// lets someone else decide what its names mean, each as one finding naming the function and the fix.
+/// The rules are PostgreSQL's "Writing SECURITY DEFINER Functions Safely" (CREATE FUNCTION): the
+/// temporary schema last, and no schema in the path that untrusted roles may create objects in.
+pub async fn definer_findings(conn: &mut PgConnection, schema: &str) -> Result<Vec<String>> {
+    let ctx = || format!("checking the SECURITY DEFINER functions of schema {schema}");
+    let mut out = Vec::new();
+    for f in db::definer_functions(conn, schema).await.map_err(|e| Error::db(ctx(), e))? {
+        let name = &f.signature;
+        if let Some((problem, fixed)) = temp_schema_problem(f.search_path.as_deref(), schema) {
+            out.push(format!(
+                "function {name}: SECURITY DEFINER {problem}: a caller's temporary table named like one it \
+                 reads would be used, with {}'s rights; fix: ALTER FUNCTION {name} SET search_path = {fixed} \
+                 (for the migrations' own functions: run migrate)",
+                f.owner
+            ));
+        }
+        for nsp in search_path_entries(f.search_path.as_deref().unwrap_or("")) {
+            let nsp = if nsp == "$user" { f.owner.clone() } else { nsp };
+            if nsp == "pg_temp" || nsp == "pg_catalog" {
+                continue;
+            }
+            let others = db::others_who_may_create(conn, &nsp, &f.owner).await.map_err(|e| Error::db(ctx(), e))?;
+            if let Some(others) = others.filter(|o| !o.is_empty()) {
+                let who = others.join(", ");
+                out.push(format!(
+                    "function {name}: SECURITY DEFINER with schema {nsp} in its search_path, where {who} may \
+                     create objects: an operator or function of theirs with a closer type match would run with \
+                     {}'s rights; fix: REVOKE CREATE ON SCHEMA {} FROM {who} (PostgreSQL 15's default for \
+                     public)",
+                    f.owner,
+                    ident(&nsp)
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What is wrong with a SECURITY DEFINER function's `search_path` (as stored by `SET`) with
+/// respect to the temporary schema, and the path that fixes it; `None` when pg_temp is last.
+pub fn temp_schema_problem(search_path: Option<&str>, schema: &str) -> Option<(String, String)> {
+    let Some(raw) = search_path else {
+        return Some(("without a pinned search_path".into(), format!("pg_catalog, {}, pg_temp", ident(schema))));
+    };
+    let entries = search_path_entries(raw);
+    if entries.last().map(String::as_str) == Some("pg_temp") {
+        return None;
+    }
+    // Not named, pg_temp is searched first for tables and views.
+    let mut fixed: Vec<String> = entries.iter().filter(|e| *e != "pg_temp").map(|e| ident(e)).collect();
+    if fixed.is_empty() {
+        fixed = vec!["pg_catalog".into(), ident(schema)];
+    }
+    fixed.push("pg_temp".into());
+    Some((format!("with search_path `{raw}`, which does not end in pg_temp"), fixed.join(", ")))
+}
+
+/// The schema names of a `search_path` value, as PostgreSQL reads it (SplitIdentifierString):
+/// comma-separated, unquoted names folded to lower case, `""` inside quotes for a quote.
+pub fn search_path_entries(raw: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut chars = raw.chars().peekable();
+    loop {
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let mut name = String::new();
+        if chars.next_if_eq(&'"').is_some() {
+            while let Some(c) = chars.next() {
+                if c == '"' && chars.next_if_eq(&'"').is_none() {
+                    break;
+                }
+                name.push(c);
+            }
+            while chars.next_if(|c| *c != ',').is_some() {}
+        } else {
+            while let Some(c) = chars.next_if(|c| *c != ',') {
+                name.push(c);
+            }
+            name = name.trim().to_lowercase();
+        }
+        if !name.is_empty() {
+            out.push(name);
+        }
+        if chars.next().is_none() {
+            return out;
+        }
+    }
+}
+
+/// An identifier as SQL needs it written: quoted only when it must be.
+fn ident(s: &str) -> String {
+    let plain = s.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '$');
+    if plain { s.to_string() } else { quote_ident(s) }
+}
+
 fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
@@ -634,5 +730,31 @@ mod tests {
         assert!(compatible_types("character varying(10)", "text"));
         assert!(!compatible_types("text", "integer"));
         assert!(!compatible_types("timestamp with time zone", "timestamp without time zone"));
+    }
+
+    #[test]
+    fn search_path_entries_are_read_as_postgresql_reads_them() {
+        assert_eq!(search_path_entries("pg_catalog, public, pg_temp"), ["pg_catalog", "public", "pg_temp"]);
+        assert_eq!(search_path_entries(r#""My ""odd"" one", PUBLIC,"$user""#), [r#"My "odd" one"#, "public", "$user"]);
+        assert_eq!(search_path_entries(r#""""#), Vec::<String>::new());
+        assert_eq!(search_path_entries(""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_definer_search_path_is_safe_only_with_pg_temp_last() {
+        assert_eq!(temp_schema_problem(Some("pg_catalog, public, pg_temp"), "public"), None);
+        assert_eq!(temp_schema_problem(Some(r#"pg_catalog, "pg_temp""#), "public"), None);
+        let fix = |p: Option<&str>| temp_schema_problem(p, "public").map(|(_, f)| f);
+        // 004's path: pg_temp, not named, is searched first for tables.
+        assert_eq!(fix(Some("pg_catalog, public")).as_deref(), Some("pg_catalog, public, pg_temp"));
+        assert_eq!(fix(Some("pg_temp, pg_catalog, public")).as_deref(), Some("pg_catalog, public, pg_temp"));
+        assert_eq!(fix(Some(r#""""#)).as_deref(), Some("pg_catalog, public, pg_temp"));
+        assert_eq!(fix(None).as_deref(), Some("pg_catalog, public, pg_temp"));
+        assert_eq!(
+            temp_schema_problem(Some(r#""Scanner", pg_temp, public"#), "Scanner").map(|(_, f)| f).as_deref(),
+            Some(r#""Scanner", public, pg_temp"#)
+        );
+        let (problem, _) = temp_schema_problem(Some("pg_catalog, public"), "public").unwrap();
+        assert!(problem.contains("`pg_catalog, public`") && problem.contains("pg_temp"), "{problem}");
     }
 }

@@ -3,6 +3,7 @@
 mod adoption;
 mod cli_flags;
 mod deadline;
+mod definer;
 mod engine;
 mod hardening;
 mod job_progress;

@@ -96,7 +96,7 @@ async fn the_migrator_gives_the_refresh_role_its_own_password_and_the_role_can_o
         row
     };
     assert!(secdef);
-    assert_eq!(config, vec!["search_path=pg_catalog, public".to_string()]);
+    assert_eq!(config, vec!["search_path=pg_catalog, pg_temp".to_string()]);
 
     // The refresh function as Terraform deploys it without IAM: its own secret, never the master's.
     fx.db.exec("INSERT INTO jobs (bucket) VALUES ('b'); INSERT INTO job_objects (job_id, bucket, key) SELECT job_id, 'b', 'k' || g FROM jobs, generate_series(1, 5) g;").await;
