@@ -439,6 +439,8 @@ pub async fn unlock(conn: &mut PgConnection) -> Result<()> {
 pub struct DefinerFunction {
     /// `name(argument types)`, as ALTER FUNCTION takes it.
     pub signature: String,
+    /// `name(argument types)` unquoted, as verification's catalog keys name functions.
+    pub key: String,
     /// The role whose rights it runs with.
     pub owner: String,
     /// Its pinned `search_path` (as `SET search_path` stores it), if any.
@@ -452,6 +454,7 @@ pub async fn definer_functions(
 ) -> std::result::Result<Vec<DefinerFunction>, sqlx::Error> {
     let rows = sqlx::query(
         "SELECT quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')' AS sig,
+                p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')' AS key,
                 pg_get_userbyid(p.proowner)::text AS owner,
                 (SELECT substr(c, length('search_path=') + 1) FROM unnest(p.proconfig) AS c
                   WHERE c LIKE 'search\\_path=%') AS path
@@ -464,7 +467,12 @@ pub async fn definer_functions(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|r| DefinerFunction { signature: r.get("sig"), owner: r.get("owner"), search_path: r.get("path") })
+        .map(|r| DefinerFunction {
+            signature: r.get("sig"),
+            key: r.get("key"),
+            owner: r.get("owner"),
+            search_path: r.get("path"),
+        })
         .collect())
 }
 

@@ -378,20 +378,24 @@ pub async fn expected(conn: &mut PgConnection, migrations: &[&Migration], deadli
 }
 
 /// Every SECURITY DEFINER function of `schema` (the migrations' and any other) whose search_path
-/// lets someone else decide what its names mean, each as one finding naming the function and the fix.
+/// lets someone else decide what its names mean, each as (its catalog key, a finding naming the function and the fix).
 /// The rules are PostgreSQL's "Writing SECURITY DEFINER Functions Safely" (CREATE FUNCTION): the
 /// temporary schema last, and no schema in the path that untrusted roles may create objects in.
-pub async fn definer_findings(conn: &mut PgConnection, schema: &str) -> Result<Vec<String>> {
+pub async fn definer_findings(conn: &mut PgConnection, schema: &str) -> Result<Vec<(String, String)>> {
     let ctx = || format!("checking the SECURITY DEFINER functions of schema {schema}");
     let mut out = Vec::new();
     for f in db::definer_functions(conn, schema).await.map_err(|e| Error::db(ctx(), e))? {
         let name = &f.signature;
+        let key = format!("function {}", f.key);
         if let Some((problem, fixed)) = temp_schema_problem(f.search_path.as_deref(), schema) {
-            out.push(format!(
-                "function {name}: SECURITY DEFINER {problem}: a caller's temporary table named like one it \
+            out.push((
+                key.clone(),
+                format!(
+                    "function {name}: SECURITY DEFINER {problem}: a caller's temporary table named like one it \
                  reads would be used, with {}'s rights; fix: ALTER FUNCTION {name} SET search_path = {fixed} \
                  (for the migrations' own functions: run migrate)",
-                f.owner
+                    f.owner
+                ),
             ));
         }
         for nsp in search_path_entries(f.search_path.as_deref().unwrap_or("")) {
@@ -402,13 +406,16 @@ pub async fn definer_findings(conn: &mut PgConnection, schema: &str) -> Result<V
             let others = db::others_who_may_create(conn, &nsp, &f.owner).await.map_err(|e| Error::db(ctx(), e))?;
             if let Some(others) = others.filter(|o| !o.is_empty()) {
                 let who = others.join(", ");
-                out.push(format!(
-                    "function {name}: SECURITY DEFINER with schema {nsp} in its search_path, where {who} may \
+                out.push((
+                    key.clone(),
+                    format!(
+                        "function {name}: SECURITY DEFINER with schema {nsp} in its search_path, where {who} may \
                      create objects: an operator or function of theirs with a closer type match would run with \
                      {}'s rights; fix: REVOKE CREATE ON SCHEMA {} FROM {who} (PostgreSQL 15's default for \
                      public)",
-                    f.owner,
-                    ident(&nsp)
+                        f.owner,
+                        ident(&nsp)
+                    ),
                 ));
             }
         }
