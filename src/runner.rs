@@ -179,6 +179,7 @@ pub async fn run(
         lock_wait_ms: 0,
         duration_ms: 0,
     };
+    db::check_server_version(conn).await?;
     if command.changes_schema() {
         let wait = settings.deadline.cap_wait(settings.advisory_wait);
         report.lock_wait_ms = db::lock(conn, wait).await?.as_millis() as u64;
@@ -237,6 +238,13 @@ async fn locked(
         Command::Migrate { target } => {
             let plan = plan::plan(migrations, &history, target)?;
             report.unknown_versions = plan.unknown.iter().map(|a| a.version).collect();
+            for (version, replaced) in &plan.restamp {
+                if let Some(m) = migrations.get(*version) {
+                    db::restamp(conn, *version, replaced, &m.up.checksum).await?;
+                    tracing::info!(step = "restamp", version, replaced = %replaced, checksum = %m.up.checksum,
+                        "the history held the checksum of an earlier text this file replaces; recorded the new one");
+                }
+            }
             if let (Some(first), Some(hook)) = (plan.pending.first(), before_change) {
                 report.snapshot = Some(hook(first.label()).await?);
             }

@@ -7,6 +7,7 @@ mod engine;
 mod hardening;
 mod job_progress;
 mod lambda;
+mod majors;
 mod make;
 mod refresh;
 mod refresh_role;
