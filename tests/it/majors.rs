@@ -108,3 +108,23 @@ async fn a_database_that_applied_the_first_003_keeps_working_with_the_new_one() 
     let back = migrator(&db.url, &["--migrations-dir", old_dir, "status"]).await;
     assert_eq!(back.error_type(), "ChecksumMismatch", "{:#}", back.json);
 }
+
+/// Ignored in `make test` (its server is new enough): `make test-pg-matrix` runs it on PostgreSQL 12.
+#[tokio::test]
+#[ignore = "needs a server older than 13; make test-pg-matrix runs it with PostgreSQL 12"]
+async fn a_server_older_than_13_is_refused_before_anything_is_read_or_changed() {
+    let db = TestDb::new().await;
+    let version: String = db.scalar("SELECT current_setting('server_version')").await;
+    assert!(major(&db).await < 13, "run this with PG_BINDIR set to a PostgreSQL older than 13, not {version}");
+    let before = catalog(&db).await;
+    for args in [&["migrate"][..], &["status"], &["plan"], &["verify"], &["rollback", "--to", "0"]] {
+        let run = migrator(&db.url, args).await;
+        assert_ne!(run.code, 0, "{args:?}: {:#}", run.json);
+        assert_eq!(run.error_type(), "UnsupportedPostgresVersion", "{args:?}: {:#}", run.json);
+        let msg = run.error_message();
+        assert!(msg.contains(&format!("PostgreSQL {version} is not supported")) && msg.contains("13 or newer"), "{msg}");
+    }
+    assert_eq!(catalog(&db).await, before, "nothing changed");
+    assert!(db.history().await.is_empty(), "not even the history table was created");
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'scanner_migrator%'").await, 0);
+}
