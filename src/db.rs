@@ -406,6 +406,8 @@ pub async fn lock_holder(conn: &mut PgConnection) -> Result<Option<String>> {
                 extract(epoch FROM now() - a.backend_start)::float8 AS held_s
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
           WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2
+            -- advisory locks are per database: another database's migrator on the same server is not the holder
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
           LIMIT 1",
     )
     .bind(i64::from(LOCK_KEY.0))

@@ -122,7 +122,10 @@ async fn a_server_older_than_13_is_refused_before_anything_is_read_or_changed() 
         assert_ne!(run.code, 0, "{args:?}: {:#}", run.json);
         assert_eq!(run.error_type(), "UnsupportedPostgresVersion", "{args:?}: {:#}", run.json);
         let msg = run.error_message();
-        assert!(msg.contains(&format!("PostgreSQL {version} is not supported")) && msg.contains("13 or newer"), "{msg}");
+        assert!(
+            msg.contains(&format!("PostgreSQL {version} is not supported")) && msg.contains("13 or newer"),
+            "{msg}"
+        );
     }
     assert_eq!(catalog(&db).await, before, "nothing changed");
     assert!(db.history().await.is_empty(), "not even the history table was created");
