@@ -238,13 +238,6 @@ async fn locked(
         Command::Migrate { target } => {
             let plan = plan::plan(migrations, &history, target)?;
             report.unknown_versions = plan.unknown.iter().map(|a| a.version).collect();
-            for (version, replaced) in &plan.restamp {
-                if let Some(m) = migrations.get(*version) {
-                    db::restamp(conn, *version, replaced, &m.up.checksum).await?;
-                    tracing::info!(step = "restamp", version, replaced = %replaced, checksum = %m.up.checksum,
-                        "the history held the checksum of an earlier text this file replaces; recorded the new one");
-                }
-            }
             if let (Some(first), Some(hook)) = (plan.pending.first(), before_change) {
                 report.snapshot = Some(hook(first.label()).await?);
             }
@@ -300,6 +293,14 @@ async fn locked(
             report.verification = Some(verification);
             if !failures.is_empty() {
                 return Err(Error::VerifyFailed(failures));
+            }
+            // Only once the schema verified: the earlier text's result is then this text's.
+            for (version, replaced) in &plan.restamp {
+                if let Some(m) = migrations.get(*version) {
+                    db::restamp(conn, *version, replaced, &m.up.checksum).await?;
+                    tracing::info!(step = "restamp", version, replaced = %replaced, checksum = %m.up.checksum,
+                        "the history held the checksum of an earlier text this file replaces; recorded the new one");
+                }
             }
         }
         Command::Rollback { to } => {
