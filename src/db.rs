@@ -109,6 +109,33 @@ async fn watch_client(conn: &mut PgConnection) {
     }
 }
 
+/// The oldest PostgreSQL major the migrations run on: 003 needs xid8, pg_current_snapshot() and
+/// pg_visible_in_snapshot(), all new in 13.
+pub const MIN_SERVER_VERSION_NUM: i64 = 130000;
+
+/// Refuses a server older than [`MIN_SERVER_VERSION_NUM`] before anything is read or changed.
+pub async fn check_server_version(conn: &mut PgConnection) -> Result<()> {
+    let ctx = "reading the server's version";
+    let (num, text): (String, String) =
+        sqlx::query_as("SELECT current_setting('server_version_num'), current_setting('server_version')")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
+    supported_server(&num, &text)
+}
+
+/// Whether a server reporting `server_version_num` `num` (and `server_version` `text`) is new enough.
+pub fn supported_server(num: &str, text: &str) -> Result<()> {
+    let n: i64 = num.trim().parse().map_err(|_| Error::Database {
+        context: "reading the server's version".into(),
+        cause: format!("server_version_num is {num:?}, not a number"),
+    })?;
+    if n < MIN_SERVER_VERSION_NUM {
+        return Err(Error::UnsupportedServer { version: text.to_string(), minimum: MIN_SERVER_VERSION_NUM / 10000 });
+    }
+    Ok(())
+}
+
 /// Runs one statement (or several, via the simple query protocol) and discards its rows.
 pub async fn exec(conn: &mut PgConnection, sql: &str) -> std::result::Result<(), sqlx::Error> {
     conn.execute(sqlx::raw_sql(AssertSqlSafe(sql.to_string()))).await.map(|_| ())
@@ -344,6 +371,20 @@ pub async fn record(
         .map(|_| ())
 }
 
+/// Records a migration's current checksum where the history holds one its file declares it
+/// replaces (`migrate:replaces-checksum`); only that row, only if it still holds that checksum.
+pub async fn restamp(conn: &mut PgConnection, version: i64, replaced: &str, checksum: &str) -> Result<()> {
+    let sql = format!("UPDATE {HISTORY_TABLE} SET checksum = $3 WHERE version = $1 AND checksum = $2");
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(version)
+        .bind(replaced)
+        .bind(checksum)
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::db(format!("recording the new checksum of migration {version:03}"), e))
+}
+
 /// Removes a rolled-back migration from the history.
 pub async fn forget(conn: &mut PgConnection, version: i64) -> std::result::Result<(), sqlx::Error> {
     let sql = format!("DELETE FROM {HISTORY_TABLE} WHERE version = $1");
@@ -396,6 +437,8 @@ pub async fn lock_holder(conn: &mut PgConnection) -> Result<Option<String>> {
                 extract(epoch FROM now() - a.backend_start)::float8 AS held_s
            FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
           WHERE l.locktype = 'advisory' AND l.granted AND l.classid = $1::oid AND l.objid = $2::oid AND l.objsubid = 2
+            -- advisory locks are per database: another database's migrator on the same server is not the holder
+            AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
           LIMIT 1",
     )
     .bind(i64::from(LOCK_KEY.0))
@@ -499,4 +542,19 @@ pub async fn others_who_may_create(
     .bind(owner)
     .fetch_optional(conn)
     .await
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_from_13_on_are_supported_and_older_ones_named_with_the_minimum() {
+        for (num, text) in [("130000", "13.0"), ("130023", "13.23"), ("180004", "18.4 (Debian 18.4-1)")] {
+            assert!(supported_server(num, text).is_ok(), "{text}");
+        }
+        let err = supported_server("120022", "12.22").unwrap_err();
+        assert_eq!(err.kind(), "UnsupportedPostgresVersion");
+        assert!(err.message().contains("PostgreSQL 12.22 is not supported") && err.message().contains("13 or newer"));
+        assert!(matches!(supported_server("90624", "9.6.24"), Err(Error::UnsupportedServer { .. })));
+        assert_eq!(supported_server("abc", "x").unwrap_err().kind(), "DatabaseError");
+    }
 }

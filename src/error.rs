@@ -71,6 +71,13 @@ pub enum Error {
     )]
     ChecksumMismatch { version: i64, name: String, applied: String, embedded: String },
 
+    /// The server's PostgreSQL is older than the oldest major the migrations run on.
+    #[error(
+        "PostgreSQL {version} is not supported: the migrations need PostgreSQL {minimum} or newer; nothing was \
+         read or changed. Upgrade the database's major version first"
+    )]
+    UnsupportedServer { version: String, minimum: i64 },
+
     /// The database could not be reached or refused the TLS handshake.
     #[error("cannot connect to {target}: {cause}")]
     ConnectFailed { target: String, cause: String },
@@ -155,6 +162,7 @@ impl Error {
             Error::Config { .. } => "ConfigError",
             Error::InvalidMigration { .. } => "InvalidMigration",
             Error::ChecksumMismatch { .. } => "ChecksumMismatch",
+            Error::UnsupportedServer { .. } => "UnsupportedPostgresVersion",
             Error::ConnectFailed { .. } => "ConnectFailed",
             Error::AuthFailed { .. } => "AuthFailed",
             Error::LockTimeout(_) => "LockTimeout",

@@ -45,6 +45,20 @@ pub struct Script {
     pub checksum: String,
     /// `-- migrate:no-transaction`: run statement by statement, outside a transaction.
     pub no_transaction: bool,
+    /// `-- migrate:replaces-checksum <sha256>`: checksums of earlier texts of this file that leave
+    /// the same schema, so a database that applied one of them is accepted (and restamped).
+    pub replaces_checksums: Vec<String>,
+}
+
+/// How a checksum in the history relates to a script's text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChecksumMatch {
+    /// The history holds this very text's checksum.
+    Same,
+    /// The history holds the checksum of an earlier text this one declares it replaces.
+    Replaced,
+    /// The file was edited after it was applied.
+    Mismatch,
 }
 
 /// 000-002 still carry the `-- verify:` lines that earlier versions read: they stay, because
@@ -145,22 +159,49 @@ impl Script {
         let sql = text.replace("\r\n", "\n");
         let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
         let mut no_transaction = false;
+        let mut replaces_checksums = Vec::new();
         for line in sql.lines() {
             let Some(comment) = line.trim().strip_prefix("--") else { continue };
             let comment = comment.trim();
             if let Some(directive) = comment.strip_prefix("migrate:") {
-                match directive.trim() {
-                    "no-transaction" => no_transaction = true,
-                    other => {
+                let directive = directive.trim();
+                if directive == "no-transaction" {
+                    no_transaction = true;
+                } else if let Some(old) = directive.strip_prefix("replaces-checksum") {
+                    let old = old.trim();
+                    if old.len() != 64 || !old.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
                         return Err(Error::InvalidMigration {
                             file: file.into(),
-                            problem: format!("unknown directive `migrate:{other}` (known: migrate:no-transaction)"),
+                            problem: format!(
+                                "`migrate:replaces-checksum {old}`: expected the 64 lowercase hex digits of a \
+                                 SHA-256, as the history table's checksum column shows it"
+                            ),
                         });
                     }
+                    replaces_checksums.push(old.to_string());
+                } else {
+                    return Err(Error::InvalidMigration {
+                        file: file.into(),
+                        problem: format!(
+                            "unknown directive `migrate:{directive}` \
+                             (known: migrate:no-transaction, migrate:replaces-checksum <sha256>)"
+                        ),
+                    });
                 }
             }
         }
-        Ok(Script { file: file.into(), sql, checksum, no_transaction })
+        Ok(Script { file: file.into(), sql, checksum, no_transaction, replaces_checksums })
+    }
+
+    /// Whether a checksum the history holds for this script's version stands for this text.
+    pub fn checksum_match(&self, applied: &str) -> ChecksumMatch {
+        if applied == self.checksum {
+            ChecksumMatch::Same
+        } else if self.replaces_checksums.iter().any(|c| c == applied) {
+            ChecksumMatch::Replaced
+        } else {
+            ChecksumMatch::Mismatch
+        }
     }
 
     /// The statements of the script, in order, without the empty ones.
@@ -191,6 +232,31 @@ mod tests {
         assert!(Migrations::from_files([f("002_old.sql", "-- verify: index i\nSELECT 1;")]).is_ok());
         let err = Migrations::from_files([f("903_new.sql", "-- verify: index i\nSELECT 1;")]).unwrap_err();
         assert!(err.to_string().contains("903_new.sql") && err.to_string().contains("derived"), "{err}");
+    }
+
+    #[test]
+    fn a_replaced_checksum_is_accepted_and_only_that_one() {
+        let old = Script::parse("003_x.sql", "SELECT 1;\n").unwrap().checksum;
+        let text = format!("-- migrate:replaces-checksum {old}\nSELECT 2;\n");
+        let new = Script::parse("003_x.sql", &text).unwrap();
+        assert_eq!(new.checksum_match(&new.checksum), ChecksumMatch::Same);
+        assert_eq!(new.checksum_match(&old), ChecksumMatch::Replaced);
+        assert_eq!(new.checksum_match(&"0".repeat(64)), ChecksumMatch::Mismatch);
+        assert_eq!(Script::parse("003_x.sql", "SELECT 2;\n").unwrap().checksum_match(&old), ChecksumMatch::Mismatch);
+        for bad in ["", "abc", &old.to_uppercase(), &format!("{old}0"), &format!("{}g", &old[1..])] {
+            let err = Script::parse("003_x.sql", &format!("-- migrate:replaces-checksum {bad}\n")).unwrap_err();
+            assert!(err.to_string().contains("003_x.sql") && err.to_string().contains("64 lowercase hex"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_new_003_accepts_the_first_003() {
+        // The checksum of migrations/003 as first released (CREATE OR REPLACE TRIGGER, 14+ only).
+        let first = "aa41cbbb505d11668be07e3125a71a2d0218fe8e5bea809e2344897804bcd529";
+        let m = Migrations::embedded().unwrap();
+        assert_eq!(m.get(3).unwrap().up.checksum_match(first), ChecksumMatch::Replaced);
+        let code = m.get(3).unwrap().up.sql.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<String>();
+        assert!(!code.contains("OR REPLACE TRIGGER"), "003 must run on PostgreSQL 13");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use serde::Serialize;
 
 use crate::{
     error::{Error, Result},
-    migrations::{Migration, Migrations},
+    migrations::{ChecksumMatch, Migration, Migrations},
 };
 
 /// One row of the history table.
@@ -53,6 +53,9 @@ pub struct Plan<'a> {
     pub unknown: Vec<Applied>,
     /// The newest applied version, if any.
     pub current: Option<i64>,
+    /// Applied versions whose history holds the checksum of an earlier text the file declares it
+    /// replaces (`migrate:replaces-checksum`): (version, that checksum). `migrate` records the new one.
+    pub restamp: Vec<(i64, String)>,
 }
 
 /// Compares embedded migrations with the history; refuses edited applied migrations.
@@ -65,16 +68,20 @@ pub fn plan<'a>(migrations: &'a Migrations, applied: &[Applied], target: Option<
             versions(migrations)
         )));
     }
+    let mut restamp = Vec::new();
     for row in applied {
-        if let Some(m) = migrations.get(row.version)
-            && m.up.checksum != row.checksum
-        {
-            return Err(Error::ChecksumMismatch {
-                version: row.version,
-                name: m.name.clone(),
-                applied: row.checksum.clone(),
-                embedded: m.up.checksum.clone(),
-            });
+        let Some(m) = migrations.get(row.version) else { continue };
+        match m.up.checksum_match(&row.checksum) {
+            ChecksumMatch::Same => {}
+            ChecksumMatch::Replaced => restamp.push((row.version, row.checksum.clone())),
+            ChecksumMatch::Mismatch => {
+                return Err(Error::ChecksumMismatch {
+                    version: row.version,
+                    name: m.name.clone(),
+                    applied: row.checksum.clone(),
+                    embedded: m.up.checksum.clone(),
+                });
+            }
         }
     }
     let pending = migrations
@@ -84,7 +91,7 @@ pub fn plan<'a>(migrations: &'a Migrations, applied: &[Applied], target: Option<
         .filter(|m| !applied.iter().any(|a| a.version == m.version && a.state == State::Applied))
         .collect();
     let unknown = applied.iter().filter(|a| migrations.get(a.version).is_none()).cloned().collect();
-    Ok(Plan { pending, unknown, current: applied.iter().map(|a| a.version).max() })
+    Ok(Plan { pending, unknown, current: applied.iter().map(|a| a.version).max(), restamp })
 }
 
 /// The migrations `rollback --to target` undoes, newest first.
@@ -185,6 +192,23 @@ mod tests {
         let text = err.to_string();
         assert!(matches!(err, Error::ChecksumMismatch { version: 1, .. }));
         assert!(text.contains("deadbeef") && text.contains(&m.get(1).unwrap().up.checksum), "{text}");
+    }
+
+    #[test]
+    fn a_replaced_checksum_is_applied_and_restamped_not_refused() {
+        let f = |n: &str, t: &str| (n.to_string(), t.to_string());
+        let first = Migrations::from_files([f("000_a.sql", "SELECT 0;"), f("001_b.sql", "SELECT 1;")]).unwrap();
+        let rows = applied(&first, &[0, 1]);
+        let old = rows[1].checksum.clone();
+        let text = format!("-- migrate:replaces-checksum {old}\nSELECT 1 + 0;");
+        let second = Migrations::from_files([f("000_a.sql", "SELECT 0;"), f("001_b.sql", &text)]).unwrap();
+        let p = plan(&second, &rows, None).unwrap();
+        assert!(p.pending.is_empty(), "the replaced text counts as applied");
+        assert_eq!(p.restamp, vec![(1, old)]);
+        assert!(plan(&second, &applied(&second, &[0, 1]), None).unwrap().restamp.is_empty(), "restamped once");
+        let mut rows = applied(&second, &[0, 1]);
+        rows[1].checksum = "f".repeat(64);
+        assert!(matches!(plan(&second, &rows, None), Err(Error::ChecksumMismatch { version: 1, .. })));
     }
 
     #[test]

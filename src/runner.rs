@@ -179,6 +179,7 @@ pub async fn run(
         lock_wait_ms: 0,
         duration_ms: 0,
     };
+    db::check_server_version(conn).await?;
     if command.changes_schema() {
         let wait = settings.deadline.cap_wait(settings.advisory_wait);
         report.lock_wait_ms = db::lock(conn, wait).await?.as_millis() as u64;
@@ -295,6 +296,14 @@ async fn locked(
             report.verification = Some(verification);
             if !failures.is_empty() {
                 return Err(Error::VerifyFailed(failures));
+            }
+            // Only once the schema verified: the earlier text's result is then this text's.
+            for (version, replaced) in &plan.restamp {
+                if let Some(m) = migrations.get(*version) {
+                    db::restamp(conn, *version, replaced, &m.up.checksum).await?;
+                    tracing::info!(step = "restamp", version, replaced = %replaced, checksum = %m.up.checksum,
+                        "the history held the checksum of an earlier text this file replaces; recorded the new one");
+                }
             }
         }
         Command::Rollback { to } => {

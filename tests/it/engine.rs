@@ -156,6 +156,20 @@ async fn a_held_lock_gives_lock_timeout_naming_the_holder_and_leaves_the_lock_fr
 }
 
 #[tokio::test]
+async fn the_lock_of_another_database_on_the_server_is_not_named_as_the_holder() {
+    let (other, db) = (TestDb::new().await, TestDb::new().await);
+    let mut holder = other.conn().await;
+    let (k1, k2) = scanner_migrator::db::LOCK_KEY;
+    sqlx::query("SELECT pg_advisory_lock($1, $2)").bind(k1).bind(k2).execute(&mut holder).await.unwrap();
+    let mut conn = db.conn().await;
+    let named = scanner_migrator::db::lock_holder(&mut conn).await.unwrap();
+    assert_eq!(named, None, "advisory locks are per database");
+    let run = migrator(&db.url, &["--lock-wait-s", "1", "migrate", "--target", "0"]).await;
+    assert_eq!(run.status(), "applied", "{:#}", run.json);
+    holder.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn ddl_behind_a_long_reader_times_out_and_retries_instead_of_queueing() {
     let db = TestDb::new().await;
     assert_eq!(migrator(&db.url, &["migrate", "--target", "0"]).await.versions("applied"), vec![0]);

@@ -8,6 +8,7 @@ mod engine;
 mod hardening;
 mod job_progress;
 mod lambda;
+mod majors;
 mod make;
 mod privileges;
 mod refresh;

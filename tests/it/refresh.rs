@@ -133,6 +133,13 @@ async fn a_refresh_during_a_migration_skips_at_once() {
     assert_eq!(run.status(), "skipped");
     assert!(run.json["reason"].as_str().unwrap().contains("scanner-migrator:migrate:req-42"), "{:#}", run.json);
     migration.close().await.unwrap();
+    // The server ends the closed session (and frees its lock) a moment after the client has gone.
+    for _ in 0..50 {
+        if db.advisory_locks().await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert_eq!(migrator(&db.url, NOW).await.status(), "refreshed");
 }
 
