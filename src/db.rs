@@ -542,6 +542,8 @@ pub async fn others_who_may_create(
     .bind(owner)
     .fetch_optional(conn)
     .await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
