@@ -5,6 +5,7 @@ mod cli_flags;
 mod deadline;
 mod engine;
 mod hardening;
+mod history;
 mod job_progress;
 mod lambda;
 mod make;
