@@ -1787,7 +1787,7 @@ async fn environment(cfg: &Config, data: Option<&Dataset>, res: &mut Results) ->
             + "; autovacuum off on the benchmark's tables (each pass sees exactly the state it describes)",
     ));
     if let Some(data) = data {
-    res.env.push((
+        res.env.push((
         "dataset".into(),
         format!(
             "{} objects in the measured job, {} in {} background jobs, interleaved ({} rows, {} with indexes, heap {}), \

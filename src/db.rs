@@ -258,15 +258,14 @@ pub async fn ensure_expected_table(conn: &mut PgConnection) {
             migrations   text NOT NULL,
             reader       text NOT NULL,
             versions     bigint[] NOT NULL,
-            catalog      jsonb NOT NULL,
+            -- json, not jsonb: read back as the text it was written, with no rendering.
+            catalog      json NOT NULL,
             derived_at   timestamptz NOT NULL DEFAULT now()
         )"
     );
     let created = async {
-        let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-            .bind(EXPECTED_TABLE)
-            .fetch_one(&mut *conn)
-            .await?;
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(EXPECTED_TABLE).fetch_one(&mut *conn).await?;
         if !exists { exec(conn, &sql).await } else { Ok(()) }
     }
     .await;
@@ -324,7 +323,7 @@ pub async fn cache_expectation(
 ) -> std::result::Result<(), sqlx::Error> {
     let sql = format!(
         "INSERT INTO {EXPECTED_TABLE} (schema_name, server_major, migrations, reader, versions, catalog)
-         VALUES ($1, $2, $3, $4, $5, $6::jsonb)
+         VALUES ($1, $2, $3, $4, $5, $6::json)
          ON CONFLICT (schema_name) DO UPDATE SET server_major = EXCLUDED.server_major,
              migrations = EXCLUDED.migrations, reader = EXCLUDED.reader, versions = EXCLUDED.versions,
              catalog = EXCLUDED.catalog, derived_at = now()"

@@ -270,8 +270,17 @@ async fn locked(
                 // A migration that does not apply to an empty schema cannot be adopted into; its own
                 // statements then fail with their real error (or verification names the problem).
                 if let Some(Some(step)) = replay.steps.get(i) {
-                    adopt_existing(conn, &schema, &step.new, &step.after, settings, report, &labels(done.clone()), &left())
-                        .await?;
+                    adopt_existing(
+                        conn,
+                        &schema,
+                        &step.new,
+                        &step.after,
+                        settings,
+                        report,
+                        &labels(done.clone()),
+                        &left(),
+                    )
+                    .await?;
                 }
                 let step = apply(conn, m, &m.up, settings, &labels(done.clone()), &left(), Direction::Up).await?;
                 tracing::info!(step = "migration", version = m.version, name = %m.name, duration_ms = step.duration_ms,
@@ -864,14 +873,18 @@ async fn expectation(
                     Err(e) => tracing::warn!(error = %e, "the cached expectation does not read back; deriving it"),
                 },
                 Ok(None) => {}
-                Err(e) => tracing::warn!(error = %crate::error::cause_chain(&e), "cannot read the cached expectation; deriving it"),
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::cause_chain(&e), "cannot read the cached expectation; deriving it")
+                }
             }
             verify::expected(conn, applied, deadline).await?
         }
     };
     let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
     let stored = match serde_json::to_string(&catalog) {
-        Ok(json) => db::cache_expectation(conn, &key, &versions, &json).await.map_err(|e| crate::error::cause_chain(&e)),
+        Ok(json) => {
+            db::cache_expectation(conn, &key, &versions, &json).await.map_err(|e| crate::error::cause_chain(&e))
+        }
         Err(e) => Err(e.to_string()),
     };
     if let Err(error) = stored {
@@ -894,4 +907,25 @@ fn migrations_digest(applied: &[&Migration]) -> String {
 pub fn verification_failures(report: &Report) -> Option<Error> {
     let failures = report.verification.as_ref().map(|v| v.failures.clone()).unwrap_or_default();
     (!failures.is_empty()).then_some(Error::VerifyFailed(failures))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_key_changes_with_any_checksum_and_with_the_order() {
+        let m = |v: i64, sql: &str| Migration {
+            version: v,
+            name: format!("m{v}"),
+            up: Script::parse(&format!("{v:03}_m{v}.sql"), sql).unwrap(),
+            down: None,
+        };
+        let (a, b, b2) = (m(1, "SELECT 1;"), m(2, "SELECT 2;"), m(2, "SELECT 3;"));
+        let key = migrations_digest(&[&a, &b]);
+        assert_eq!(key, migrations_digest(&[&a, &b]));
+        assert_ne!(key, migrations_digest(&[&a, &b2]));
+        assert_ne!(key, migrations_digest(&[&b, &a]));
+        assert_ne!(key, migrations_digest(&[&a]));
+    }
 }

@@ -410,7 +410,8 @@ pub async fn replay(
                 let now = keys_of(&mut tx, &scratch).await?;
                 if now.iter().any(|k| watch.contains(k) && !seen.contains(k)) {
                     let after = read(&mut tx, &scratch).await.map_err(|e| Error::db(ctx, e))?;
-                    let new = after.order.iter().filter(|k| watch.contains(*k) && !seen.contains(*k)).cloned().collect();
+                    let new =
+                        after.order.iter().filter(|k| watch.contains(*k) && !seen.contains(*k)).cloned().collect();
                     step = Some(ReplayStep { new, after });
                 }
                 seen = now;
@@ -498,7 +499,10 @@ fn quote_ident(s: &str) -> String {
 /// Reads one schema's catalog; the caller has set `search_path` to it, so definitions print
 /// unqualified names; what is still qualified has the schema name taken out.
 async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Catalog, sqlx::Error> {
-    let strip = |s: String| s.replace(&format!("{}.", quote_ident(schema)), "").replace(&format!("{schema}."), "");
+    let (quoted, bare) = (format!("{}.", quote_ident(schema)), format!("{schema}."));
+    let strip = |s: String| {
+        if s.contains(&bare) || s.contains(&quoted) { s.replace(&quoted, "").replace(&bare, "") } else { s }
+    };
     let not_ours = not_ours();
     let rel_filter = not_ours.replace("{oid}", "c.oid").replace("{name}", "c.relname");
     let mut catalog = Catalog::default();
@@ -546,15 +550,16 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     .bind(schema)
     .fetch_all(&mut *conn)
     .await?;
+    let mut constraints: BTreeMap<String, BTreeMap<String, String>> =
+        constraints.into_iter().fold(BTreeMap::new(), |mut by_table, r| {
+            by_table.entry(r.get("tbl")).or_default().insert(r.get("name"), strip(r.get("def")));
+            by_table
+        });
     for (name, (oid, kind, cols)) in columns {
         let object = if kind == "v" || kind == "m" {
             Object::View { materialized: kind == "m", columns: cols, definition: views[&name].clone() }
         } else {
-            let constraints = constraints
-                .iter()
-                .filter(|r| r.get::<String, _>("tbl") == name)
-                .map(|r| (r.get("name"), strip(r.get("def"))))
-                .collect();
+            let constraints = constraints.remove(&name).unwrap_or_default();
             Object::Table { columns: cols, constraints }
         };
         order.push((oid, relation_key(&name)));
@@ -564,7 +569,7 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT c.oid::int8 AS oid, c.relname::text AS name, t.relname::text AS tbl, i.indisunique AS uniq,
                 i.indisvalid AS valid, pg_get_indexdef(i.indexrelid) AS ddl,
-                EXISTS (SELECT 1 FROM pg_constraint AS co WHERE co.conindid = i.indexrelid) AS con
+                i.indexrelid IN (SELECT co.conindid FROM pg_constraint AS co) AS con
            FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid JOIN pg_class AS t ON t.oid = i.indrelid
           WHERE c.relnamespace = $1::regnamespace AND NOT ({rel_filter})"
     )))
@@ -735,6 +740,26 @@ mod tests {
             &catalog(vec![("relation t_pkey", pkey("btree (a)"))]),
         );
         assert!(d[0].accepted, "{d:?}");
+    }
+
+    #[test]
+    fn a_catalog_reads_back_from_its_cached_json_unchanged() {
+        let mut c = catalog(vec![
+            ("relation t", Object::Table { columns: vec![col("a", "text")], constraints: BTreeMap::new() }),
+            ("relation i", index("t", "btree (a)")),
+            (
+                "relation v",
+                Object::View {
+                    materialized: true,
+                    columns: vec![col("a", "text")],
+                    definition: "SELECT a FROM t".into(),
+                },
+            ),
+        ]);
+        c.order.reverse();
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Catalog>(&json).unwrap(), c);
+        assert!(serde_json::from_str::<Catalog>("{\"objects\": {}}").is_err(), "a cache of another shape is refused");
     }
 
     #[test]

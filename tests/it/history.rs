@@ -50,8 +50,10 @@ async fn one_hundred_fifty_migrations_in_one_run_match_one_target_at_a_time() {
     let fingerprint = one.fingerprint().await;
     assert!(fingerprint.contains(&format!("idx_synth_{}_job", synth.last().unwrap())), "{fingerprint}");
     assert_eq!(fingerprint, each.fingerprint().await);
-    let (a, b) =
-        (migrator(&one.url, &["--migrations-dir", d, "verify"]).await, migrator(&each.url, &["--migrations-dir", d, "verify"]).await);
+    let (a, b) = (
+        migrator(&one.url, &["--migrations-dir", d, "verify"]).await,
+        migrator(&each.url, &["--migrations-dir", d, "verify"]).await,
+    );
     assert_eq!(a.code, 0, "{:#}", a.json);
     assert_eq!(a.json["verification"], b.json["verification"]);
     // Each synthetic migration makes a table, its primary key, an index and a view.
@@ -77,7 +79,9 @@ async fn a_no_op_uses_the_cached_expectation_until_its_key_changes() {
     assert_eq!((run.versions("applied"), expectation(&run)), (vec![next], "derived"), "{:#}", run.json);
     let noop = migrator(&db.url, &["--migrations-dir", d, "migrate"]).await;
     assert_eq!(expectation(&noop), "cached", "{:#}", noop.json);
-    assert!(noop.json["verification"]["objects_checked"].as_u64() > first.json["verification"]["objects_checked"].as_u64());
+    assert!(
+        noop.json["verification"]["objects_checked"].as_u64() > first.json["verification"]["objects_checked"].as_u64()
+    );
 
     // Another server major (as after an upgrade): derived afresh, then cached again.
     db.exec("UPDATE scanner_migrator_history_expected SET server_major = server_major - 1").await;
@@ -101,7 +105,11 @@ async fn a_no_op_uses_the_cached_expectation_until_its_key_changes() {
         "{}",
         run.error_message()
     );
-    assert!(run.stderr.contains("expectation=\"derived\"") || run.stderr.contains("expectation=derived"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("expectation=\"derived\"") || run.stderr.contains("expectation=derived"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[tokio::test]
@@ -117,12 +125,16 @@ async fn verify_derives_afresh_so_a_tampered_cache_changes_nothing_it_reports() 
     let v = synth[1];
     db.exec(&format!(
         "UPDATE scanner_migrator_history_expected
-            SET catalog = jsonb_set(catalog, '{{objects,relation idx_synth_{v}_job,Index,using}}', '\"btree (note)\"')"
+            SET catalog = jsonb_set(catalog::jsonb, '{{objects,relation idx_synth_{v}_job,Index,using}}', '\"btree (note)\"')::json"
     ))
     .await;
     let noop = migrator(&db.url, &["--migrations-dir", d, "migrate"]).await;
     assert_eq!(noop.error_type(), "VerifyFailed", "{:#}", noop.json);
-    assert!(noop.error_message().contains(&format!("index idx_synth_{v}_job: expected (note)")), "{}", noop.error_message());
+    assert!(
+        noop.error_message().contains(&format!("index idx_synth_{v}_job: expected (note)")),
+        "{}",
+        noop.error_message()
+    );
     let after = migrator(&db.url, &["--migrations-dir", d, "verify"]).await;
     assert_eq!(after.code, 0, "{:#}", after.json);
     assert_eq!(after.json["verification"], honest.json["verification"]);
