@@ -25,11 +25,10 @@ CREATE OR REPLACE VIEW synth_{version}_per_job AS
 
 /// Writes `count` synthetic migrations into `dir`, numbered from `first`; returns their versions.
 pub fn write(dir: &Path, first: i64, count: usize) -> Vec<i64> {
-    (first..first + count as i64)
-        .map(|v| {
-            let (name, sql) = migration(v);
-            std::fs::write(dir.join(name), sql).expect("write a synthetic migration");
-            v
-        })
-        .collect()
+    let versions: Vec<i64> = (first..first + count as i64).collect();
+    for &v in &versions {
+        let (name, sql) = migration(v);
+        std::fs::write(dir.join(name), sql).expect("write a synthetic migration");
+    }
+    versions
 }
