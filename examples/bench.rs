@@ -11,13 +11,18 @@
 //! often), `BENCH_REFRESH_REPS` (15), `BENCH_MIGRATION_REPS` (5), `BENCH_PROCESS_REPS` (30),
 //! `BENCH_HOLD_S` (how long the long reader of case 4 holds its lock, 5), `BENCH_WRITE_RATE`
 //! (the offered write load of cases 3, 4 and 7, commits per second, 200), `BENCH_CASES` (a comma list
-//! such as `7` or `1,3`: only those cases run; all by default). `--smoke` makes everything tiny, so
+//! such as `7` or `1,3`: only those cases run; all by default; `8` alone skips building the dataset). `--smoke` makes everything tiny, so
 //! `make test` proves the code still runs; its numbers mean nothing.
 
 // The tests use all of it; the benchmark only part.
 #[allow(dead_code)]
 #[path = "../tests/it/support/runtime.rs"]
 mod runtime;
+#[path = "../tests/it/support/synthetic.rs"]
+mod synthetic;
+
+#[path = "bench/history.rs"]
+mod history;
 
 use std::{
     fmt::Write as _,
@@ -1732,7 +1737,7 @@ async fn case7(cfg: &Config, res: &mut Results) -> R<()> {
 
 // ---------------------------------------------------------------------------------------------
 
-async fn environment(cfg: &Config, data: &Dataset, res: &mut Results) -> R<()> {
+async fn environment(cfg: &Config, data: Option<&Dataset>, res: &mut Results) -> R<()> {
     let mut c = cfg.server.connect("postgres").await?;
     let version: String = sqlx::query_scalar("SELECT version()").fetch_one(&mut c).await.ctx("version")?;
     let settings: Vec<(String, String)> = sqlx::query_as(
@@ -1781,7 +1786,8 @@ async fn environment(cfg: &Config, data: &Dataset, res: &mut Results) -> R<()> {
         settings.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ")
             + "; autovacuum off on the benchmark's tables (each pass sees exactly the state it describes)",
     ));
-    res.env.push((
+    if let Some(data) = data {
+        res.env.push((
         "dataset".into(),
         format!(
             "{} objects in the measured job, {} in {} background jobs, interleaved ({} rows, {} with indexes, heap {}), \
@@ -1795,6 +1801,7 @@ async fn environment(cfg: &Config, data: &Dataset, res: &mut Results) -> R<()> {
             data.build_s
         ),
     ));
+    }
     res.env.push((
         "status mix".into(),
         "by key order, as a running scan: 53.9% succeeded, 1.1% failed, 5% processing, 40% queued".into(),
@@ -1803,13 +1810,15 @@ async fn environment(cfg: &Config, data: &Dataset, res: &mut Results) -> R<()> {
         "runs".into(),
         format!(
             "case 1: {} slow / {} fast reads per pass; case 2: {} per variant; cases 3-4: {}; cases 5-6: {}; case 7: \
-             {} upkeep runs per change size, 290 reads each, 600 / 120 / 40 commits for batches of 1 / 100 / 1,000{}",
+             {} upkeep runs per change size, 290 reads each, 600 / 120 / 40 commits for batches of 1 / 100 / 1,000; \
+             case 8: {} databases per count, 5 no-ops each{}",
             cfg.reps,
             cfg.reps * cfg.light_per_heavy,
             cfg.refresh_reps,
             cfg.migration_reps,
             cfg.process_reps,
             cfg.refresh_reps.clamp(1, 5),
+            cfg.migration_reps,
             std::env::var("BENCH_CASES").map(|c| format!("; only cases {c} ran (BENCH_CASES)")).unwrap_or_default()
         ),
     ));
@@ -1825,14 +1834,20 @@ async fn run(cfg: &Config) -> R<Results> {
         with_commas(cfg.bg_rows),
         if cfg.smoke { " (smoke run: the numbers mean nothing)" } else { "" }
     );
-    eprintln!("building the dataset");
-    let data = build_dataset(cfg).await?;
-    eprintln!("  {} rows in {:.1} s", with_commas(data.total), data.build_s);
-    environment(cfg, &data, &mut res).await?;
     // BENCH_CASES=7 (or 1,2,...) runs only those cases.
     let only: Vec<String> =
         std::env::var("BENCH_CASES").map(|v| v.split(',').map(|c| c.trim().to_string()).collect()).unwrap_or_default();
     let run = |case: &str| only.is_empty() || only.iter().any(|c| c == case);
+    // Case 8 makes its own databases; only the others read the dataset.
+    if only.iter().all(|c| c == "8") && !only.is_empty() {
+        environment(cfg, None, &mut res).await?;
+        history::case8(cfg, &mut res).await?;
+        return Ok(res);
+    }
+    eprintln!("building the dataset");
+    let data = build_dataset(cfg).await?;
+    eprintln!("  {} rows in {:.1} s", with_commas(data.total), data.build_s);
+    environment(cfg, Some(&data), &mut res).await?;
     if run("1") || run("2") || run("5") {
         case1(cfg, &mut res).await?;
     }
@@ -1855,6 +1870,9 @@ async fn run(cfg: &Config) -> R<Results> {
     }
     if run("7") {
         case7(cfg, &mut res).await?;
+    }
+    if run("8") {
+        history::case8(cfg, &mut res).await?;
     }
     drop_db(cfg, TEMPLATE).await?;
     Ok(res)

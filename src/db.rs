@@ -17,6 +17,10 @@ use crate::{
 /// The history table's name.
 pub const HISTORY_TABLE: &str = "scanner_migrator_history";
 
+/// Where `migrate` keeps the expected catalog it derived, beside the history. Its name starts
+/// with the history's, so the catalog readers never take it for one of the migrations' objects.
+pub const EXPECTED_TABLE: &str = "scanner_migrator_history_expected";
+
 /// The advisory lock every migrator and refresher takes: (`'SCAN'`, 1).
 pub const LOCK_KEY: (i32, i32) = (0x5343_414e, 1);
 
@@ -298,6 +302,100 @@ pub async fn ensure_history(conn: &mut PgConnection) -> Result<()> {
         exec(conn, &sql).await.map_err(|e| Error::db(ctx, e))?;
     }
     Ok(())
+}
+
+/// Creates the table of the cached expectation when it is missing. It only saves time: a role
+/// that cannot create it (an existing database whose schema another role owns) still migrates,
+/// deriving the expectation every run, and the log says why.
+pub async fn ensure_expected_table(conn: &mut PgConnection) {
+    let sql = format!(
+        "CREATE TABLE IF NOT EXISTS {EXPECTED_TABLE} (
+            -- The key: what the expectation was derived from. Any change derives it afresh.
+            schema_name  text PRIMARY KEY,
+            server_major integer NOT NULL,
+            migrations   text NOT NULL,
+            reader       text NOT NULL,
+            versions     bigint[] NOT NULL,
+            -- json, not jsonb: read back as the text it was written, with no rendering.
+            catalog      json NOT NULL,
+            derived_at   timestamptz NOT NULL DEFAULT now()
+        )"
+    );
+    let created = async {
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(EXPECTED_TABLE).fetch_one(&mut *conn).await?;
+        if !exists { exec(conn, &sql).await } else { Ok(()) }
+    }
+    .await;
+    if let Err(e) = created {
+        tracing::warn!(table = EXPECTED_TABLE, error = %cause_chain(&e),
+            "cannot create the table of the cached expectation: every migrate derives it afresh");
+    }
+}
+
+/// What a cached expectation was derived from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectationKey {
+    /// The schema migrated.
+    pub schema: String,
+    /// The server's major version (`server_version_num / 10000`).
+    pub server_major: i32,
+    /// A digest of the applied migrations' versions and checksums, in order.
+    pub migrations: String,
+    /// Which catalog reader wrote it (the binary's version and a digest of the reader's source).
+    pub reader: String,
+}
+
+/// The server's major version: catalogs print differently across majors.
+pub async fn server_major(conn: &mut PgConnection) -> Result<i32> {
+    sqlx::query_scalar("SELECT current_setting('server_version_num')::int / 10000")
+        .fetch_one(conn)
+        .await
+        .map_err(|e| Error::db("reading the server's version", e))
+}
+
+/// The cached expectation (catalog JSON) when one with exactly this key is stored.
+pub async fn cached_expectation(
+    conn: &mut PgConnection,
+    key: &ExpectationKey,
+) -> std::result::Result<Option<String>, sqlx::Error> {
+    let sql = format!(
+        "SELECT catalog::text FROM {EXPECTED_TABLE}
+          WHERE schema_name = $1 AND server_major = $2 AND migrations = $3 AND reader = $4"
+    );
+    sqlx::query_scalar(AssertSqlSafe(sql))
+        .bind(&key.schema)
+        .bind(key.server_major)
+        .bind(&key.migrations)
+        .bind(&key.reader)
+        .fetch_optional(conn)
+        .await
+}
+
+/// Stores the expectation for this key, replacing the schema's earlier one.
+pub async fn cache_expectation(
+    conn: &mut PgConnection,
+    key: &ExpectationKey,
+    versions: &[i64],
+    catalog: &str,
+) -> std::result::Result<(), sqlx::Error> {
+    let sql = format!(
+        "INSERT INTO {EXPECTED_TABLE} (schema_name, server_major, migrations, reader, versions, catalog)
+         VALUES ($1, $2, $3, $4, $5, $6::json)
+         ON CONFLICT (schema_name) DO UPDATE SET server_major = EXCLUDED.server_major,
+             migrations = EXCLUDED.migrations, reader = EXCLUDED.reader, versions = EXCLUDED.versions,
+             catalog = EXCLUDED.catalog, derived_at = now()"
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(&key.schema)
+        .bind(key.server_major)
+        .bind(&key.migrations)
+        .bind(&key.reader)
+        .bind(versions)
+        .bind(catalog)
+        .execute(conn)
+        .await
+        .map(|_| ())
 }
 
 async fn history_has_state(conn: &mut PgConnection) -> std::result::Result<bool, sqlx::Error> {

@@ -199,7 +199,8 @@ pub async fn run(
         report.status = match command {
             Command::Plan { .. } => "planned",
             Command::Verify => {
-                report.verification = Some(verify_applied(conn, migrations, &history, settings.deadline).await?);
+                report.verification =
+                    Some(verify_applied(conn, migrations, &history, Expectation::Fresh, settings.deadline).await?);
                 "verified"
             }
             _ if report.pending.is_empty() => "up_to_date",
@@ -233,24 +234,34 @@ async fn locked(
     report: &mut Report,
 ) -> Result<()> {
     db::ensure_history(conn).await?;
+    db::ensure_expected_table(conn).await;
     let history = db::history(conn).await?;
     match command {
         Command::Migrate { target } => {
             let plan = plan::plan(migrations, &history, target)?;
             report.unknown_versions = plan.unknown.iter().map(|a| a.version).collect();
             let schema = db::current_schema(conn).await?;
-            let mut applied = applied_migrations(migrations, &history);
+            let base = applied_migrations(migrations, &history);
             if !plan.pending.is_empty() {
-                preflight(conn, &schema, &applied, &plan.pending, settings.deadline).await?;
+                crate::privileges::before_migrate(&db::role_facts(conn, &schema).await?)?;
             }
+            // One replay for the whole run: the catalog after each pending migration that creates
+            // an object the live schema has already (adoption), and after all of them (verification).
+            // It runs before anything changes (the snapshot included), so a statement PostgreSQL would
+            // refuse to this user stops the run now as InsufficientPrivilege, not half-way.
+            let replay = if plan.pending.is_empty() {
+                verify::Replay::default()
+            } else {
+                let watch = verify::live_keys(conn, &schema).await?;
+                verify::replay(conn, &base, &plan.pending, &watch, settings.deadline).await?
+            };
             if let (Some(first), Some(hook)) = (plan.pending.first(), before_change) {
                 report.snapshot = Some(hook(first.label()).await?);
             }
-            let mut before = if plan.pending.is_empty() {
-                verify::Catalog::default()
-            } else {
-                verify::expected(conn, &applied, settings.deadline).await?
-            };
+            if let Some((i, Error::InvalidMigration { problem, .. })) = &replay.stopped {
+                tracing::warn!(step = "adopt", migration = %plan.pending[*i].label(), %problem,
+                    "cannot derive what it and the migrations after it create");
+            }
             let mut done: Vec<&Migration> = Vec::new();
             for (i, m) in plan.pending.iter().enumerate() {
                 if !settings.deadline.has(MIN_TIME_TO_START) {
@@ -261,37 +272,43 @@ async fn locked(
                         left: labels(plan.pending[i..].iter().copied()),
                     });
                 }
-                let mut next = applied.clone();
-                next.push(m);
                 let left = || labels(plan.pending[i..].iter().copied());
                 // A migration that does not apply to an empty schema cannot be adopted into; its own
                 // statements then fail with their real error (or verification names the problem).
-                let after = match verify::expected(conn, &next, settings.deadline).await {
-                    Err(Error::InvalidMigration { problem, .. }) => {
-                        tracing::warn!(step = "adopt", migration = %m.label(), %problem, "cannot derive what it creates");
-                        None
-                    }
-                    other => Some(other?),
-                };
-                if let Some(after) = &after {
-                    adopt_existing(conn, &schema, &before, after, settings, report, &labels(done.clone()), &left())
-                        .await?;
+                if let Some(Some(step)) = replay.steps.get(i) {
+                    adopt_existing(
+                        conn,
+                        &schema,
+                        &step.new,
+                        &step.after,
+                        settings,
+                        report,
+                        &labels(done.clone()),
+                        &left(),
+                    )
+                    .await?;
                 }
                 let step = apply(conn, m, &m.up, settings, &labels(done.clone()), &left(), Direction::Up).await?;
                 tracing::info!(step = "migration", version = m.version, name = %m.name, duration_ms = step.duration_ms,
                     lock_retries = step.lock_retries, "applied");
                 report.applied.push(step);
                 done.push(m);
-                applied = next;
-                if let Some(after) = after {
-                    before = after;
-                }
             }
             report.status = if report.applied.is_empty() { "up_to_date" } else { "applied" };
             let history = db::history(conn).await?;
             report.schema_version = history.iter().map(|a| a.version).max();
             report.pending = plan::plan(migrations, &history, None)?.pending.iter().map(|m| Pending::of(m)).collect();
-            let verification = verify_applied(conn, migrations, &history, settings.deadline).await?;
+            // The replay's catalog is what verification would derive when the history now lists
+            // the base and then the pending migrations, in that order.
+            let replayed: Vec<i64> = base.iter().chain(&plan.pending).map(|m| m.version).collect();
+            let derived = replay
+                .catalog
+                .filter(|_| applied_migrations(migrations, &history).iter().map(|m| m.version).eq(replayed));
+            let source = match derived {
+                Some(catalog) => Expectation::Derived(catalog),
+                None => Expectation::Cached,
+            };
+            let verification = verify_applied(conn, migrations, &history, source, settings.deadline).await?;
             let failures = verification.failures.clone();
             report.verification = Some(verification);
             if !failures.is_empty() {
@@ -330,26 +347,6 @@ async fn locked(
     Ok(())
 }
 
-/// Before anything is applied (or snapshotted): the privileges the catalog shows missing, then the
-/// pending migrations replayed in the rolled-back scratch schema, so that a statement PostgreSQL
-/// would refuse to this user (SQLSTATE 42501) is named now, not after earlier migrations applied.
-async fn preflight(
-    conn: &mut PgConnection,
-    schema: &str,
-    applied: &[&Migration],
-    pending: &[&Migration],
-    deadline: Deadline,
-) -> Result<()> {
-    let facts = db::role_facts(conn, schema).await?;
-    crate::privileges::before_migrate(&facts)?;
-    let all: Vec<&Migration> = applied.iter().chain(pending).copied().collect();
-    match verify::expected(conn, &all, deadline).await {
-        // A migration that does not apply to an empty schema fails on its own statements later.
-        Ok(_) | Err(Error::InvalidMigration { .. }) => Ok(()),
-        Err(e) => Err(e),
-    }
-}
-
 fn remaining_ms(settings: &RunSettings) -> u64 {
     settings.deadline.remaining().map_or(0, |r| r.as_millis() as u64)
 }
@@ -361,14 +358,13 @@ fn remaining_ms(settings: &RunSettings) -> u64 {
 async fn adopt_existing(
     conn: &mut PgConnection,
     schema: &str,
-    before: &verify::Catalog,
+    new: &[String],
     after: &verify::Catalog,
     settings: &RunSettings,
     report: &mut Report,
     done: &[String],
     left: &[String],
 ) -> Result<()> {
-    let new: Vec<&String> = after.order.iter().filter(|k| !before.objects.contains_key(*k)).collect();
     if new.is_empty() {
         return Ok(());
     }
@@ -804,11 +800,22 @@ fn migration_failed(
     }))
 }
 
+/// Where verification's expected catalog comes from.
+enum Expectation {
+    /// This run's replay derived it: used, and cached for the next runs.
+    Derived(verify::Catalog),
+    /// The cached one when its key matches; else derived afresh and cached (`migrate`).
+    Cached,
+    /// Derived afresh; the cache is neither read nor written (`verify`, so a tampered cache cannot hide drift).
+    Fresh,
+}
+
 /// The live schema compared with what the applied migrations produce.
 async fn verify_applied(
     conn: &mut PgConnection,
     migrations: &Migrations,
     history: &[Applied],
+    source: Expectation,
     deadline: Deadline,
 ) -> Result<VerifyReport> {
     let mut report = VerifyReport::default();
@@ -830,8 +837,9 @@ async fn verify_applied(
     let applied = applied_migrations(migrations, history);
     report.versions = applied.iter().map(|m| m.version).collect();
     if unknown.is_empty() {
-        let expected = verify::expected(conn, &applied, deadline).await?;
         let schema = db::current_schema(conn).await?;
+        let (expected, from) = expectation(conn, &schema, &applied, source, deadline).await?;
+        report.expectation = from;
         let live = verify::live(conn, &schema).await?;
         report.objects_checked = expected.order.len();
         for d in verify::diff(&expected, &live) {
@@ -849,6 +857,7 @@ async fn verify_applied(
     report.ok = report.failures.is_empty();
     tracing::info!(
         step = "verify",
+        expectation = report.expectation,
         objects = report.objects_checked,
         ok = report.ok,
         accepted = report.accepted.len(),
@@ -857,8 +866,88 @@ async fn verify_applied(
     Ok(report)
 }
 
+/// The expected catalog of `applied` and whether it was `derived` or `cached`. A cache that
+/// cannot be read or written only costs time: the log says why, and the run derives.
+async fn expectation(
+    conn: &mut PgConnection,
+    schema: &str,
+    applied: &[&Migration],
+    source: Expectation,
+    deadline: Deadline,
+) -> Result<(verify::Catalog, &'static str)> {
+    let catalog = match source {
+        Expectation::Fresh => return Ok((verify::expected(conn, applied, deadline).await?, "derived")),
+        Expectation::Derived(catalog) => Some(catalog),
+        Expectation::Cached => None,
+    };
+    let key = db::ExpectationKey {
+        schema: schema.to_string(),
+        server_major: db::server_major(conn).await?,
+        migrations: migrations_digest(applied),
+        reader: verify::reader(),
+    };
+    let catalog = match catalog {
+        Some(catalog) => catalog,
+        None => {
+            match db::cached_expectation(conn, &key).await {
+                Ok(Some(json)) => match serde_json::from_str(&json) {
+                    Ok(catalog) => return Ok((catalog, "cached")),
+                    Err(e) => tracing::warn!(error = %e, "the cached expectation does not read back; deriving it"),
+                },
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %crate::error::cause_chain(&e), "cannot read the cached expectation; deriving it")
+                }
+            }
+            verify::expected(conn, applied, deadline).await?
+        }
+    };
+    let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
+    let stored = match serde_json::to_string(&catalog) {
+        Ok(json) => {
+            db::cache_expectation(conn, &key, &versions, &json).await.map_err(|e| crate::error::cause_chain(&e))
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(error) = stored {
+        tracing::warn!(%error, "cannot cache the expectation: the next no-op migrate derives it again");
+    }
+    Ok((catalog, "derived"))
+}
+
+/// The part of the cache key that names the applied migrations: versions and checksums, in order.
+fn migrations_digest(applied: &[&Migration]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for m in applied {
+        hash.update(format!("{} {}\n", m.version, m.up.checksum).as_bytes());
+    }
+    hex::encode(hash.finalize())
+}
+
 /// `verify` ends in an error when a check fails, so scripts and Lambda see it.
 pub fn verification_failures(report: &Report) -> Option<Error> {
     let failures = report.verification.as_ref().map(|v| v.failures.clone()).unwrap_or_default();
     (!failures.is_empty()).then_some(Error::VerifyFailed(failures))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_key_changes_with_any_checksum_and_with_the_order() {
+        let m = |v: i64, sql: &str| Migration {
+            version: v,
+            name: format!("m{v}"),
+            up: Script::parse(&format!("{v:03}_m{v}.sql"), sql).unwrap(),
+            down: None,
+        };
+        let (a, b, b2) = (m(1, "SELECT 1;"), m(2, "SELECT 2;"), m(2, "SELECT 3;"));
+        let key = migrations_digest(&[&a, &b]);
+        assert_eq!(key, migrations_digest(&[&a, &b]));
+        assert_ne!(key, migrations_digest(&[&a, &b2]));
+        assert_ne!(key, migrations_digest(&[&b, &a]));
+        assert_ne!(key, migrations_digest(&[&a]));
+    }
 }

@@ -9,9 +9,9 @@
 //! definition), functions (signature, result, body, settings) and triggers. Objects the user
 //! added are not in the expected catalog, so they are never reported.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
 
 use crate::{
@@ -22,7 +22,7 @@ use crate::{
 };
 
 /// One column of a table or view.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Column {
     /// Its name.
     pub name: String,
@@ -35,7 +35,7 @@ pub struct Column {
 }
 
 /// One object of a schema, normalised so that two schemas can be compared.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Object {
     /// A table: its data definition belongs to the user once it holds data.
     Table { columns: Vec<Column>, constraints: BTreeMap<String, String> },
@@ -75,7 +75,7 @@ impl Object {
 
 /// The objects of one schema, by key (`relation x`, `function f(args)`, `trigger t on x`), and
 /// the order they were created in (dependencies before dependents).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     /// The objects.
     pub objects: BTreeMap<String, Object>,
@@ -134,6 +134,11 @@ pub struct VerifyReport {
     pub ok: bool,
     /// The versions whose objects were derived and checked.
     pub versions: Vec<i64>,
+    /// Where the expected catalog came from: `derived` (the migrations replayed in a scratch
+    /// schema by this run) or `cached` (a no-op `migrate`: kept by an earlier run for exactly
+    /// these migrations, this server major and this schema). `verify` always derives.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub expectation: &'static str,
     /// How many objects were compared.
     pub objects_checked: usize,
     /// What does not match.
@@ -305,6 +310,19 @@ fn where_they_differ(expected: &str, found: &str) -> (String, String) {
     (cut(&e), cut(&f))
 }
 
+/// Which catalog reader this is, for the key of a cached expectation: the binary's version and
+/// a digest of this file, so an expectation read by other code is never reused.
+pub fn reader() -> String {
+    use sha2::{Digest, Sha256};
+    static READER: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    READER
+        .get_or_init(|| {
+            let source = hex::encode(Sha256::digest(include_str!("verify.rs").as_bytes()));
+            format!("{} {}", env!("CARGO_PKG_VERSION"), &source[..16])
+        })
+        .clone()
+}
+
 /// The catalog of the live schema (where unqualified names resolve).
 pub async fn live(conn: &mut PgConnection, schema: &str) -> Result<Catalog> {
     let ctx = || format!("reading the catalog of schema {schema}");
@@ -322,6 +340,48 @@ pub async fn live(conn: &mut PgConnection, schema: &str) -> Result<Catalog> {
 /// The catalog the migrations produce, applied in order to an empty scratch schema inside a
 /// transaction that is rolled back whatever happens.
 pub async fn expected(conn: &mut PgConnection, migrations: &[&Migration], deadline: Deadline) -> Result<Catalog> {
+    let replay = replay(conn, migrations, &[], &BTreeSet::new(), deadline).await?;
+    match (replay.catalog, replay.stopped) {
+        (Some(catalog), _) => Ok(catalog),
+        (None, Some((_, err))) => Err(err),
+        (None, None) => unreachable!("a replay without steps reads the catalog or fails"),
+    }
+}
+
+/// One step migration's share of a replay: what adoption needs before it runs on the live schema.
+#[derive(Debug, Clone)]
+pub struct ReplayStep {
+    /// Watched objects it creates, in creation order: they exist live already, so may be adopted.
+    pub new: Vec<String>,
+    /// The catalog after it.
+    pub after: Catalog,
+}
+
+/// What one replay of the migrations in a scratch schema found.
+#[derive(Debug, Default)]
+pub struct Replay {
+    /// For each step migration that applied, in order: what it creates of the watched objects, if anything.
+    pub steps: Vec<Option<ReplayStep>>,
+    /// The catalog after the base and every step; `None` when a step did not apply.
+    pub catalog: Option<Catalog>,
+    /// The first step that does not apply to an empty schema (its index among the steps) and why.
+    pub stopped: Option<(usize, Error)>,
+}
+
+/// Applies `base`, then each of `steps`, once and in order, to an empty scratch schema inside a
+/// transaction that is rolled back whatever happens (nothing of it outlives the call). After each
+/// step only the objects' names are read, and only while `watch` (the keys of the live schema) is
+/// not empty; the whole catalog is read after a step that creates a watched object, and once at the
+/// end. Every statement runs under the deadline. A base migration that does not apply is an
+/// error; a step that does not apply stops the replay there, so its own statements can fail on
+/// the live schema with their real error.
+pub async fn replay(
+    conn: &mut PgConnection,
+    base: &[&Migration],
+    steps: &[&Migration],
+    watch: &BTreeSet<String>,
+    deadline: Deadline,
+) -> Result<Replay> {
     let ctx = "deriving the expected schema in a scratch schema";
     let (pid, user): (i32, String) = sqlx::query_as("SELECT pg_backend_pid(), current_user::text")
         .fetch_one(&mut *conn)
@@ -334,47 +394,108 @@ pub async fn expected(conn: &mut PgConnection, migrations: &[&Migration], deadli
         db::exec(&mut tx, &format!("CREATE SCHEMA {scratch}; SET LOCAL search_path = {scratch}"))
             .await
             .map_err(|e| Error::db(ctx, e))?;
-        for m in migrations {
-            for stmt in m.up.statements() {
-                if let Err(e) = db::exec(&mut tx, &stmt.without_concurrently()).await {
-                    if db::is_query_canceled(&e) {
-                        return Err(Error::DeadlineReached {
-                            during: "while deriving the expected schema for verification".into(),
-                            remaining_ms: deadline.remaining().map_or(0, |r| r.as_millis() as u64),
-                            done: Vec::new(),
-                            left: vec!["verification".into()],
-                        });
-                    }
-                    if db::sqlstate(&e).as_deref() == Some("42501") {
-                        return Err(crate::privileges::denied(
-                            &user,
-                            &m.label(),
-                            &m.up.sql,
-                            stmt.line,
-                            &db::pg_details(&e).0,
-                        ));
-                    }
-                    return Err(Error::InvalidMigration {
-                        file: m.up.file.clone(),
-                        problem: format!(
-                            "line {}: does not apply to an empty schema, which is how verification derives what \
-                             the migrations produce (README, \"Adding a migration\"): {}",
-                            stmt.line,
-                            db::pg_details(&e).0
-                        ),
-                    });
-                }
-            }
+        for m in base {
+            apply_to_scratch(&mut tx, m, &user, deadline).await?;
         }
-        read(&mut tx, &scratch).await.map_err(|e| Error::db(ctx, e))
+        let mut out = Replay::default();
+        let mut seen = if watch.is_empty() { BTreeSet::new() } else { keys_of(&mut tx, &scratch).await? };
+        for (i, m) in steps.iter().enumerate() {
+            match apply_to_scratch(&mut tx, m, &user, deadline).await {
+                Err(err @ Error::InvalidMigration { .. }) => {
+                    out.stopped = Some((i, err));
+                    return Ok(out);
+                }
+                other => other?,
+            }
+            let mut step = None;
+            if !watch.is_empty() {
+                let now = keys_of(&mut tx, &scratch).await?;
+                if now.iter().any(|k| watch.contains(k) && !seen.contains(k)) {
+                    let after = read(&mut tx, &scratch).await.map_err(|e| Error::db(ctx, e))?;
+                    let new =
+                        after.order.iter().filter(|k| watch.contains(*k) && !seen.contains(*k)).cloned().collect();
+                    step = Some(ReplayStep { new, after });
+                }
+                seen = now;
+            }
+            out.steps.push(step);
+        }
+        out.catalog = Some(read(&mut tx, &scratch).await.map_err(|e| Error::db(ctx, e))?);
+        Ok(out)
     }
     .await;
     let rolled_back = tx.rollback().await;
     let reset = db::reset_limits(conn).await;
-    let catalog = outcome?;
+    let replay = outcome?;
     rolled_back.map_err(|e| Error::db(ctx, e))?;
     reset.map_err(|e| Error::db(ctx, e))?;
-    Ok(catalog)
+    Ok(replay)
+}
+
+/// One migration's statements in the scratch schema (`CONCURRENTLY` cannot run in its transaction).
+/// A statement PostgreSQL refuses to `user` (SQLSTATE 42501) is a missing privilege, named with its fix.
+async fn apply_to_scratch(conn: &mut PgConnection, m: &Migration, user: &str, deadline: Deadline) -> Result<()> {
+    for stmt in m.up.statements() {
+        if let Err(e) = db::exec(conn, &stmt.without_concurrently()).await {
+            if db::is_query_canceled(&e) {
+                return Err(Error::DeadlineReached {
+                    during: "while deriving the expected schema for verification".into(),
+                    remaining_ms: deadline.remaining().map_or(0, |r| r.as_millis() as u64),
+                    done: Vec::new(),
+                    left: vec!["verification".into()],
+                });
+            }
+            if db::sqlstate(&e).as_deref() == Some("42501") {
+                return Err(crate::privileges::denied(user, &m.label(), &m.up.sql, stmt.line, &db::pg_details(&e).0));
+            }
+            return Err(Error::InvalidMigration {
+                file: m.up.file.clone(),
+                problem: format!(
+                    "line {}: does not apply to an empty schema, which is how verification derives what \
+                     the migrations produce (README, \"Adding a migration\"): {}",
+                    stmt.line,
+                    db::pg_details(&e).0
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The keys of the objects of the live schema (names only: cheap whatever the schema holds).
+pub async fn live_keys(conn: &mut PgConnection, schema: &str) -> Result<BTreeSet<String>> {
+    keys_of(conn, schema).await
+}
+
+/// The keys `read` would give, without reading the objects: what a replay checks after each step.
+async fn keys_of(conn: &mut PgConnection, schema: &str) -> Result<BTreeSet<String>> {
+    let rel_filter = not_ours().replace("{oid}", "c.oid").replace("{name}", "c.relname");
+    let fn_filter = not_ours().replace("{oid}", "p.oid").replace("{name}", "p.proname");
+    let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT 'relation ' || c.relname FROM pg_class AS c
+          WHERE c.relnamespace = $1::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'i', 'I') AND NOT ({rel_filter})
+         UNION ALL
+         SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')' FROM pg_proc AS p
+          WHERE p.pronamespace = $1::regnamespace AND p.prokind IN ('f', 'p') AND NOT ({fn_filter})
+         UNION ALL
+         SELECT 'trigger ' || t.tgname || ' on ' || c.relname FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid
+          WHERE c.relnamespace = $1::regnamespace AND NOT t.tgisinternal"
+    )))
+    .bind(schema)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(|e| Error::db(format!("reading the object names of schema {schema}"), e))?;
+    Ok(rows.into_iter().collect())
+}
+
+/// Objects of extensions and the migrator's own tables are not the migrations': a filter with
+/// `{oid}` and `{name}` to fill in.
+fn not_ours() -> String {
+    format!(
+        "EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.objid = {{oid}} AND d.deptype = 'e')
+         OR {{name}} LIKE '{}%'",
+        db::HISTORY_TABLE
+    )
 }
 
 /// Every SECURITY DEFINER function of `schema` (the migrations' and any other) whose search_path
@@ -487,13 +608,11 @@ fn quote_ident(s: &str) -> String {
 /// Reads one schema's catalog; the caller has set `search_path` to it, so definitions print
 /// unqualified names; what is still qualified has the schema name taken out.
 async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Catalog, sqlx::Error> {
-    let strip = |s: String| s.replace(&format!("{}.", quote_ident(schema)), "").replace(&format!("{schema}."), "");
-    // Objects of extensions and the migrator's own history table are not the migrations'.
-    let not_ours = format!(
-        "EXISTS (SELECT 1 FROM pg_depend AS d WHERE d.objid = {{oid}} AND d.deptype = 'e')
-         OR {{name}} LIKE '{}%'",
-        db::HISTORY_TABLE
-    );
+    let (quoted, bare) = (format!("{}.", quote_ident(schema)), format!("{schema}."));
+    let strip = |s: String| {
+        if s.contains(&bare) || s.contains(&quoted) { s.replace(&quoted, "").replace(&bare, "") } else { s }
+    };
+    let not_ours = not_ours();
     let rel_filter = not_ours.replace("{oid}", "c.oid").replace("{name}", "c.relname");
     let mut catalog = Catalog::default();
     let mut order: Vec<(u32, String)> = Vec::new();
@@ -540,15 +659,16 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     .bind(schema)
     .fetch_all(&mut *conn)
     .await?;
+    let mut constraints: BTreeMap<String, BTreeMap<String, String>> =
+        constraints.into_iter().fold(BTreeMap::new(), |mut by_table, r| {
+            by_table.entry(r.get("tbl")).or_default().insert(r.get("name"), strip(r.get("def")));
+            by_table
+        });
     for (name, (oid, kind, cols)) in columns {
         let object = if kind == "v" || kind == "m" {
             Object::View { materialized: kind == "m", columns: cols, definition: views[&name].clone() }
         } else {
-            let constraints = constraints
-                .iter()
-                .filter(|r| r.get::<String, _>("tbl") == name)
-                .map(|r| (r.get("name"), strip(r.get("def"))))
-                .collect();
+            let constraints = constraints.remove(&name).unwrap_or_default();
             Object::Table { columns: cols, constraints }
         };
         order.push((oid, relation_key(&name)));
@@ -558,7 +678,7 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     let rows = sqlx::query(AssertSqlSafe(format!(
         "SELECT c.oid::int8 AS oid, c.relname::text AS name, t.relname::text AS tbl, i.indisunique AS uniq,
                 i.indisvalid AS valid, pg_get_indexdef(i.indexrelid) AS ddl,
-                EXISTS (SELECT 1 FROM pg_constraint AS co WHERE co.conindid = i.indexrelid) AS con
+                i.indexrelid IN (SELECT co.conindid FROM pg_constraint AS co) AS con
            FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid JOIN pg_class AS t ON t.oid = i.indrelid
           WHERE c.relnamespace = $1::regnamespace AND NOT ({rel_filter})"
     )))
@@ -729,6 +849,26 @@ mod tests {
             &catalog(vec![("relation t_pkey", pkey("btree (a)"))]),
         );
         assert!(d[0].accepted, "{d:?}");
+    }
+
+    #[test]
+    fn a_catalog_reads_back_from_its_cached_json_unchanged() {
+        let mut c = catalog(vec![
+            ("relation t", Object::Table { columns: vec![col("a", "text")], constraints: BTreeMap::new() }),
+            ("relation i", index("t", "btree (a)")),
+            (
+                "relation v",
+                Object::View {
+                    materialized: true,
+                    columns: vec![col("a", "text")],
+                    definition: "SELECT a FROM t".into(),
+                },
+            ),
+        ]);
+        c.order.reverse();
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Catalog>(&json).unwrap(), c);
+        assert!(serde_json::from_str::<Catalog>("{\"objects\": {}}").is_err(), "a cache of another shape is refused");
     }
 
     #[test]

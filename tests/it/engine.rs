@@ -181,8 +181,14 @@ async fn ddl_behind_a_long_reader_times_out_and_retries_instead_of_queueing() {
             async move { migrator(&url, &["--lock-timeout-ms", "100", "--lock-retries", "30", "migrate"]).await },
         );
     // While the reader holds its lock, the migrator keeps giving up its place in the queue,
-    // so a writer is never stuck behind the ALTER.
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // so a writer is never stuck behind the ALTER. Wait until the ALTER has queued once (the
+    // migrator derives the expected schema first, which takes longer on a loaded machine).
+    let started = Instant::now();
+    while db.scalar::<i64>("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'jobs'::regclass").await == 0
+    {
+        assert!(started.elapsed() < Duration::from_secs(30), "the migrator never waited for the reader's lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let mut writer = db.conn().await;
     writer.execute("SET statement_timeout = '5s'").await.unwrap();
     writer

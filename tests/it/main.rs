@@ -6,6 +6,7 @@ mod deadline;
 mod definer;
 mod engine;
 mod hardening;
+mod history;
 mod job_progress;
 mod lambda;
 mod majors;

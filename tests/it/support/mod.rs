@@ -7,6 +7,7 @@ pub mod pg;
 pub mod rds_status;
 pub mod runtime;
 pub mod secrets;
+pub mod synthetic;
 pub mod terraform;
 pub mod tls;
 
