@@ -103,9 +103,16 @@ async fn the_refresh_role_cannot_forge_the_counts_with_a_temporary_table() {
     let db = TestDb::new().await;
     let master = db.url.clone();
     let before = (the_definer_version() - 1).to_string();
-    // Applied, and its closing verification already says the function is unsafe.
+    // Applied, and its closing verification already names the function unsafe (a later migration fixes it).
     let run = migrator(&master, &["migrate", "--target", &before]).await;
-    assert!(failures(&run).contains("refresh_job_progress(): SECURITY DEFINER with search_path `pg_catalog, public`"));
+    assert_eq!(run.status(), "applied", "{:#}", run.json);
+    assert!(
+        run.json["verification"]["accepted"]
+            .to_string()
+            .contains("refresh_job_progress(): SECURITY DEFINER with search_path `pg_catalog, public`"),
+        "{:#}",
+        run.json
+    );
     assert_eq!(db.history().await.last(), Some(&(the_definer_version() - 1)));
     let job = a_job_with_five_objects(&db).await;
     let mut conn = as_refresh_role(&db).await;
@@ -194,7 +201,7 @@ async fn verify_names_a_definer_function_whose_search_path_lets_others_choose_it
 }
 
 #[tokio::test]
-async fn rolling_005_back_is_reported_unsafe_and_migrating_again_makes_it_safe() {
+async fn rolling_005_back_is_named_unsafe_and_migrating_again_makes_it_safe() {
     let db = TestDb::new().await;
     let master = db.url.clone();
     assert_eq!(migrator(&master, &["migrate"]).await.status(), "applied");
@@ -207,10 +214,13 @@ async fn rolling_005_back_is_reported_unsafe_and_migrating_again_makes_it_safe()
     let run = migrator(&master, &["rollback", "--to", &(v - 1).to_string()]).await;
     assert_eq!(run.status(), "rolled_back", "{:#}", run.json);
     assert_eq!(config().await, ["search_path=pg_catalog, public"], "004's path again");
-    let msg = failures(&migrator(&master, &["verify"]).await);
+    // Below the latest migration the hazard is named (a later migration fixes it), not failed.
+    let run = migrator(&master, &["verify"]).await;
+    assert_eq!(run.status(), "verified", "{:#}", run.json);
+    let msg = run.json["verification"]["accepted"].to_string();
     assert!(
         msg.contains("function refresh_job_progress(): SECURITY DEFINER with search_path `pg_catalog, public`")
-            && msg.contains("run migrate"),
+            && msg.contains("below the latest migration: run migrate"),
         "{msg}"
     );
 
@@ -218,4 +228,13 @@ async fn rolling_005_back_is_reported_unsafe_and_migrating_again_makes_it_safe()
     assert_eq!(config().await, ["search_path=pg_catalog, pg_temp"]);
     assert_eq!(db.fingerprint().await, before);
     assert_eq!(migrator(&master, &["verify"]).await.status(), "verified");
+
+    // At the latest version the migrations' own function made unsafe by hand is a failure, with the fix.
+    db.exec("ALTER FUNCTION refresh_job_progress() SET search_path = pg_catalog, public").await;
+    let msg = failures(&migrator(&master, &["verify"]).await);
+    assert!(
+        msg.contains("function refresh_job_progress(): SECURITY DEFINER with search_path `pg_catalog, public`, which does not end in pg_temp")
+            && msg.contains("ALTER FUNCTION refresh_job_progress() SET search_path = pg_catalog, public, pg_temp"),
+        "{msg}"
+    );
 }
