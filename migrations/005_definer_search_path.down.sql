@@ -1,11 +1,11 @@
--- Rollback of 005_definer_search_path: 003's body of refresh_job_progress(), verbatim, with 004's
--- attributes (SECURITY DEFINER, search_path = pg_catalog, public). verify reports it unsafe until
--- 005 is applied again.
-CREATE OR REPLACE FUNCTION refresh_job_progress() RETURNS jsonb
-LANGUAGE plpgsql
-SECURITY DEFINER
-SET search_path = pg_catalog, public
-AS $fold$
+-- Rollback of 005_definer_search_path: 003's body of refresh_job_progress(), verbatim (on PostgreSQL 13
+-- with the cast 003 makes there: extract() returns double precision before 14), with 004's attributes
+-- (SECURITY DEFINER, search_path = pg_catalog, public). verify names it unsafe until 005 is applied again.
+DO $down$
+DECLARE
+    fold_body text;
+BEGIN
+    fold_body := $fold$
     DECLARE
         started   timestamptz := clock_timestamp();
         n_rows    bigint;
@@ -70,3 +70,11 @@ AS $fold$
         );
     END;
     $fold$;
+    IF current_setting('server_version_num')::int < 140000 THEN
+        fold_body := replace(fold_body, 'extract(epoch FROM clock_timestamp() - started) * 1000',
+                             'extract(epoch FROM clock_timestamp() - started)::numeric * 1000');
+    END IF;
+    EXECUTE format('CREATE OR REPLACE FUNCTION refresh_job_progress() RETURNS jsonb LANGUAGE plpgsql '
+                   'SECURITY DEFINER SET search_path = pg_catalog, public AS %L', fold_body);
+END;
+$down$;

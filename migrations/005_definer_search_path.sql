@@ -16,7 +16,8 @@
 -- So: search_path = pg_catalog, pg_temp, and the fold names its tables as public.<table> (where
 -- 004's path already looked for them). Functions, operators and types resolve in pg_catalog only;
 -- a table name cannot be taken over in public (ours exist) nor in pg_temp (searched last). The body
--- is 003's with only those names qualified; CREATE OR REPLACE keeps the owner and the grants.
+-- is 003's with only those names qualified (and fold_ms cast to numeric, so it runs on 13, where
+-- extract() returns double precision); CREATE OR REPLACE keeps the owner and the grants.
 -- It is the only SECURITY DEFINER function the migrations own: 003's capture trigger functions run
 -- with the writer's rights, and its backfill procedure is dropped when 003 ends.
 CREATE OR REPLACE FUNCTION refresh_job_progress() RETURNS jsonb
@@ -81,7 +82,7 @@ AS $fold$
         RETURN jsonb_build_object(
             'delta_rows', n_rows,
             'jobs_touched', n_jobs,
-            'fold_ms', round(extract(epoch FROM clock_timestamp() - started) * 1000, 3),
+            'fold_ms', round((extract(epoch FROM clock_timestamp() - started) * 1000)::numeric, 3),
             'pending_after', n_pending,
             'jobs', n_known,
             'staleness_s', 0

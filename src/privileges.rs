@@ -129,7 +129,10 @@ pub fn denied(user: &str, migration: &str, migration_sql: &str, line: usize, mes
             "the CREATEROLE attribute".to_string(),
             format!("ALTER ROLE {} CREATEROLE; (as the master user){by_hand}", quote(user)),
         )
-    } else if let Some(role) = between(message, "must have admin option on role \"", "\"") {
+    } else if let Some(role) = between(message, "must have admin option on role \"", "\"")
+        // PostgreSQL 16+ words it so.
+        .or_else(|| between(message, "permission denied to grant role \"", "\""))
+    {
         let by_hand: Vec<String> =
             grants_of(migration_sql, role).iter().map(|to| format!("GRANT {} TO {to};", quote(role))).collect();
         let by_hand = if by_hand.is_empty() {
@@ -286,6 +289,8 @@ mod tests {
         let (_, msg) = message(denied("u", "009_x", sql, 3, "must have admin option on role \"rds_iam\""));
         assert!(msg.contains("GRANT rds_iam TO u WITH ADMIN OPTION;"), "{msg}");
         assert!(msg.contains("by hand (GRANT rds_iam TO scanner_refresh;)"), "{msg}");
+        let (_, sixteen) = message(denied("u", "009_x", sql, 3, "permission denied to grant role \"rds_iam\""));
+        assert_eq!(sixteen, msg.replace("must have admin option on role", "permission denied to grant role"));
         let (_, msg) = message(denied("u", "009_x", "", 3, "must be owner of table jobs"));
         assert!(msg.contains("ownership of the table jobs"), "{msg}");
         let (_, msg) = message(denied("u", "009_x", "", 3, "permission denied for schema s"));
