@@ -218,3 +218,31 @@ async fn a_table_where_the_migrations_make_a_view_is_never_dropped() {
     assert_eq!(db.history().await, vec![0, 1], "stopped before 002 changed anything");
     assert_eq!(db.scalar::<i64>("SELECT total_objects FROM job_progress").await, 7, "the table and its data are kept");
 }
+
+#[tokio::test]
+async fn a_function_returning_another_type_is_dropped_and_created_keeping_its_grants() {
+    let db = TestDb::new().await;
+    db.exec(OLD_TABLES).await;
+    db.exec(
+        "CREATE VIEW job_progress AS SELECT job_id, count(*) AS total_objects FROM job_objects GROUP BY job_id;
+         CREATE FUNCTION refresh_job_progress() RETURNS integer LANGUAGE sql AS $$ SELECT 1 $$;
+         DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'status_api') THEN CREATE ROLE status_api; END IF; END $$;
+         REVOKE EXECUTE ON FUNCTION refresh_job_progress() FROM PUBLIC;
+         GRANT EXECUTE ON FUNCTION refresh_job_progress() TO status_api;",
+    )
+    .await;
+    let dir = seed_migrations(2);
+    let run = migrator(&db.url, &["--migrations-dir", dir.path().to_str().unwrap(), "migrate"]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+    let f = adoption(&run.json, "function refresh_job_progress()").expect("the function is listed");
+    assert_eq!(f["action"], "converged");
+    assert!(f["was"].as_str().unwrap().contains("expected to return void, found integer"), "{f}");
+    assert_eq!(
+        db.scalar::<String>("SELECT pg_get_function_result('refresh_job_progress()'::regprocedure)").await,
+        "void"
+    );
+    assert!(
+        db.scalar::<bool>("SELECT has_function_privilege('status_api', 'refresh_job_progress()', 'EXECUTE')").await
+    );
+    assert_eq!(run.json["verification"]["ok"], true, "{:#}", run.json);
+}
