@@ -175,6 +175,47 @@ pub async fn current_schema(conn: &mut PgConnection) -> Result<String> {
         })
 }
 
+/// A digest of every catalog row describing the current schema's objects, and of the history's
+/// rows: a committed change to any of them gives another digest (each new row version has a new
+/// `xmin`; VACUUM and ANALYZE update statistics in place and leave it alone). The history table's
+/// own definition is left out: `migrate` creates or upgrades it before it changes anything else.
+pub async fn change_stamp(conn: &mut PgConnection) -> Result<String> {
+    let ctx = "reading the catalog's row versions";
+    let catalog: String = sqlx::query_scalar(
+        "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()),
+              history AS (SELECT to_regclass($1) AS oid
+                          UNION ALL SELECT indexrelid FROM pg_index WHERE indrelid = to_regclass($1)),
+              rel AS (SELECT c.oid, c.xmin FROM pg_class AS c, ns
+                       WHERE c.relnamespace = ns.oid AND c.oid NOT IN (SELECT oid FROM history WHERE oid IS NOT NULL))
+         SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
+             SELECT 'c' || oid || ':' || xmin FROM rel
+             UNION ALL SELECT 'a' || a.attrelid || '.' || a.attnum || ':' || a.xmin
+                         FROM pg_attribute AS a JOIN rel ON rel.oid = a.attrelid
+             UNION ALL SELECT 'i' || i.indexrelid || ':' || i.xmin FROM pg_index AS i JOIN rel ON rel.oid = i.indexrelid
+             UNION ALL SELECT 't' || t.oid || ':' || t.xmin FROM pg_trigger AS t JOIN rel ON rel.oid = t.tgrelid
+             UNION ALL SELECT 'p' || p.oid || ':' || p.xmin FROM pg_proc AS p, ns WHERE p.pronamespace = ns.oid
+             UNION ALL SELECT 'k' || k.oid || ':' || k.xmin FROM pg_constraint AS k, ns WHERE k.connamespace = ns.oid
+             UNION ALL SELECT 'y' || y.oid || ':' || y.xmin FROM pg_type AS y, ns WHERE y.typnamespace = ns.oid
+         ) AS s(x)",
+    )
+    .bind(HISTORY_TABLE)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| Error::db(ctx, e))?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(HISTORY_TABLE)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+    if !exists {
+        return Ok(catalog);
+    }
+    let sql = format!("SELECT md5(coalesce(string_agg(xmin::text, ',' ORDER BY version), '')) FROM {HISTORY_TABLE}");
+    let rows: String =
+        sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut *conn).await.map_err(|e| Error::db(ctx, e))?;
+    Ok(format!("{catalog}:{rows}"))
+}
+
 /// What the catalog says about the connected user's privileges (see `privileges`).
 pub async fn role_facts(conn: &mut PgConnection, schema: &str) -> Result<crate::privileges::Facts> {
     let row: (String, String, bool, bool, bool, bool, i32, bool, bool) = sqlx::query_as(

@@ -155,11 +155,21 @@ async fn list(aws: &Aws, source: &Source<'_>) -> Result<Vec<Found>> {
     }
 }
 
+/// A snapshot ready to migrate behind.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    /// Its identifier.
+    pub id: String,
+    /// Its ARN, for tagging it as used.
+    pub arn: Option<String>,
+}
+
 /// The snapshot that makes it safe to change the schema before `next`: the one an earlier
 /// invocation started for `next` (found by its tags), or a new one. Waits for it with the SDK's
 /// waiter until `deadline`; still not available then: [`Error::SnapshotPending`] with its id, and
 /// the next invocation picks it up. A failed or `incompatible-*` one is an error naming it.
-pub async fn ensure(aws: &Aws, db: &SecretSettings, next: &str, deadline: Instant) -> Result<String> {
+/// Not yet tagged as used: that waits until a change has gone through ([`mark_used`]).
+pub async fn ensure(aws: &Aws, db: &SecretSettings, next: &str, deadline: Instant) -> Result<Taken> {
     let source = Source::of(db)?;
     let found = list(aws, &source).await?;
     let (id, arn, status) = match pick(&found, next) {
@@ -184,8 +194,7 @@ pub async fn ensure(aws: &Aws, db: &SecretSettings, next: &str, deadline: Instan
         Some(arn) => Some(arn),
         None => list(aws, &source).await?.into_iter().find(|f| f.id == id).and_then(|f| f.arn),
     };
-    mark_used(aws, &id, arn.as_deref()).await;
-    Ok(id)
+    Ok(Taken { id, arn })
 }
 
 fn unusable(id: &str, status: &str) -> Error {
@@ -298,8 +307,9 @@ async fn wait(aws: &Aws, source: &Source<'_>, id: &str, status: &str, deadline: 
 
 /// Tags the snapshot as having let a change through. Best effort: a failure costs a new snapshot
 /// next time, nothing else.
-async fn mark_used(aws: &Aws, id: &str, arn: Option<&str>) {
-    let Some(arn) = arn else {
+pub async fn mark_used(aws: &Aws, taken: &Taken) {
+    let id = &taken.id;
+    let Some(arn) = taken.arn.as_deref() else {
         tracing::warn!(step = "snapshot", snapshot = %id, "no ARN to tag the snapshot as used");
         return;
     };
