@@ -92,7 +92,10 @@ impl App {
         // Without IAM database authentication the refresh role logs in with its own secret's password.
         let outcome = match (outcome, &self.settings.refresh_secret_id, &self.aws) {
             (Ok(report), Some(secret), Some(aws)) if matches!(command, Command::Migrate { .. }) => {
-                credentials::set_refresh_password(&mut conn, aws, secret).await.map(|_| report)
+                match credentials::set_refresh_password(&mut conn, aws, secret).await {
+                    Ok(_) => Ok(report),
+                    Err(e) => Err(e.after_applying(runner::applied_labels(&report))),
+                }
             }
             (outcome, ..) => outcome,
         };

@@ -183,7 +183,9 @@ pub async fn run(
         let wait = settings.deadline.cap_wait(settings.advisory_wait);
         report.lock_wait_ms = db::lock(conn, wait).await?.as_millis() as u64;
         tracing::info!(step = "lock", wait_ms = report.lock_wait_ms, "migration lock taken");
-        let outcome = locked(conn, migrations, command, settings, before_change, &mut report).await;
+        let outcome = locked(conn, migrations, command, settings, before_change, &mut report)
+            .await
+            .map_err(|e| e.after_applying(applied_labels(&report)));
         // Release even when the work failed; if this fails too, closing the connection frees it.
         let released = db::unlock(conn).await;
         outcome?;
@@ -216,6 +218,11 @@ pub async fn run(
 /// schema is derived from.
 fn applied_migrations<'a>(migrations: &'a Migrations, history: &[Applied]) -> Vec<&'a Migration> {
     history.iter().filter(|a| a.state == State::Applied).filter_map(|a| migrations.get(a.version)).collect()
+}
+
+/// The migrations a report says this run applied (`001_add_execution_arn`).
+pub fn applied_labels(report: &Report) -> Vec<String> {
+    report.applied.iter().map(|s| format!("{:03}_{}", s.version, s.name)).collect()
 }
 
 /// What this run finished, for `DeadlineReached`.
