@@ -143,16 +143,21 @@ pub fn is_query_canceled(err: &sqlx::Error) -> bool {
     sqlstate(err).as_deref() == Some("57014")
 }
 
+/// A duration as PostgreSQL's timeout settings take it: milliseconds, at most `INT_MAX` (a longer
+/// one is refused as an invalid value; that maximum is some 24 days), `None` as 0 (no limit).
+fn timeout_ms(d: Option<Duration>) -> String {
+    d.map(|d| d.as_millis().clamp(1, i32::MAX as u128)).unwrap_or(0).to_string()
+}
+
 /// `statement_timeout` and `lock_timeout` for the next statements, in one round trip; `None` is no limit.
 pub async fn set_limits(
     conn: &mut PgConnection,
     statement: Option<Duration>,
     lock: Option<Duration>,
 ) -> std::result::Result<(), sqlx::Error> {
-    let ms = |d: Option<Duration>| d.map(|d| d.as_millis().clamp(1, i32::MAX as u128)).unwrap_or(0).to_string();
     sqlx::query("SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false)")
-        .bind(ms(statement))
-        .bind(ms(lock))
+        .bind(timeout_ms(statement))
+        .bind(timeout_ms(lock))
         .execute(conn)
         .await
         .map(|_| ())
@@ -284,10 +289,11 @@ pub async fn estimated_rows(conn: &mut PgConnection, table: &str) -> std::result
     .await
 }
 
-/// Sets a session setting given as a duration; zero means no limit.
+/// Sets a session setting given as a duration; `None` means no limit.
 pub async fn set_timeout(conn: &mut PgConnection, setting: &str, value: Option<Duration>) -> Result<()> {
-    let ms = value.map(|d| d.as_millis().max(1)).unwrap_or(0);
-    exec(conn, &format!("SET {setting} = {ms}")).await.map_err(|e| Error::db(format!("setting {setting}"), e))
+    exec(conn, &format!("SET {setting} = {}", timeout_ms(value)))
+        .await
+        .map_err(|e| Error::db(format!("setting {setting}"), e))
 }
 
 /// Creates the history table if it is missing, and adds what later versions record to one an
@@ -540,4 +546,17 @@ pub async fn others_who_may_create(
     .bind(owner)
     .fetch_optional(conn)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_fit_postgres_range() {
+        assert_eq!(timeout_ms(None), "0");
+        assert_eq!(timeout_ms(Some(Duration::ZERO)), "1", "zero left is the shortest limit, not none");
+        assert_eq!(timeout_ms(Some(Duration::from_secs(3))), "3000");
+        assert_eq!(timeout_ms(Some(Duration::from_secs(3_000_000))), "2147483647");
+    }
 }
