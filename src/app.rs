@@ -48,7 +48,8 @@ impl App {
     /// Runs a migration command on a fresh dedicated connection, closed afterwards.
     pub async fn migrate(&self, command: Command, applied_by: &str, deadline: Deadline) -> Result<Report> {
         let (mut conn, target) =
-            connection::open(&self.settings, self.aws.as_ref(), &app_name(command.name(), applied_by)).await?;
+            connection::open(&self.settings, self.aws.as_ref(), &app_name(command.name(), applied_by), deadline)
+                .await?;
         let run = RunSettings {
             lock_timeout: self.settings.lock_timeout,
             lock_retries: self.settings.lock_retries,
@@ -92,7 +93,7 @@ impl App {
         // Without IAM database authentication the refresh role logs in with its own secret's password.
         let outcome = match (outcome, &self.settings.refresh_secret_id, &self.aws) {
             (Ok(report), Some(secret), Some(aws)) if matches!(command, Command::Migrate { .. }) => {
-                match credentials::set_refresh_password(&mut conn, aws, secret).await {
+                match credentials::set_refresh_password(&mut conn, aws, secret, deadline).await {
                     Ok(_) => Ok(report),
                     Err(e) => Err(e.after_applying(runner::applied_labels(&report))),
                 }
@@ -107,7 +108,7 @@ impl App {
                 None => true,
             };
             if changed {
-                snapshot::mark_used(aws, &taken).await;
+                snapshot::mark_used(aws, &taken, deadline).await;
             } else {
                 tracing::info!(step = "snapshot", snapshot = %taken.id, "nothing changed: the snapshot is kept for the next attempt");
             }
@@ -126,7 +127,7 @@ impl App {
     /// Brings `job_progress` up to date on a fresh dedicated connection.
     pub async fn refresh(&self, requested_by: &str, deadline: Deadline) -> Result<RefreshReport> {
         let (mut conn, _) =
-            connection::open(&self.settings, self.aws.as_ref(), &app_name("refresh", requested_by)).await?;
+            connection::open(&self.settings, self.aws.as_ref(), &app_name("refresh", requested_by), deadline).await?;
         let settings = RefreshSettings {
             min_interval: self.settings.refresh_min_interval,
             statement_timeout: self.settings.statement_timeout,

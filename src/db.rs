@@ -10,6 +10,7 @@ use sqlx::{
 };
 
 use crate::{
+    deadline::Deadline,
     error::{Error, Result, cause_chain},
     plan::{Applied, State},
 };
@@ -71,13 +72,11 @@ pub fn sslmode_name(mode: PgSslMode) -> &'static str {
 }
 
 /// Opens one dedicated connection (never a pool: the advisory lock belongs to the session).
-pub async fn connect(opts: &PgConnectOptions, timeout: Duration) -> Result<PgConnection> {
+/// The wait is `timeout`, or the time left when that is shorter.
+pub async fn connect(opts: &PgConnectOptions, timeout: Duration, deadline: Deadline) -> Result<PgConnection> {
     let target = Target::of(opts);
-    match tokio::time::timeout(timeout, PgConnection::connect_with(opts)).await {
-        Err(_) => Err(Error::ConnectFailed {
-            target: target.to_string(),
-            cause: format!("no connection within {} s", timeout.as_secs_f64()),
-        }),
+    match deadline.within(Some(timeout), PgConnection::connect_with(opts)).await {
+        Err(cut) => Err(Error::ConnectFailed { target: target.to_string(), cause: format!("no connection {cut}") }),
         Ok(Ok(mut conn)) => {
             watch_client(&mut conn).await;
             Ok(conn)

@@ -182,3 +182,42 @@ async fn an_index_too_large_for_the_time_left_is_refused_before_it_starts() {
     let run = fx.cli(&[("INDEX_BUILD_ROWS_PER_S", "100")], &["migrate"]).await;
     assert_eq!(run.status(), "applied", "{:#}", run.json);
 }
+
+/// A socket that accepts connections and never answers: only a timeout ends the wait.
+fn black_hole() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_connect_failed_within_the_invocations_time() {
+    let fx = Fixture::rotation().await;
+    let (_hole, port) = black_hole();
+    let port = port.to_string();
+    // The connect timeout is longer than the invocation: the time left is what bounds the wait.
+    let env = fx.env_with(&[("DB_HOST", "127.0.0.1"), ("DB_PORT", &port), ("DB_CONNECT_TIMEOUT_S", "30")]);
+    let (api, f) = function("migrate", &env).await;
+    let started = Instant::now();
+    let (kind, msg) = api.invoke(json!({"command": "status"}), Duration::from_secs(4)).await.err();
+    let took = started.elapsed();
+    f.stop().await;
+    assert_eq!(kind, "ConnectFailed", "{msg}");
+    assert!(msg.contains(&format!("127.0.0.1:{port}")) && msg.contains("time left"), "{msg}");
+    assert!(took < Duration::from_secs(4), "answered within the invocation: {took:?}");
+}
+
+#[tokio::test]
+async fn an_unanswering_secrets_manager_is_named_within_the_invocations_time() {
+    let fx = Fixture::rotation().await;
+    let (_hole, port) = black_hole();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let (api, f) = function("migrate", &fx.env_with(&[("AWS_ENDPOINT_URL", &endpoint)])).await;
+    let started = Instant::now();
+    let (kind, msg) = api.invoke(json!({"command": "status"}), Duration::from_secs(4)).await.err();
+    let took = started.elapsed();
+    f.stop().await;
+    assert_eq!(kind, "SecretUnavailable", "{msg}");
+    assert!(msg.contains(&fx.secret_arn) && msg.contains("no answer") && msg.contains("time left"), "{msg}");
+    assert!(took < Duration::from_secs(4), "answered within the invocation: {took:?}");
+}
