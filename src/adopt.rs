@@ -23,6 +23,9 @@ pub struct Adoption {
     /// For a converged object, how it differed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub was: Option<String>,
+    /// What an interrupted attempt had left and was cleaned up before the retry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cleaned_up: Vec<String>,
 }
 
 /// SQL run to converge one object: statements in one transaction, or one by one.
@@ -71,7 +74,7 @@ pub async fn decide(conn: &mut PgConnection, key: &str, after: &Catalog, live: &
     let object = after.describe(key);
     let differences = verify::diff_object(key, expected, Some(found));
     if differences.is_empty() {
-        return Ok(Decision::Adopt(Adoption { object, action: "adopted", was: None }));
+        return Ok(Decision::Adopt(Adoption { object, action: "adopted", was: None, cleaned_up: Vec::new() }));
     }
     if expected.is_derived() && matches!(found, Object::Table { .. }) {
         return Err(Error::AdoptionFailed(format!(
@@ -86,7 +89,7 @@ pub async fn decide(conn: &mut PgConnection, key: &str, after: &Catalog, live: &
         return Ok(Decision::Leave);
     }
     let was = Some(differences.iter().map(|d| d.problem.clone()).collect::<Vec<_>>().join("; "));
-    let adoption = Adoption { object: object.clone(), action: "converged", was };
+    let adoption = Adoption { object: object.clone(), action: "converged", was, cleaned_up: Vec::new() };
     let name = verify::key_name(key);
     let steps = match expected {
         Object::Index { table, unique, using, .. } => index_steps(name, table, *unique, using),

@@ -204,7 +204,11 @@ impl Error {
                 f.applied_before = applied;
                 Error::MigrationFailed(f)
             }
-            e @ (Error::DeadlineReached { .. } | Error::MigrationFailed(_) | Error::AfterApplied { .. }) => e,
+            // These name what was applied themselves.
+            e @ (Error::DeadlineReached { .. }
+            | Error::MigrationFailed(_)
+            | Error::DeadlineTooShort(_)
+            | Error::AfterApplied { .. }) => e,
             cause => Error::AfterApplied { applied, cause: Box::new(cause) },
         }
     }
