@@ -23,6 +23,9 @@ pub struct Adoption {
     /// For a converged object, how it differed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub was: Option<String>,
+    /// What an interrupted attempt had left and was cleaned up before the retry.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cleaned_up: Vec<String>,
 }
 
 /// SQL run to converge one object: statements in one transaction, or one by one.
@@ -71,7 +74,7 @@ pub async fn decide(conn: &mut PgConnection, key: &str, after: &Catalog, live: &
     let object = after.describe(key);
     let differences = verify::diff_object(key, expected, Some(found));
     if differences.is_empty() {
-        return Ok(Decision::Adopt(Adoption { object, action: "adopted", was: None }));
+        return Ok(Decision::Adopt(Adoption { object, action: "adopted", was: None, cleaned_up: Vec::new() }));
     }
     if expected.is_derived() && matches!(found, Object::Table { .. }) {
         return Err(Error::AdoptionFailed(format!(
@@ -86,12 +89,12 @@ pub async fn decide(conn: &mut PgConnection, key: &str, after: &Catalog, live: &
         return Ok(Decision::Leave);
     }
     let was = Some(differences.iter().map(|d| d.problem.clone()).collect::<Vec<_>>().join("; "));
-    let adoption = Adoption { object: object.clone(), action: "converged", was };
+    let adoption = Adoption { object: object.clone(), action: "converged", was, cleaned_up: Vec::new() };
     let name = verify::key_name(key);
     let steps = match expected {
         Object::Index { table, unique, using, .. } => index_steps(name, table, *unique, using),
         Object::View { .. } => relation_steps(conn, name, expected, found, after).await?,
-        Object::Function { ddl, .. } => function_steps(conn, name, ddl, found).await?,
+        Object::Function { .. } => function_steps(conn, name, expected, found).await?,
         Object::Trigger { table, definition } => vec![Step {
             what: format!("replacing {object}"),
             statements: vec![
@@ -239,17 +242,19 @@ async fn relation_grants(conn: &mut PgConnection, name: &str) -> Result<String> 
 
 /// A function: `CREATE OR REPLACE` when the result type is the same; otherwise drop and create
 /// in one transaction, keeping its privileges.
-async fn function_steps(conn: &mut PgConnection, signature: &str, ddl: &str, found: &Object) -> Result<Vec<Step>> {
-    let same_result = matches!(found, Object::Function { .. })
-        && sqlx::query_scalar::<_, bool>("SELECT pg_get_function_result(to_regprocedure($1)) = $2")
-            .bind(signature)
-            .bind(match found {
-                Object::Function { result, .. } => result.clone(),
-                _ => String::new(),
-            })
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap_or(false);
+async fn function_steps(
+    conn: &mut PgConnection,
+    signature: &str,
+    expected: &Object,
+    found: &Object,
+) -> Result<Vec<Step>> {
+    let Object::Function { ddl, .. } = expected else { unreachable!("a function") };
+    // PostgreSQL refuses CREATE OR REPLACE that changes the result type: compare what the
+    // migration makes with what is there, and drop first when they differ.
+    let same_result = matches!(
+        (expected, found),
+        (Object::Function { result: want, .. }, Object::Function { result: have, .. }) if want == have
+    );
     let mut statements = Vec::new();
     let (fname, _) = signature.split_once('(').unwrap_or((signature, ""));
     let grants: String = sqlx::query_scalar(

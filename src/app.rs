@@ -48,7 +48,8 @@ impl App {
     /// Runs a migration command on a fresh dedicated connection, closed afterwards.
     pub async fn migrate(&self, command: Command, applied_by: &str, deadline: Deadline) -> Result<Report> {
         let (mut conn, target) =
-            connection::open(&self.settings, self.aws.as_ref(), &app_name(command.name(), applied_by)).await?;
+            connection::open(&self.settings, self.aws.as_ref(), &app_name(command.name(), applied_by), deadline)
+                .await?;
         let run = RunSettings {
             lock_timeout: self.settings.lock_timeout,
             lock_retries: self.settings.lock_retries,
@@ -62,12 +63,23 @@ impl App {
             (DbSource::Secret(s), Some(aws)) if self.settings.snapshot_before_migrate => Some((s, aws)),
             _ => None,
         };
-        let hook = move |next: String| -> runner::BoxFuture<'_, Result<String>> {
+        let taken: std::sync::Mutex<Option<snapshot::Taken>> = std::sync::Mutex::new(None);
+        let hook = |next: String| -> runner::BoxFuture<'_, Result<String>> {
+            let taken = &taken;
             Box::pin(async move {
-                let (db, aws) = snapshot_db.expect("hook only installed with a snapshot target");
+                let (db, aws) = snapshot_db.ok_or_else(|| Error::BadRequest("no snapshot target".into()))?;
                 // Without a Lambda deadline, wait for the snapshot at most 30 minutes.
-                snapshot::ensure(aws, db, &next, deadline.or_after(Duration::from_secs(1800))).await
+                let snap = snapshot::ensure(aws, db, &next, deadline.or_after(Duration::from_secs(1800))).await?;
+                let id = snap.id.clone();
+                *taken.lock().unwrap_or_else(|e| e.into_inner()) = Some(snap);
+                Ok(id)
             })
+        };
+        // A snapshot is spent once a change goes through, not when it is taken: a refused or failed
+        // run that committed nothing leaves it for the retry.
+        let stamp = match snapshot_db {
+            Some(_) if command.changes_schema() => crate::db::change_stamp(&mut conn).await.ok(),
+            _ => None,
         };
         let hook_ref: Option<runner::BeforeChange<'_>> = if snapshot_db.is_some() { Some(&hook) } else { None };
         // Giving the refresh role its password comes after migrating: whether this user may is checked first.
@@ -81,10 +93,26 @@ impl App {
         // Without IAM database authentication the refresh role logs in with its own secret's password.
         let outcome = match (outcome, &self.settings.refresh_secret_id, &self.aws) {
             (Ok(report), Some(secret), Some(aws)) if matches!(command, Command::Migrate { .. }) => {
-                credentials::set_refresh_password(&mut conn, aws, secret).await.map(|_| report)
+                match credentials::set_refresh_password(&mut conn, aws, secret, deadline).await {
+                    Ok(_) => Ok(report),
+                    Err(e) => Err(e.after_applying(runner::applied_labels(&report))),
+                }
             }
             (outcome, ..) => outcome,
         };
+        let taken = taken.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let (Some(taken), Some((_, aws))) = (taken, snapshot_db) {
+            // Unsure (the digest could not be read) counts as changed: a new snapshot is the safe side.
+            let changed = match &stamp {
+                Some(before) => crate::db::change_stamp(&mut conn).await.map_or(true, |now| &now != before),
+                None => true,
+            };
+            if changed {
+                snapshot::mark_used(aws, &taken, deadline).await;
+            } else {
+                tracing::info!(step = "snapshot", snapshot = %taken.id, "nothing changed: the snapshot is kept for the next attempt");
+            }
+        }
         close(conn).await;
         let mut report = outcome?;
         report.database = Some(target);
@@ -99,7 +127,7 @@ impl App {
     /// Brings `job_progress` up to date on a fresh dedicated connection.
     pub async fn refresh(&self, requested_by: &str, deadline: Deadline) -> Result<RefreshReport> {
         let (mut conn, _) =
-            connection::open(&self.settings, self.aws.as_ref(), &app_name("refresh", requested_by)).await?;
+            connection::open(&self.settings, self.aws.as_ref(), &app_name("refresh", requested_by), deadline).await?;
         let settings = RefreshSettings {
             min_interval: self.settings.refresh_min_interval,
             statement_timeout: self.settings.statement_timeout,

@@ -6,14 +6,21 @@ use crate::{
     config::{Auth, DbSource, Settings},
     credentials::{self, Aws},
     db::{self, Target},
+    deadline::Deadline,
     error::{Error, Result},
 };
 
 /// Opens the connection the command runs on. With a secret: on an authentication failure
 /// the secret is read once more (it may have rotated since it was read) and the connect retried.
-/// The target says which TLS the session negotiated, not only which mode was configured.
-pub async fn open(settings: &Settings, aws: Option<&Aws>, application_name: &str) -> Result<(PgConnection, Target)> {
-    let (mut conn, mut target) = connect(settings, aws, application_name).await?;
+/// The target says which TLS the session negotiated, not only which mode was configured. Every
+/// network wait (the AWS calls, the connect, the retry) is cut to the time `deadline` leaves.
+pub async fn open(
+    settings: &Settings,
+    aws: Option<&Aws>,
+    application_name: &str,
+    deadline: Deadline,
+) -> Result<(PgConnection, Target)> {
+    let (mut conn, mut target) = connect(settings, aws, application_name, deadline).await?;
     target.tls = Some(negotiated_tls(&mut conn).await?);
     tracing::info!(step = "connect", target = %target, tls = target.tls.as_deref().unwrap_or(""), "connected");
     Ok((conn, target))
@@ -34,12 +41,17 @@ pub async fn negotiated_tls(conn: &mut PgConnection) -> Result<String> {
     })
 }
 
-async fn connect(settings: &Settings, aws: Option<&Aws>, application_name: &str) -> Result<(PgConnection, Target)> {
+async fn connect(
+    settings: &Settings,
+    aws: Option<&Aws>,
+    application_name: &str,
+    deadline: Deadline,
+) -> Result<(PgConnection, Target)> {
     tracing::info!(step = "resolve", "resolving the database connection");
     match &settings.db {
         DbSource::Url(opts) => {
             let opts = opts.as_ref().clone().application_name(application_name);
-            let conn = db::connect(&opts, settings.connect_timeout).await?;
+            let conn = db::connect(&opts, settings.connect_timeout, deadline).await?;
             Ok((conn, Target::of(&opts)))
         }
         DbSource::Secret(s) => {
@@ -47,17 +59,17 @@ async fn connect(settings: &Settings, aws: Option<&Aws>, application_name: &str)
                 var: "DB_SECRET_ARN".into(),
                 problem: "AWS clients are not configured".into(),
             })?;
-            let opts = credentials::resolve(s, aws, application_name).await?;
+            let opts = credentials::resolve(s, aws, application_name, deadline).await?;
             let target = Target::of(&opts);
             tracing::info!(step = "connect", target = %target, "connecting");
-            match db::connect(&opts, settings.connect_timeout).await {
+            match db::connect(&opts, settings.connect_timeout, deadline).await {
                 Err(Error::AuthFailed { .. }) if s.auth == Auth::Password => {
                     tracing::warn!(
                         step = "connect",
                         "authentication failed; re-reading the secret once in case it was just rotated"
                     );
-                    let opts = credentials::resolve(s, aws, application_name).await?;
-                    let conn = db::connect(&opts, settings.connect_timeout).await?;
+                    let opts = credentials::resolve(s, aws, application_name, deadline).await?;
+                    let conn = db::connect(&opts, settings.connect_timeout, deadline).await?;
                     Ok((conn, Target::of(&opts)))
                 }
                 Err(e) => Err(e),

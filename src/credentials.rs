@@ -7,6 +7,7 @@ use sqlx::postgres::PgConnectOptions;
 
 use crate::{
     config::{Auth, SecretSettings},
+    deadline::Deadline,
     error::{Error, Result},
 };
 
@@ -112,12 +113,13 @@ pub fn parse_secret(secret_id: &str, text: &str) -> Result<DbSecret> {
 }
 
 /// Fetches and parses the secret (on every invocation: RDS rotates it).
-pub async fn fetch_secret(aws: &Aws, secret_id: &str) -> Result<DbSecret> {
-    let out =
-        aws.secrets.get_secret_value().secret_id(secret_id).send().await.map_err(|e| Error::SecretUnavailable {
-            secret: secret_id.to_string(),
-            cause: crate::error::sdk_cause(&e),
-        })?;
+pub async fn fetch_secret(aws: &Aws, secret_id: &str, deadline: Deadline) -> Result<DbSecret> {
+    let unavailable = |cause: String| Error::SecretUnavailable { secret: secret_id.to_string(), cause };
+    let out = deadline
+        .within(None, aws.secrets.get_secret_value().secret_id(secret_id).send())
+        .await
+        .map_err(|cut| unavailable(format!("Secrets Manager gave no answer {cut}")))?
+        .map_err(|e| unavailable(crate::error::sdk_cause(&e)))?;
     match out.secret_string() {
         Some(text) => parse_secret(secret_id, text),
         None if out.secret_binary().is_some() => Err(Error::SecretFormat {
@@ -129,16 +131,16 @@ pub async fn fetch_secret(aws: &Aws, secret_id: &str) -> Result<DbSecret> {
 }
 
 /// Endpoint from the RDS API: (host, port, database name).
-async fn describe_endpoint(aws: &Aws, s: &SecretSettings) -> Result<(String, u16, Option<String>)> {
+async fn describe_endpoint(aws: &Aws, s: &SecretSettings, deadline: Deadline) -> Result<(String, u16, Option<String>)> {
     let rds_err = |what: &str, cause: String| Error::RdsApi(format!("{what}: {cause}"));
+    let no_answer = |what: &str, cut| Error::RdsApi(format!("{what}: no answer {cut}"));
     if let Some(id) = &s.instance_id {
-        let out = aws
-            .rds
-            .describe_db_instances()
-            .db_instance_identifier(id)
-            .send()
+        let what = format!("DescribeDBInstances {id}");
+        let out = deadline
+            .within(None, aws.rds.describe_db_instances().db_instance_identifier(id).send())
             .await
-            .map_err(|e| rds_err(&format!("DescribeDBInstances {id}"), crate::error::sdk_cause(&e)))?;
+            .map_err(|cut| no_answer(&what, cut))?
+            .map_err(|e| rds_err(&what, crate::error::sdk_cause(&e)))?;
         let db = out.db_instances().first().ok_or_else(|| Error::RdsApi(format!("DB instance {id} not found")))?;
         let ep = db.endpoint().ok_or_else(|| {
             Error::RdsApi(format!(
@@ -150,13 +152,12 @@ async fn describe_endpoint(aws: &Aws, s: &SecretSettings) -> Result<(String, u16
         let port = ep.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432);
         Ok((host.to_string(), port, db.db_name().map(str::to_string)))
     } else if let Some(id) = &s.cluster_id {
-        let out = aws
-            .rds
-            .describe_db_clusters()
-            .db_cluster_identifier(id)
-            .send()
+        let what = format!("DescribeDBClusters {id}");
+        let out = deadline
+            .within(None, aws.rds.describe_db_clusters().db_cluster_identifier(id).send())
             .await
-            .map_err(|e| rds_err(&format!("DescribeDBClusters {id}"), crate::error::sdk_cause(&e)))?;
+            .map_err(|cut| no_answer(&what, cut))?
+            .map_err(|e| rds_err(&what, crate::error::sdk_cause(&e)))?;
         let c = out.db_clusters().first().ok_or_else(|| Error::RdsApi(format!("DB cluster {id} not found")))?;
         let host = c.endpoint().ok_or_else(|| Error::RdsApi(format!("DB cluster {id} has no writer endpoint")))?;
         let port = c.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432);
@@ -172,9 +173,14 @@ async fn describe_endpoint(aws: &Aws, s: &SecretSettings) -> Result<(String, u16
 /// Builds the connection options: overrides, then the secret, then the RDS API; TLS; password
 /// or IAM token. Reads the secret afresh every time it is called. In IAM mode with `DB_USER`
 /// and no `DB_SECRET_ARN`, no secret is read at all.
-pub async fn resolve(s: &SecretSettings, aws: &Aws, application_name: &str) -> Result<PgConnectOptions> {
+pub async fn resolve(
+    s: &SecretSettings,
+    aws: &Aws,
+    application_name: &str,
+    deadline: Deadline,
+) -> Result<PgConnectOptions> {
     let secret = match &s.secret_id {
-        Some(id) => Some(fetch_secret(aws, id).await?),
+        Some(id) => Some(fetch_secret(aws, id, deadline).await?),
         None => None,
     };
     let from_secret = |f: fn(&DbSecret) -> Option<String>| secret.as_ref().and_then(f);
@@ -185,7 +191,7 @@ pub async fn resolve(s: &SecretSettings, aws: &Aws, application_name: &str) -> R
     // there is no host: then describe_endpoint explains which settings would give one).
     let incomplete = host.is_none() || port.is_none() || dbname.is_none();
     if incomplete && (host.is_none() || s.instance_id.is_some() || s.cluster_id.is_some()) {
-        let (h, p, d) = describe_endpoint(aws, s).await?;
+        let (h, p, d) = describe_endpoint(aws, s, deadline).await?;
         host = host.or(Some(h));
         port = port.or(Some(p));
         dbname = dbname.or(d);
@@ -213,7 +219,7 @@ pub async fn resolve(s: &SecretSettings, aws: &Aws, application_name: &str) -> R
                 problem: "not set: password authentication needs the secret".into(),
             });
         }
-        (Auth::Iam, _) => iam_token(aws, &host, port, &user).await?,
+        (Auth::Iam, _) => iam_token(aws, &host, port, &user, deadline).await?,
     };
     let opts = PgConnectOptions::new_without_pgpass()
         .host(&host)
@@ -226,16 +232,18 @@ pub async fn resolve(s: &SecretSettings, aws: &Aws, application_name: &str) -> R
 }
 
 /// A 15-minute IAM database authentication token for `user`, signed with the function's role.
-async fn iam_token(aws: &Aws, host: &str, port: u16, user: &str) -> Result<SecretString> {
+async fn iam_token(aws: &Aws, host: &str, port: u16, user: &str, deadline: Deadline) -> Result<SecretString> {
     let config = aws_sdk_rds::auth_token::Config::builder()
         .hostname(host)
         .port(u64::from(port))
         .username(user)
         .build()
         .map_err(|e| Error::RdsApi(format!("IAM auth token config: {e}")))?;
-    let token = aws_sdk_rds::auth_token::AuthTokenGenerator::new(config)
-        .auth_token(&aws.sdk)
+    // Signing is local, but the role's credentials may have to be fetched first.
+    let token = deadline
+        .within(None, aws_sdk_rds::auth_token::AuthTokenGenerator::new(config).auth_token(&aws.sdk))
         .await
+        .map_err(|cut| Error::RdsApi(format!("generating the IAM auth token: the credentials gave no answer {cut}")))?
         .map_err(|e| Error::RdsApi(format!("generating the IAM auth token: {e}")))?;
     Ok(SecretString::from(token.as_str().to_string()))
 }
@@ -284,7 +292,12 @@ pub fn scram_sha256_verifier(password: &str, salt: &[u8], iterations: u32) -> St
 /// the secret `secret_id` (`REFRESH_SECRET_ARN`), as a SCRAM verifier. Refuses a secret for any
 /// other user, so the migrator can never be pointed at another role's password. Returns whether
 /// the role existed (it does once migration 004 is applied).
-pub async fn set_refresh_password(conn: &mut sqlx::PgConnection, aws: &Aws, secret_id: &str) -> Result<bool> {
+pub async fn set_refresh_password(
+    conn: &mut sqlx::PgConnection,
+    aws: &Aws,
+    secret_id: &str,
+    deadline: Deadline,
+) -> Result<bool> {
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
         .bind(REFRESH_ROLE)
         .fetch_one(&mut *conn)
@@ -294,7 +307,7 @@ pub async fn set_refresh_password(conn: &mut sqlx::PgConnection, aws: &Aws, secr
         tracing::info!(step = "refresh-role", "no {REFRESH_ROLE} role yet (migration 004); its password waits for it");
         return Ok(false);
     }
-    let secret = fetch_secret(aws, secret_id).await?;
+    let secret = fetch_secret(aws, secret_id, deadline).await?;
     if secret.username != REFRESH_ROLE {
         return Err(Error::SecretFormat {
             secret: secret_id.to_string(),

@@ -10,6 +10,7 @@ use sqlx::{
 };
 
 use crate::{
+    deadline::Deadline,
     error::{Error, Result, cause_chain},
     plan::{Applied, State},
 };
@@ -75,13 +76,11 @@ pub fn sslmode_name(mode: PgSslMode) -> &'static str {
 }
 
 /// Opens one dedicated connection (never a pool: the advisory lock belongs to the session).
-pub async fn connect(opts: &PgConnectOptions, timeout: Duration) -> Result<PgConnection> {
+/// The wait is `timeout`, or the time left when that is shorter.
+pub async fn connect(opts: &PgConnectOptions, timeout: Duration, deadline: Deadline) -> Result<PgConnection> {
     let target = Target::of(opts);
-    match tokio::time::timeout(timeout, PgConnection::connect_with(opts)).await {
-        Err(_) => Err(Error::ConnectFailed {
-            target: target.to_string(),
-            cause: format!("no connection within {} s", timeout.as_secs_f64()),
-        }),
+    match deadline.within(Some(timeout), PgConnection::connect_with(opts)).await {
+        Err(cut) => Err(Error::ConnectFailed { target: target.to_string(), cause: format!("no connection {cut}") }),
         Ok(Ok(mut conn)) => {
             watch_client(&mut conn).await;
             Ok(conn)
@@ -174,16 +173,21 @@ pub fn is_query_canceled(err: &sqlx::Error) -> bool {
     sqlstate(err).as_deref() == Some("57014")
 }
 
+/// A duration as PostgreSQL's timeout settings take it: milliseconds, at most `INT_MAX` (a longer
+/// one is refused as an invalid value; that maximum is some 24 days), `None` as 0 (no limit).
+fn timeout_ms(d: Option<Duration>) -> String {
+    d.map(|d| d.as_millis().clamp(1, i32::MAX as u128)).unwrap_or(0).to_string()
+}
+
 /// `statement_timeout` and `lock_timeout` for the next statements, in one round trip; `None` is no limit.
 pub async fn set_limits(
     conn: &mut PgConnection,
     statement: Option<Duration>,
     lock: Option<Duration>,
 ) -> std::result::Result<(), sqlx::Error> {
-    let ms = |d: Option<Duration>| d.map(|d| d.as_millis().clamp(1, i32::MAX as u128)).unwrap_or(0).to_string();
     sqlx::query("SELECT set_config('statement_timeout', $1, false), set_config('lock_timeout', $2, false)")
-        .bind(ms(statement))
-        .bind(ms(lock))
+        .bind(timeout_ms(statement))
+        .bind(timeout_ms(lock))
         .execute(conn)
         .await
         .map(|_| ())
@@ -204,6 +208,47 @@ pub async fn current_schema(conn: &mut PgConnection) -> Result<String> {
             context: "reading current_schema()".into(),
             cause: "no schema of the search_path exists; set search_path to the scanner's schema".into(),
         })
+}
+
+/// A digest of every catalog row describing the current schema's objects, and of the history's
+/// rows: a committed change to any of them gives another digest (each new row version has a new
+/// `xmin`; VACUUM and ANALYZE update statistics in place and leave it alone). The history table's
+/// own definition is left out: `migrate` creates or upgrades it before it changes anything else.
+pub async fn change_stamp(conn: &mut PgConnection) -> Result<String> {
+    let ctx = "reading the catalog's row versions";
+    let catalog: String = sqlx::query_scalar(
+        "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()),
+              history AS (SELECT to_regclass($1) AS oid
+                          UNION ALL SELECT indexrelid FROM pg_index WHERE indrelid = to_regclass($1)),
+              rel AS (SELECT c.oid, c.xmin FROM pg_class AS c, ns
+                       WHERE c.relnamespace = ns.oid AND c.oid NOT IN (SELECT oid FROM history WHERE oid IS NOT NULL))
+         SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
+             SELECT 'c' || oid || ':' || xmin FROM rel
+             UNION ALL SELECT 'a' || a.attrelid || '.' || a.attnum || ':' || a.xmin
+                         FROM pg_attribute AS a JOIN rel ON rel.oid = a.attrelid
+             UNION ALL SELECT 'i' || i.indexrelid || ':' || i.xmin FROM pg_index AS i JOIN rel ON rel.oid = i.indexrelid
+             UNION ALL SELECT 't' || t.oid || ':' || t.xmin FROM pg_trigger AS t JOIN rel ON rel.oid = t.tgrelid
+             UNION ALL SELECT 'p' || p.oid || ':' || p.xmin FROM pg_proc AS p, ns WHERE p.pronamespace = ns.oid
+             UNION ALL SELECT 'k' || k.oid || ':' || k.xmin FROM pg_constraint AS k, ns WHERE k.connamespace = ns.oid
+             UNION ALL SELECT 'y' || y.oid || ':' || y.xmin FROM pg_type AS y, ns WHERE y.typnamespace = ns.oid
+         ) AS s(x)",
+    )
+    .bind(HISTORY_TABLE)
+    .fetch_one(&mut *conn)
+    .await
+    .map_err(|e| Error::db(ctx, e))?;
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+        .bind(HISTORY_TABLE)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+    if !exists {
+        return Ok(catalog);
+    }
+    let sql = format!("SELECT md5(coalesce(string_agg(xmin::text, ',' ORDER BY version), '')) FROM {HISTORY_TABLE}");
+    let rows: String =
+        sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(&mut *conn).await.map_err(|e| Error::db(ctx, e))?;
+    Ok(format!("{catalog}:{rows}"))
 }
 
 /// What the catalog says about the connected user's privileges (see `privileges`).
@@ -274,10 +319,11 @@ pub async fn estimated_rows(conn: &mut PgConnection, table: &str) -> std::result
     .await
 }
 
-/// Sets a session setting given as a duration; zero means no limit.
+/// Sets a session setting given as a duration; `None` means no limit.
 pub async fn set_timeout(conn: &mut PgConnection, setting: &str, value: Option<Duration>) -> Result<()> {
-    let ms = value.map(|d| d.as_millis().max(1)).unwrap_or(0);
-    exec(conn, &format!("SET {setting} = {ms}")).await.map_err(|e| Error::db(format!("setting {setting}"), e))
+    exec(conn, &format!("SET {setting} = {}", timeout_ms(value)))
+        .await
+        .map_err(|e| Error::db(format!("setting {setting}"), e))
 }
 
 /// Creates the history table if it is missing, and adds what later versions record to one an
@@ -656,5 +702,13 @@ mod tests {
         assert!(err.message().contains("PostgreSQL 12.22 is not supported") && err.message().contains("13 or newer"));
         assert!(matches!(supported_server("90624", "9.6.24"), Err(Error::UnsupportedServer { .. })));
         assert_eq!(supported_server("abc", "x").unwrap_err().kind(), "DatabaseError");
+    }
+
+    #[test]
+    fn timeouts_fit_postgres_range() {
+        assert_eq!(timeout_ms(None), "0");
+        assert_eq!(timeout_ms(Some(Duration::ZERO)), "1", "zero left is the shortest limit, not none");
+        assert_eq!(timeout_ms(Some(Duration::from_secs(3))), "3000");
+        assert_eq!(timeout_ms(Some(Duration::from_secs(3_000_000))), "2147483647");
     }
 }

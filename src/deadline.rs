@@ -72,9 +72,59 @@ impl Deadline {
     }
 }
 
+/// A wait that was cut short: how long it lasted, and whether the deadline (not its own limit) ended it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cut {
+    /// How long it waited.
+    pub waited: Duration,
+    /// The invocation's time ran out first.
+    pub by_deadline: bool,
+}
+
+impl std::fmt::Display for Cut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.waited.as_secs_f64();
+        if secs < 1.0 {
+            write!(f, "within {} ms", self.waited.as_millis())
+        } else if secs.fract() == 0.0 {
+            write!(f, "within {secs} s")
+        } else {
+            write!(f, "within {secs:.1} s")
+        }?;
+        if self.by_deadline { write!(f, " (the invocation's time left)") } else { Ok(()) }
+    }
+}
+
+impl Deadline {
+    /// Runs `work` for at most `min(limit, time left)` (network waits: a connect, an AWS call),
+    /// so that what did not answer is named instead of the whole invocation running out.
+    pub async fn within<T>(
+        &self,
+        limit: Option<Duration>,
+        work: impl std::future::Future<Output = T>,
+    ) -> Result<T, Cut> {
+        let Some(wait) = self.cap(limit) else { return Ok(work.await) };
+        let cut = Cut { waited: wait, by_deadline: self.binds(limit) };
+        tokio::time::timeout(wait, work).await.map_err(|_| cut)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_network_wait_is_cut_to_the_time_left_and_says_which_limit_ended_it() {
+        let never = std::future::pending::<()>;
+        let cut = Deadline::after(Duration::from_millis(50)).within(Some(Duration::from_secs(10)), never()).await;
+        let cut = cut.unwrap_err();
+        assert!(cut.by_deadline && cut.waited <= Duration::from_millis(50), "{cut:?}");
+        assert!(cut.to_string().ends_with(" ms (the invocation's time left)"), "{cut}");
+        let own = Deadline::NONE.within(Some(Duration::from_millis(20)), never()).await.unwrap_err();
+        assert_eq!(own.to_string(), "within 20 ms");
+        assert_eq!(Cut { waited: Duration::from_secs(1), by_deadline: false }.to_string(), "within 1 s");
+        assert_eq!(Deadline::after(Duration::from_secs(5)).within(None, async { 7 }).await, Ok(7));
+    }
 
     #[test]
     fn no_deadline_caps_nothing() {

@@ -145,6 +145,11 @@ pub enum Error {
     #[error("snapshot {snapshot}: {cause}")]
     SnapshotFailed { snapshot: String, cause: String },
 
+    /// A later step failed after this run had applied migrations (they stay applied); reported
+    /// under the later error's `errorType`.
+    #[error("{cause}\n  applied by this run before that (kept, recorded in the history): {}", .applied.join(", "))]
+    AfterApplied { applied: Vec<String>, cause: Box<Error> },
+
     /// The snapshot before migrating is still being created when the invocation's time runs out;
     /// nothing was changed, and the next invocation picks the same snapshot up.
     #[error(
@@ -179,6 +184,7 @@ impl Error {
             Error::RdsApi(_) => "RdsApiError",
             Error::SnapshotFailed { .. } => "SnapshotFailed",
             Error::SnapshotPending { .. } => "SnapshotPending",
+            Error::AfterApplied { cause, .. } => cause.kind(),
         }
     }
 
@@ -190,6 +196,29 @@ impl Error {
     /// The error as the JSON document the CLI prints and Lambda returns.
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::to_value(ErrorDoc { error_type: self.kind(), error_message: self.message() }).unwrap_or_default()
+    }
+
+    /// This error, known to come after `applied` (labels) went through: the message lists them,
+    /// once, and the `errorType` stays this error's.
+    pub fn after_applying(self, applied: Vec<String>) -> Self {
+        if applied.is_empty() {
+            return self;
+        }
+        match self {
+            Error::DeadlineReached { during, remaining_ms, done, left } if done.is_empty() => {
+                Error::DeadlineReached { during, remaining_ms, done: applied, left }
+            }
+            Error::MigrationFailed(mut f) if f.applied_before.is_empty() => {
+                f.applied_before = applied;
+                Error::MigrationFailed(f)
+            }
+            // These name what was applied themselves.
+            e @ (Error::DeadlineReached { .. }
+            | Error::MigrationFailed(_)
+            | Error::DeadlineTooShort(_)
+            | Error::AfterApplied { .. }) => e,
+            cause => Error::AfterApplied { applied, cause: Box::new(cause) },
+        }
     }
 
     /// A database error outside a migration, with what we were doing.
@@ -387,6 +416,31 @@ pub fn sdk_cause<E: std::error::Error>(err: &E) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_error_after_applying_lists_what_was_applied_under_its_own_error_type() {
+        let applied = vec!["003_a".to_string(), "004_b".to_string()];
+        let late = Error::SecretUnavailable { secret: "arn:s".into(), cause: "not found".into() };
+        let e = late.after_applying(applied.clone());
+        assert_eq!(e.kind(), "SecretUnavailable");
+        assert!(e.message().starts_with("cannot read secret arn:s: not found"), "{}", e.message());
+        assert!(e.message().contains("applied by this run before that (kept, recorded in the history): 003_a, 004_b"));
+        // The final verification's deadline: "finished this run" names them, not [].
+        let verify = Error::DeadlineReached {
+            during: "while deriving the expected schema for verification".into(),
+            remaining_ms: 0,
+            done: Vec::new(),
+            left: vec!["verification".into()],
+        };
+        let e = verify.after_applying(applied.clone());
+        assert_eq!(e.kind(), "DeadlineReached");
+        assert!(e.message().contains("finished this run: [003_a, 004_b]"), "{}", e.message());
+        // Listed once: an error that already names them is left as it is.
+        let twice = e.after_applying(applied.clone());
+        assert_eq!(twice.message().matches("003_a").count(), 1, "{}", twice.message());
+        let nothing = Error::LockTimeout("busy".into()).after_applying(Vec::new());
+        assert_eq!(nothing.message(), "busy");
+    }
 
     #[test]
     fn urls_keep_the_user_and_lose_the_password() {

@@ -184,7 +184,9 @@ pub async fn run(
         let wait = settings.deadline.cap_wait(settings.advisory_wait);
         report.lock_wait_ms = db::lock(conn, wait).await?.as_millis() as u64;
         tracing::info!(step = "lock", wait_ms = report.lock_wait_ms, "migration lock taken");
-        let outcome = locked(conn, migrations, command, settings, before_change, &mut report).await;
+        let outcome = locked(conn, migrations, command, settings, before_change, &mut report)
+            .await
+            .map_err(|e| e.after_applying(applied_labels(&report)));
         // Release even when the work failed; if this fails too, closing the connection frees it.
         let released = db::unlock(conn).await;
         outcome?;
@@ -218,6 +220,11 @@ pub async fn run(
 /// schema is derived from.
 fn applied_migrations<'a>(migrations: &'a Migrations, history: &[Applied]) -> Vec<&'a Migration> {
     history.iter().filter(|a| a.state == State::Applied).filter_map(|a| migrations.get(a.version)).collect()
+}
+
+/// The migrations a report says this run applied (`001_add_execution_arn`).
+pub fn applied_labels(report: &Report) -> Vec<String> {
+    report.applied.iter().map(|s| format!("{:03}_{}", s.version, s.name)).collect()
 }
 
 /// What this run finished, for `DeadlineReached`.
@@ -376,11 +383,11 @@ async fn adopt_existing(
                 tracing::info!(step = "adopt", object = %adoption.object, "already in the migrations' shape");
                 report.adoption.push(adoption);
             }
-            Decision::Converge(adoption, steps) => {
+            Decision::Converge(mut adoption, steps) => {
                 tracing::warn!(step = "adopt", object = %adoption.object, was = adoption.was.as_deref().unwrap_or(""),
                     "converging to the migrations' shape");
                 for step in &steps {
-                    run_step(conn, step, settings, done, left).await?;
+                    adoption.cleaned_up.extend(run_step(conn, step, settings, done, left).await?);
                 }
                 report.adoption.push(adoption);
                 live = verify::live(conn, schema).await?;
@@ -390,19 +397,17 @@ async fn adopt_existing(
     Ok(())
 }
 
-/// Runs one convergence step with the same lock_timeout, retries and deadline as migrations.
+/// Runs one convergence step with the same lock_timeout, retries, deadline and index builds as
+/// migrations; returns what it cleaned up of an interrupted attempt.
 async fn run_step(
     conn: &mut PgConnection,
     step: &Step,
     settings: &RunSettings,
     done: &[String],
     left: &[String],
-) -> Result<()> {
-    let failed = |sql: &str, e: &sqlx::Error| {
-        Error::db(
-            format!("adopting an existing object: {} (statement: {sql}); nothing of this step was kept", step.what),
-            clone_err(e),
-        )
+) -> Result<Vec<String>> {
+    let failed = |sql: &str, e: &sqlx::Error, kept: &str| {
+        Error::db(format!("adopting an existing object: {} (statement: {sql}); {kept}", step.what), clone_err(e))
     };
     let deadline = |during: String| Error::DeadlineReached {
         during: format!("{during} while {}", step.what),
@@ -411,30 +416,105 @@ async fn run_step(
         left: left.to_vec(),
     };
     let mut retries = 0;
+    let mut cleaned = Vec::new();
     let outcome = if step.in_transaction {
         let statements: Vec<Statement> =
             step.statements.iter().map(|s| Statement { sql: s.clone(), line: 0 }).collect();
+        let kept = "nothing of this step was kept";
         transaction(conn, &statements, settings, Bookkeeping::None, &mut retries).await.map_err(|f| match f {
             TxError::Deadline(_, during) => deadline(during),
-            TxError::Statement(i, e) => failed(&step.statements[i], &e),
+            TxError::Statement(i, e) => failed(&step.statements[i], &e, kept),
             TxError::Bookkeeping(e) => Error::db(step.what.clone(), e),
         })
     } else {
+        let what =
+            format!("converging an existing object before migration {}", left.first().map_or("", |l| l.as_str()));
         let mut result = Ok(());
         for sql in &step.statements {
-            if let Err(f) = run_statement(conn, sql, settings, &mut retries).await {
-                result = Err(match f {
-                    StatementFailure::Deadline(during) => deadline(during),
-                    StatementFailure::Db(e) => failed(sql, &e),
-                });
-                break;
+            let stmt = Statement { sql: sql.clone(), line: 0 };
+            let build = stmt.index_build();
+            let ran = match &build {
+                None => run_statement(conn, sql, settings, &mut retries).await.map_err(BuildFailure::Statement),
+                Some(build) => {
+                    let too_large =
+                        |rows, left_now| too_large(&what, build, rows, settings.index_build_rows_per_s, left_now, done);
+                    build_index(conn, sql, build, settings, &mut retries, too_large).await.map(|dropped| {
+                        cleaned.extend(dropped.into_iter().map(|q| {
+                            format!("dropped the INVALID index {q} an interrupted build had left, then built it again")
+                        }))
+                    })
+                }
+            };
+            let Err(f) = ran else { continue };
+            // A build cut short leaves its index INVALID: dropped now if the locks allow, else
+            // by this step's first statement next time.
+            let mut kept = "nothing of this step was kept".to_string();
+            if let (Some(build), BuildFailure::Statement(StatementFailure::Db(_))) = (&build, &f)
+                && let Ok(Some((q, false))) = db::index_on_table(conn, &build.table, &build.name).await
+                && db::exec(conn, &db::drop_index_concurrently(&q)).await.is_err()
+            {
+                kept = format!("the INVALID index {q} it left is dropped first by the next migrate");
             }
+            result = Err(match f {
+                BuildFailure::Statement(StatementFailure::Deadline(during)) => deadline(during),
+                BuildFailure::Statement(StatementFailure::Db(e)) => failed(sql, &e, &kept),
+                BuildFailure::TooLarge(e) => e,
+            });
+            break;
         }
         result
     };
     let reset = db::reset_limits(conn).await;
     outcome?;
-    reset.map_err(|e| Error::db("resetting the session's timeouts", e))
+    reset.map_err(|e| Error::db("resetting the session's timeouts", e))?;
+    Ok(cleaned)
+}
+
+/// Why an index build did not finish.
+enum BuildFailure {
+    Statement(StatementFailure),
+    /// It was not started: it could not finish in the time left.
+    TooLarge(Error),
+}
+
+/// One `CREATE INDEX CONCURRENTLY`, as every build runs (a migration's and adoption's): each
+/// attempt first drops an INVALID index of that name, left by an attempt cut short (a lock
+/// timeout, a cancel, a killed backend: `IF NOT EXISTS` would skip it, and without it the retry
+/// fails with "already exists"); a build `too_large(rows, time left)` refuses is not started.
+/// Returns the (schema-qualified) INVALID indexes it dropped.
+async fn build_index(
+    conn: &mut PgConnection,
+    sql: &str,
+    build: &crate::split::IndexBuild,
+    settings: &RunSettings,
+    retries: &mut u32,
+    too_large: impl Fn(f64, Duration) -> Option<Error>,
+) -> std::result::Result<Vec<String>, BuildFailure> {
+    let db_failure = |e| BuildFailure::Statement(StatementFailure::Db(e));
+    let mut estimated = false;
+    let mut dropped = Vec::new();
+    loop {
+        let existing = db::index_on_table(conn, &build.table, &build.name).await.map_err(db_failure)?;
+        if let Some((qualified, false)) = &existing {
+            tracing::warn!(step = "repair", index = %qualified, "dropping an index left INVALID by an interrupted build");
+            let drop = db::drop_index_concurrently(qualified);
+            run_statement(conn, &drop, settings, retries).await.map_err(BuildFailure::Statement)?;
+            dropped.push(qualified.clone());
+        }
+        if !estimated
+            && !matches!(existing, Some((_, true)))
+            && let Some(left_now) = settings.deadline.remaining()
+        {
+            estimated = true;
+            let rows = db::estimated_rows(conn, &build.table).await.map_err(db_failure)?.unwrap_or(0.0);
+            if let Some(err) = too_large(rows, left_now) {
+                return Err(BuildFailure::TooLarge(err));
+            }
+        }
+        if attempt_statement(conn, sql, settings, retries).await.map_err(BuildFailure::Statement)? {
+            return Ok(dropped);
+        }
+    }
 }
 
 /// sqlx errors are not `Clone`; what we keep of one is its text.
@@ -579,9 +659,10 @@ async fn apply(
 }
 
 /// An index build that cannot finish in the time left, refused before it starts: Lambda would
-/// cancel it at the deadline, leave it INVALID, and every retry would start over.
+/// cancel it at the deadline, leave it INVALID, and every retry would start over. `what` names
+/// the work (`migration 002_optimize_for_scale`).
 fn too_large(
-    m: &Migration,
+    what: &str,
     build: &crate::split::IndexBuild,
     rows: f64,
     rows_per_s: f64,
@@ -591,12 +672,12 @@ fn too_large(
     let needed = rows / rows_per_s;
     (needed > left.as_secs_f64()).then(|| {
         Error::DeadlineTooShort(format!(
-            "migration {} would build index {} on {} (~{rows:.0} rows): at the assumed {rows_per_s:.0} rows/s \
+            "{} would build index {} on {} (~{rows:.0} rows): at the assumed {rows_per_s:.0} rows/s \
              (INDEX_BUILD_ROWS_PER_S) that takes ~{needed:.0} s, more than the {:.0} s this invocation has left. \
              Lambda would cancel it at the deadline and every retry would start over, so it was not started. Apply \
              this migration from the command line (README, runbook: \"An index too large for Lambda\"); the Lambda \
              then finds it applied{}",
-            m.label(),
+            what,
             build.name,
             build.table,
             left.as_secs_f64(),
@@ -735,33 +816,18 @@ async fn apply_statements(
             run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await.map_err(failure)?;
             continue;
         };
-        let mut estimated = false;
-        loop {
-            // Every attempt: one cut short (a lock timeout, a cancel, a killed backend) leaves the
-            // index INVALID, and `IF NOT EXISTS` would then skip it.
-            let existing = db::index_on_table(conn, &build.table, &build.name).await.map_err(|e| fail(&e))?;
-            if let Some((qualified, false)) = &existing {
-                tracing::warn!(step = "repair", index = %qualified, "dropping an index left INVALID by an interrupted build");
-                let drop = db::drop_index_concurrently(qualified);
-                run_statement(conn, &drop, settings, &mut step.lock_retries).await.map_err(failure)?;
-                let name = build.name.trim_matches('"').to_string();
-                if !step.rebuilt_invalid_indexes.contains(&name) {
-                    step.rebuilt_invalid_indexes.push(name);
-                }
-            }
-            if !estimated
-                && !matches!(existing, Some((_, true)))
-                && let Some(left_now) = settings.deadline.remaining()
-            {
-                estimated = true;
-                let rows = db::estimated_rows(conn, &build.table).await.map_err(|e| fail(&e))?.unwrap_or(0.0);
-                if let Some(err) = too_large(m, &build, rows, settings.index_build_rows_per_s, left_now, done) {
-                    return Err(err);
-                }
-            }
-            if attempt_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await.map_err(failure)? {
-                break;
-            }
+        let what = format!("migration {}", m.label());
+        let too_large =
+            |rows, left_now| too_large(&what, &build, rows, settings.index_build_rows_per_s, left_now, done);
+        let dropped = build_index(conn, &stmt.sql, &build, settings, &mut step.lock_retries, too_large).await.map_err(
+            |f| match f {
+                BuildFailure::Statement(f) => failure(f),
+                BuildFailure::TooLarge(e) => e,
+            },
+        )?;
+        let name = build.name.trim_matches('"').to_string();
+        if !dropped.is_empty() && !step.rebuilt_invalid_indexes.contains(&name) {
+            step.rebuilt_invalid_indexes.push(name);
         }
     }
     match direction {

@@ -5,6 +5,7 @@ use std::time::Instant;
 use crate::{
     config::SecretSettings,
     credentials::Aws,
+    deadline::Deadline,
     error::{Error, Result},
 };
 
@@ -103,11 +104,12 @@ fn tags(list: &[aws_sdk_rds::types::Tag]) -> Vec<(String, String)> {
 }
 
 /// Our manual snapshots of the database.
-async fn list(aws: &Aws, source: &Source<'_>) -> Result<Vec<Found>> {
+async fn list(aws: &Aws, source: &Source<'_>, deadline: Deadline) -> Result<Vec<Found>> {
     let api = |what: &str, cause: String| Error::RdsApi(format!("{what}: {cause}"));
     match source {
         Source::Instance(id) => {
-            let items = aws
+            let what = format!("DescribeDBSnapshots of {id}");
+            let pages = aws
                 .rds
                 .describe_db_snapshots()
                 .db_instance_identifier(*id)
@@ -115,9 +117,12 @@ async fn list(aws: &Aws, source: &Source<'_>) -> Result<Vec<Found>> {
                 .into_paginator()
                 .items()
                 .send()
-                .collect::<std::result::Result<Vec<_>, _>>()
+                .collect::<std::result::Result<Vec<_>, _>>();
+            let items = deadline
+                .within(None, pages)
                 .await
-                .map_err(|e| api(&format!("DescribeDBSnapshots of {id}"), crate::error::sdk_cause(&e)))?;
+                .map_err(|cut| api(&what, format!("no answer {cut}")))?
+                .map_err(|e| api(&what, crate::error::sdk_cause(&e)))?;
             Ok(items
                 .iter()
                 .map(|s| Found {
@@ -130,7 +135,8 @@ async fn list(aws: &Aws, source: &Source<'_>) -> Result<Vec<Found>> {
                 .collect())
         }
         Source::Cluster(id) => {
-            let items = aws
+            let what = format!("DescribeDBClusterSnapshots of {id}");
+            let pages = aws
                 .rds
                 .describe_db_cluster_snapshots()
                 .db_cluster_identifier(*id)
@@ -138,9 +144,12 @@ async fn list(aws: &Aws, source: &Source<'_>) -> Result<Vec<Found>> {
                 .into_paginator()
                 .items()
                 .send()
-                .collect::<std::result::Result<Vec<_>, _>>()
+                .collect::<std::result::Result<Vec<_>, _>>();
+            let items = deadline
+                .within(None, pages)
                 .await
-                .map_err(|e| api(&format!("DescribeDBClusterSnapshots of {id}"), crate::error::sdk_cause(&e)))?;
+                .map_err(|cut| api(&what, format!("no answer {cut}")))?
+                .map_err(|e| api(&what, crate::error::sdk_cause(&e)))?;
             Ok(items
                 .iter()
                 .map(|s| Found {
@@ -155,13 +164,24 @@ async fn list(aws: &Aws, source: &Source<'_>) -> Result<Vec<Found>> {
     }
 }
 
+/// A snapshot ready to migrate behind.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    /// Its identifier.
+    pub id: String,
+    /// Its ARN, for tagging it as used.
+    pub arn: Option<String>,
+}
+
 /// The snapshot that makes it safe to change the schema before `next`: the one an earlier
 /// invocation started for `next` (found by its tags), or a new one. Waits for it with the SDK's
 /// waiter until `deadline`; still not available then: [`Error::SnapshotPending`] with its id, and
 /// the next invocation picks it up. A failed or `incompatible-*` one is an error naming it.
-pub async fn ensure(aws: &Aws, db: &SecretSettings, next: &str, deadline: Instant) -> Result<String> {
+/// Not yet tagged as used: that waits until a change has gone through ([`mark_used`]).
+pub async fn ensure(aws: &Aws, db: &SecretSettings, next: &str, deadline: Instant) -> Result<Taken> {
     let source = Source::of(db)?;
-    let found = list(aws, &source).await?;
+    let bound = Deadline::at(deadline);
+    let found = list(aws, &source, bound).await?;
     let (id, arn, status) = match pick(&found, next) {
         Some(f) => {
             tracing::info!(step = "snapshot", snapshot = %f.id, status = %f.status, "reusing the snapshot taken for {next}");
@@ -169,7 +189,7 @@ pub async fn ensure(aws: &Aws, db: &SecretSettings, next: &str, deadline: Instan
         }
         None => {
             let id = snapshot_id(source.name(), next, chrono::Utc::now());
-            let arn = start(aws, &source, &id, next).await?;
+            let arn = start(aws, &source, &id, next, bound).await?;
             (id, arn, "creating".to_string())
         }
     };
@@ -182,10 +202,9 @@ pub async fn ensure(aws: &Aws, db: &SecretSettings, next: &str, deadline: Instan
     tracing::info!(step = "snapshot", snapshot = %id, "snapshot available");
     let arn = match arn {
         Some(arn) => Some(arn),
-        None => list(aws, &source).await?.into_iter().find(|f| f.id == id).and_then(|f| f.arn),
+        None => list(aws, &source, bound).await?.into_iter().find(|f| f.id == id).and_then(|f| f.arn),
     };
-    mark_used(aws, &id, arn.as_deref()).await;
-    Ok(id)
+    Ok(Taken { id, arn })
 }
 
 fn unusable(id: &str, status: &str) -> Error {
@@ -199,41 +218,45 @@ fn unusable(id: &str, status: &str) -> Error {
 }
 
 /// Starts a snapshot tagged for `next`; returns its ARN.
-async fn start(aws: &Aws, source: &Source<'_>, id: &str, next: &str) -> Result<Option<String>> {
+async fn start(aws: &Aws, source: &Source<'_>, id: &str, next: &str, deadline: Deadline) -> Result<Option<String>> {
     let failed = |cause: String| Error::SnapshotFailed { snapshot: id.to_string(), cause };
     let tag = |k: &str, v: &str| aws_sdk_rds::types::Tag::builder().key(k).value(v).build();
     let tags = vec![tag(CREATED_BY.0, CREATED_BY.1), tag(BEFORE, next)];
     tracing::info!(step = "snapshot", snapshot = %id, "creating a snapshot before {next}");
-    match source {
-        Source::Instance(instance) => aws
-            .rds
-            .create_db_snapshot()
-            .db_instance_identifier(*instance)
-            .db_snapshot_identifier(id)
-            .set_tags(Some(tags))
-            .send()
-            .await
-            .map(|o| o.db_snapshot().and_then(|s| s.db_snapshot_arn()).map(str::to_string))
-            .or_else(|e| match e.as_service_error() {
-                // Our own request, retried by the SDK after a lost answer: it is there (the
-                // identifier names this database and the second, and the migration lock is held).
-                Some(s) if s.is_db_snapshot_already_exists_fault() => Ok(None),
-                _ => Err(failed(format!("CreateDBSnapshot of {instance}: {}", crate::error::sdk_cause(&e)))),
-            }),
-        Source::Cluster(cluster) => aws
-            .rds
-            .create_db_cluster_snapshot()
-            .db_cluster_identifier(*cluster)
-            .db_cluster_snapshot_identifier(id)
-            .set_tags(Some(tags))
-            .send()
-            .await
-            .map(|o| o.db_cluster_snapshot().and_then(|s| s.db_cluster_snapshot_arn()).map(str::to_string))
-            .or_else(|e| match e.as_service_error() {
-                Some(s) if s.is_db_cluster_snapshot_already_exists_fault() => Ok(None),
-                _ => Err(failed(format!("CreateDBClusterSnapshot of {cluster}: {}", crate::error::sdk_cause(&e)))),
-            }),
-    }
+    // Cut short, the request may still have been taken: the next invocation finds it by its tags.
+    let request = async {
+        match source {
+            Source::Instance(instance) => aws
+                .rds
+                .create_db_snapshot()
+                .db_instance_identifier(*instance)
+                .db_snapshot_identifier(id)
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .map(|o| o.db_snapshot().and_then(|s| s.db_snapshot_arn()).map(str::to_string))
+                .or_else(|e| match e.as_service_error() {
+                    // Our own request, retried by the SDK after a lost answer: it is there (the
+                    // identifier names this database and the second, and the migration lock is held).
+                    Some(s) if s.is_db_snapshot_already_exists_fault() => Ok(None),
+                    _ => Err(failed(format!("CreateDBSnapshot of {instance}: {}", crate::error::sdk_cause(&e)))),
+                }),
+            Source::Cluster(cluster) => aws
+                .rds
+                .create_db_cluster_snapshot()
+                .db_cluster_identifier(*cluster)
+                .db_cluster_snapshot_identifier(id)
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .map(|o| o.db_cluster_snapshot().and_then(|s| s.db_cluster_snapshot_arn()).map(str::to_string))
+                .or_else(|e| match e.as_service_error() {
+                    Some(s) if s.is_db_cluster_snapshot_already_exists_fault() => Ok(None),
+                    _ => Err(failed(format!("CreateDBClusterSnapshot of {cluster}: {}", crate::error::sdk_cause(&e)))),
+                }),
+        }
+    };
+    deadline.within(None, request).await.map_err(|cut| failed(format!("the RDS API gave no answer {cut}")))?
 }
 
 /// The SDK's waiter, for as long as the deadline allows.
@@ -298,15 +321,19 @@ async fn wait(aws: &Aws, source: &Source<'_>, id: &str, status: &str, deadline: 
 
 /// Tags the snapshot as having let a change through. Best effort: a failure costs a new snapshot
 /// next time, nothing else.
-async fn mark_used(aws: &Aws, id: &str, arn: Option<&str>) {
-    let Some(arn) = arn else {
+pub async fn mark_used(aws: &Aws, taken: &Taken, deadline: Deadline) {
+    let id = &taken.id;
+    let Some(arn) = taken.arn.as_deref() else {
         tracing::warn!(step = "snapshot", snapshot = %id, "no ARN to tag the snapshot as used");
         return;
     };
     let tag = aws_sdk_rds::types::Tag::builder().key(USED).value(chrono::Utc::now().to_rfc3339()).build();
-    if let Err(e) = aws.rds.add_tags_to_resource().resource_name(arn).tags(tag).send().await {
-        tracing::warn!(step = "snapshot", snapshot = %id, error = %crate::error::sdk_cause(&e), "could not tag the snapshot as used");
-    }
+    let error = match deadline.within(None, aws.rds.add_tags_to_resource().resource_name(arn).tags(tag).send()).await {
+        Ok(Ok(_)) => return,
+        Ok(Err(e)) => crate::error::sdk_cause(&e),
+        Err(cut) => format!("no answer {cut}"),
+    };
+    tracing::warn!(step = "snapshot", snapshot = %id, %error, "could not tag the snapshot as used");
 }
 
 #[cfg(test)]

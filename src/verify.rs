@@ -327,7 +327,10 @@ pub fn reader() -> String {
 pub async fn live(conn: &mut PgConnection, schema: &str) -> Result<Catalog> {
     let ctx = || format!("reading the catalog of schema {schema}");
     let mut tx = conn.begin().await.map_err(|e| Error::db(ctx(), e))?;
-    let set = format!("SET LOCAL search_path = {}", quote_ident(schema));
+    // One snapshot for all the reads, so they agree on which objects exist (the pg_get_*def
+    // functions read the newest catalog all the same: `read` takes a NULL from them as gone).
+    let set =
+        format!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SET LOCAL search_path = {}", quote_ident(schema));
     let read = async {
         db::exec(&mut tx, &set).await?;
         read(&mut tx, schema).await
@@ -605,6 +608,28 @@ fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// Relations from the columns read (name to oid, relkind, columns), the view definitions and the
+/// constraints `(table, name, definition)` read by later queries.
+fn relations(
+    columns: BTreeMap<String, (u32, String, Vec<Column>)>,
+    views: &BTreeMap<String, String>,
+    mut constraints: BTreeMap<String, BTreeMap<String, String>>,
+) -> Vec<(u32, String, Object)> {
+    let mut out = Vec::new();
+    for (name, (oid, kind, cols)) in columns {
+        let object = if kind == "v" || kind == "m" {
+            // Dropped between the two reads: it is gone, as a later read would find.
+            let Some(definition) = views.get(&name) else { continue };
+            Object::View { materialized: kind == "m", columns: cols, definition: definition.clone() }
+        } else {
+            let constraints = constraints.remove(&name).unwrap_or_default();
+            Object::Table { columns: cols, constraints }
+        };
+        out.push((oid, name, object));
+    }
+    out
+}
+
 /// Reads one schema's catalog; the caller has set `search_path` to it, so definitions print
 /// unqualified names; what is still qualified has the schema name taken out.
 async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Catalog, sqlx::Error> {
@@ -632,13 +657,14 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     .await?;
     let mut columns: BTreeMap<String, (u32, String, Vec<Column>)> = BTreeMap::new();
     for r in rows {
-        let name: String = r.get("name");
-        let entry = columns.entry(name).or_insert_with(|| (r.get::<i64, _>("oid") as u32, r.get("kind"), Vec::new()));
+        let name: String = r.try_get("name")?;
+        let (oid, kind) = (r.try_get::<i64, _>("oid")? as u32, r.try_get("kind")?);
+        let entry = columns.entry(name).or_insert_with(|| (oid, kind, Vec::new()));
         entry.2.push(Column {
-            name: r.get("col"),
-            ty: strip(r.get("ty")),
-            not_null: r.get("not_null"),
-            default: r.get::<Option<String>, _>("def").map(strip),
+            name: r.try_get("col")?,
+            ty: strip(r.try_get("ty")?),
+            not_null: r.try_get("not_null")?,
+            default: r.try_get::<Option<String>, _>("def")?.map(strip),
         });
     }
     let views: BTreeMap<String, String> = sqlx::query(AssertSqlSafe(format!(
@@ -649,8 +675,13 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     .fetch_all(&mut *conn)
     .await?
     .into_iter()
-    .map(|r| (r.get("name"), strip(r.get("def"))))
-    .collect();
+    // pg_get_viewdef answers NULL for a view dropped since pg_class was read: it is gone.
+    .filter_map(|r| match (r.try_get("name"), r.try_get::<Option<String>, _>("def")) {
+        (Ok(name), Ok(Some(def))) => Some(Ok((name, strip(def)))),
+        (Ok(_), Ok(None)) => None,
+        (Err(e), _) | (_, Err(e)) => Some(Err(e)),
+    })
+    .collect::<std::result::Result<_, sqlx::Error>>()?;
     let constraints = sqlx::query(
         "SELECT t.relname::text AS tbl, co.conname::text AS name, pg_get_constraintdef(co.oid, true) AS def
            FROM pg_constraint AS co JOIN pg_class AS t ON t.oid = co.conrelid
@@ -659,18 +690,16 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     .bind(schema)
     .fetch_all(&mut *conn)
     .await?;
-    let mut constraints: BTreeMap<String, BTreeMap<String, String>> =
-        constraints.into_iter().fold(BTreeMap::new(), |mut by_table, r| {
-            by_table.entry(r.get("tbl")).or_default().insert(r.get("name"), strip(r.get("def")));
-            by_table
-        });
-    for (name, (oid, kind, cols)) in columns {
-        let object = if kind == "v" || kind == "m" {
-            Object::View { materialized: kind == "m", columns: cols, definition: views[&name].clone() }
-        } else {
-            let constraints = constraints.remove(&name).unwrap_or_default();
-            Object::Table { columns: cols, constraints }
-        };
+    // Grouped by table once, so reading the catalog stays linear in the number of objects.
+    let mut by_table: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for r in &constraints {
+        let (table, name, def): (String, String, Option<String>) =
+            (r.try_get("tbl")?, r.try_get("name")?, r.try_get("def")?);
+        if let Some(def) = def {
+            by_table.entry(table).or_default().insert(name, strip(def));
+        }
+    }
+    for (oid, name, object) in relations(columns, &views, by_table) {
         order.push((oid, relation_key(&name)));
         catalog.objects.insert(relation_key(&name), object);
     }
@@ -686,18 +715,19 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     .fetch_all(&mut *conn)
     .await?;
     for r in rows {
-        let name: String = r.get("name");
-        let ddl = strip(r.get("ddl"));
+        let name: String = r.try_get("name")?;
+        // NULL: dropped since the catalog row was read.
+        let Some(ddl) = r.try_get::<Option<String>, _>("ddl")?.map(strip) else { continue };
         let using = ddl.split_once(" USING ").map_or(ddl.clone(), |(_, u)| u.to_string());
-        order.push((r.get::<i64, _>("oid") as u32, relation_key(&name)));
+        order.push((r.try_get::<i64, _>("oid")? as u32, relation_key(&name)));
         catalog.objects.insert(
             relation_key(&name),
             Object::Index {
-                table: r.get("tbl"),
-                unique: r.get("uniq"),
+                table: r.try_get("tbl")?,
+                unique: r.try_get("uniq")?,
                 using,
-                valid: r.get("valid"),
-                constraint: r.get("con"),
+                valid: r.try_get("valid")?,
+                constraint: r.try_get("con")?,
                 ddl,
             },
         );
@@ -716,17 +746,22 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     .fetch_all(&mut *conn)
     .await?;
     for r in rows {
-        let key = format!("function {}", r.get::<String, _>("sig"));
-        order.push((r.get::<i64, _>("oid") as u32, key.clone()));
+        // NULL signature or definition: dropped since the catalog row was read.
+        let (Some(sig), Some(ddl)) = (r.try_get::<Option<String>, _>("sig")?, r.try_get::<Option<String>, _>("ddl")?)
+        else {
+            continue;
+        };
+        let key = format!("function {sig}");
+        order.push((r.try_get::<i64, _>("oid")? as u32, key.clone()));
         catalog.objects.insert(
             key,
             Object::Function {
-                result: strip(r.get("result")),
-                language: r.get("lang"),
-                body: r.get("body"),
-                security_definer: r.get("secdef"),
-                config: r.get("config"),
-                ddl: strip(r.get("ddl")),
+                result: strip(r.try_get("result")?),
+                language: r.try_get("lang")?,
+                body: r.try_get("body")?,
+                security_definer: r.try_get("secdef")?,
+                config: r.try_get("config")?,
+                ddl: strip(ddl),
             },
         );
     }
@@ -740,10 +775,11 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     .fetch_all(&mut *conn)
     .await?;
     for r in rows {
-        let table: String = r.get("tbl");
-        let key = format!("trigger {} on {table}", r.get::<String, _>("name"));
-        order.push((r.get::<i64, _>("oid") as u32, key.clone()));
-        catalog.objects.insert(key, Object::Trigger { table, definition: strip(r.get("def")) });
+        let table: String = r.try_get("tbl")?;
+        let Some(definition) = r.try_get::<Option<String>, _>("def")?.map(strip) else { continue };
+        let key = format!("trigger {} on {table}", r.try_get::<String, _>("name")?);
+        order.push((r.try_get::<i64, _>("oid")? as u32, key.clone()));
+        catalog.objects.insert(key, Object::Trigger { table, definition });
     }
     // OIDs grow with creation (no wrap-around within one scratch transaction), so this is a
     // topological order: what an object depends on was created before it.
@@ -755,6 +791,25 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_view_dropped_between_the_catalog_reads_is_left_out_not_a_panic() {
+        let col = |n: &str| Column { name: n.into(), ty: "bigint".into(), not_null: false, default: None };
+        let columns = BTreeMap::from([
+            ("gone".to_string(), (2, "v".to_string(), vec![col("n")])),
+            ("jobs".to_string(), (1, "r".to_string(), vec![col("job_id")])),
+            ("job_progress".to_string(), (3, "m".to_string(), vec![col("total")])),
+        ]);
+        let views = BTreeMap::from([("job_progress".to_string(), " SELECT 1 AS total".to_string())]);
+        let constraints = BTreeMap::from([(
+            "jobs".to_string(),
+            BTreeMap::from([("jobs_pkey".to_string(), "PRIMARY KEY (job_id)".to_string())]),
+        )]);
+        let found = relations(columns, &views, constraints);
+        let names: Vec<&str> = found.iter().map(|(_, n, _)| n.as_str()).collect();
+        assert_eq!(names, ["job_progress", "jobs"], "the dropped view is not there");
+        assert!(matches!(&found[1].2, Object::Table { constraints, .. } if constraints.len() == 1));
+    }
 
     fn col(name: &str, ty: &str) -> Column {
         Column { name: name.into(), ty: ty.into(), not_null: false, default: None }

@@ -12,7 +12,7 @@ use sqlx::Executor;
 use crate::support::{all_versions, cli::migrator, pg::TestDb, seed_migrations};
 
 /// The base tables as `init_database.sh` made them, with `execution_arn` as the old 001 made it.
-const OLD_TABLES: &str = "
+pub const OLD_TABLES: &str = "
 CREATE TABLE jobs (
     job_id     uuid PRIMARY KEY DEFAULT gen_random_uuid(),
     bucket     text NOT NULL,
@@ -217,4 +217,72 @@ async fn a_table_where_the_migrations_make_a_view_is_never_dropped() {
     );
     assert_eq!(db.history().await, vec![0, 1], "stopped before 002 changed anything");
     assert_eq!(db.scalar::<i64>("SELECT total_objects FROM job_progress").await, 7, "the table and its data are kept");
+}
+
+#[tokio::test]
+async fn a_function_returning_another_type_is_dropped_and_created_keeping_its_grants() {
+    let db = TestDb::new().await;
+    db.exec(OLD_TABLES).await;
+    db.exec(
+        "CREATE VIEW job_progress AS SELECT job_id, count(*) AS total_objects FROM job_objects GROUP BY job_id;
+         CREATE FUNCTION refresh_job_progress() RETURNS integer LANGUAGE sql AS $$ SELECT 1 $$;
+         DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'status_api') THEN CREATE ROLE status_api; END IF; END $$;
+         REVOKE EXECUTE ON FUNCTION refresh_job_progress() FROM PUBLIC;
+         GRANT EXECUTE ON FUNCTION refresh_job_progress() TO status_api;",
+    )
+    .await;
+    let dir = seed_migrations(2);
+    let run = migrator(&db.url, &["--migrations-dir", dir.path().to_str().unwrap(), "migrate"]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+    let f = adoption(&run.json, "function refresh_job_progress()").expect("the function is listed");
+    assert_eq!(f["action"], "converged");
+    assert!(f["was"].as_str().unwrap().contains("expected to return void, found integer"), "{f}");
+    assert_eq!(
+        db.scalar::<String>("SELECT pg_get_function_result('refresh_job_progress()'::regprocedure)").await,
+        "void"
+    );
+    assert!(
+        db.scalar::<bool>("SELECT has_function_privilege('status_api', 'refresh_job_progress()', 'EXECUTE')").await
+    );
+    assert_eq!(run.json["verification"]["ok"], true, "{:#}", run.json);
+}
+
+#[tokio::test]
+async fn an_index_build_cut_short_by_a_lock_timeout_is_cleaned_up_and_retried() {
+    let db = TestDb::new().await;
+    db.exec(OLD_TABLES).await;
+    db.exec("CREATE INDEX idx_job_objects_job_status ON job_objects (status);").await;
+    let dir = seed_migrations(2);
+    let d = dir.path().to_str().unwrap().to_string();
+    let first = migrator(&db.url, &["--migrations-dir", &d, "migrate", "--target", "1"]).await;
+    assert_eq!(first.code, 0, "{:#}", first.json);
+    // A writer's open transaction: CREATE INDEX CONCURRENTLY has made its (INVALID) index and
+    // waits for it, until lock_timeout. The writer commits once that first attempt is cut short.
+    let mut writer = db.conn().await;
+    writer.execute("BEGIN; UPDATE job_objects SET status = status WHERE key = 'k1'").await.unwrap();
+    let url = db.url.clone();
+    let run = tokio::spawn(async move {
+        migrator(&url, &["--migrations-dir", &d, "--lock-timeout-ms", "300", "--lock-retries", "20", "migrate"]).await
+    });
+    let leftover = "SELECT count(*) FROM pg_index WHERE NOT indisvalid AND indexrelid::regclass::text = 'idx_job_objects_job_status__scm_new'";
+    let started = std::time::Instant::now();
+    while db.scalar::<i64>(leftover).await == 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(30), "the build never started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // Past the first lock timeout (300 ms), then let the writer go.
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    writer.execute("COMMIT").await.unwrap();
+    let run = run.await.unwrap();
+    assert_eq!(run.code, 0, "{:#}", run.json);
+    let index = adoption(&run.json, "index idx_job_objects_job_status").expect("the index is listed");
+    assert_eq!(index["action"], "converged", "{index}");
+    let notes = index["cleaned_up"].to_string();
+    assert!(notes.contains("idx_job_objects_job_status__scm_new") && notes.contains("INVALID"), "says so: {index}");
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pg_index WHERE NOT indisvalid").await, 0);
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pg_class WHERE relname LIKE '%scm_new'").await, 0);
+    assert_eq!(
+        db.scalar::<String>("SELECT pg_get_indexdef('idx_job_objects_job_status'::regclass)").await,
+        "CREATE INDEX idx_job_objects_job_status ON public.job_objects USING btree (job_id, status)"
+    );
 }

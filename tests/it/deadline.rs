@@ -182,3 +182,76 @@ async fn an_index_too_large_for_the_time_left_is_refused_before_it_starts() {
     let run = fx.cli(&[("INDEX_BUILD_ROWS_PER_S", "100")], &["migrate"]).await;
     assert_eq!(run.status(), "applied", "{:#}", run.json);
 }
+
+/// A socket that accepts connections and never answers: only a timeout ends the wait.
+fn black_hole() -> (std::net::TcpListener, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    (listener, port)
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_connect_failed_within_the_invocations_time() {
+    let fx = Fixture::rotation().await;
+    let (_hole, port) = black_hole();
+    let port = port.to_string();
+    // The connect timeout is longer than the invocation: the time left is what bounds the wait.
+    let env = fx.env_with(&[("DB_HOST", "127.0.0.1"), ("DB_PORT", &port), ("DB_CONNECT_TIMEOUT_S", "30")]);
+    let (api, f) = function("migrate", &env).await;
+    let started = Instant::now();
+    let (kind, msg) = api.invoke(json!({"command": "status"}), Duration::from_secs(4)).await.err();
+    let took = started.elapsed();
+    f.stop().await;
+    assert_eq!(kind, "ConnectFailed", "{msg}");
+    assert!(msg.contains(&format!("127.0.0.1:{port}")) && msg.contains("time left"), "{msg}");
+    assert!(took < Duration::from_secs(4), "answered within the invocation: {took:?}");
+}
+
+#[tokio::test]
+async fn an_unanswering_secrets_manager_is_named_within_the_invocations_time() {
+    let fx = Fixture::rotation().await;
+    let (_hole, port) = black_hole();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let (api, f) = function("migrate", &fx.env_with(&[("AWS_ENDPOINT_URL", &endpoint)])).await;
+    let started = Instant::now();
+    let (kind, msg) = api.invoke(json!({"command": "status"}), Duration::from_secs(4)).await.err();
+    let took = started.elapsed();
+    f.stop().await;
+    assert_eq!(kind, "SecretUnavailable", "{msg}");
+    assert!(msg.contains(&fx.secret_arn) && msg.contains("no answer") && msg.contains("time left"), "{msg}");
+    assert!(took < Duration::from_secs(4), "answered within the invocation: {took:?}");
+}
+
+#[tokio::test]
+async fn an_adoption_index_build_too_large_for_the_time_left_is_refused_before_it_starts() {
+    let fx = Fixture::rotation().await;
+    fx.db.exec(crate::adoption::OLD_TABLES).await;
+    fx.db
+        .exec(
+            "CREATE INDEX idx_job_objects_job_status ON job_objects (status);
+             INSERT INTO job_objects (job_id, bucket, key) SELECT job_id, 'b', 'x' || g FROM jobs, generate_series(1, 2000) g;
+             ANALYZE job_objects;",
+        )
+        .await;
+    // ~6120 rows at an assumed 100 rows/s: about a minute, in an invocation of 10 s.
+    let (api, f) = function("migrate", &fx.env_with(&[("INDEX_BUILD_ROWS_PER_S", "100")])).await;
+    let (kind, msg) = api.invoke(json!({}), Duration::from_secs(10)).await.err();
+    f.stop().await;
+    assert_eq!(kind, "DeadlineTooShort", "{msg}");
+    assert!(
+        msg.contains("before migration 002_optimize_for_scale would build index")
+            && msg.contains(r#""idx_job_objects_job_status__scm_new" on "job_objects" (~6120 rows)"#)
+            && msg.contains("An index too large for Lambda"),
+        "{msg}"
+    );
+    assert_eq!(
+        fx.db.scalar::<i64>("SELECT count(*) FROM pg_class WHERE relname LIKE '%scm_new'").await,
+        0,
+        "not started"
+    );
+    assert_eq!(
+        fx.db.scalar::<String>("SELECT pg_get_indexdef('idx_job_objects_job_status'::regclass)").await,
+        "CREATE INDEX idx_job_objects_job_status ON public.job_objects USING btree (status)",
+        "the old index is untouched"
+    );
+}

@@ -261,3 +261,17 @@ async fn the_refresh_handler_end_to_end() {
     assert!(msg.contains("localhost:1"), "{msg}");
     f.stop().await;
 }
+
+#[tokio::test]
+async fn a_statement_timeout_beyond_postgres_range_is_clamped_not_an_error() {
+    // 3,000,000 s is more than statement_timeout's maximum (2^31-1 ms): the longest PostgreSQL takes.
+    let db = migrated().await;
+    seed(&db).await;
+    for dir in [&["migrate"][..], &["refresh"]] {
+        let mut args = vec!["--statement-timeout-s", "3000000"];
+        args.extend_from_slice(dir);
+        let run = migrator(&db.url, &args).await;
+        assert_eq!(run.code, 0, "{args:?}: {:#}", run.json);
+    }
+    assert_eq!(db.scalar::<i64>("SELECT sum(total_objects)::int8 FROM job_progress").await, 453);
+}

@@ -190,3 +190,18 @@ async fn rolling_004_back_restores_the_function_and_migrating_again_restores_the
     assert_eq!(db.fingerprint().await, before);
     assert_eq!(migrator(&db.url, &["verify"]).await.status(), "verified");
 }
+
+#[tokio::test]
+async fn a_refresh_secret_that_cannot_be_read_still_reports_what_was_applied() {
+    let fx = Fixture::rotation().await;
+    let missing = fx.secret_arn.replace("db/", "db/missing-");
+    let run = fx.cli(&[("REFRESH_SECRET_ARN", &missing)], &["migrate"]).await;
+    assert_eq!(run.error_type(), "SecretUnavailable", "{:#}", run.json);
+    let msg = run.error_message();
+    assert!(msg.contains(&missing), "names the secret: {msg}");
+    assert_eq!(fx.db.history().await, crate::support::all_versions(), "the migrations went through");
+    for label in crate::support::all_labels() {
+        assert!(msg.contains(&label), "the message lists {label} as applied: {msg}");
+    }
+    assert!(msg.contains("applied by this run"), "{msg}");
+}

@@ -88,3 +88,43 @@ async fn a_failed_or_incompatible_snapshot_is_an_error_naming_it() {
     assert!(fx.db.history().await.is_empty());
     f.stop().await;
 }
+
+#[tokio::test]
+async fn a_migrate_that_changed_nothing_leaves_its_snapshot_for_the_retry() {
+    let (fx, id, _proxy, env) = setup().await;
+    let pairs = |env: &[(String, String)]| env.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<Vec<_>>();
+    let base = fx.cli(&[("SNAPSHOT_BEFORE_MIGRATE", "false")], &["migrate", "--target", "0"]).await;
+    assert_eq!(base.code, 0, "{:#}", base.json);
+    // A reader holds jobs: 001's ALTER TABLE times out, nothing of it committed.
+    let mut reader = fx.db.conn().await;
+    sqlx::Executor::execute(&mut reader, "BEGIN; LOCK TABLE jobs IN ACCESS SHARE MODE").await.unwrap();
+    let env = pairs(&env);
+    let with = |extra: &[(&str, &str)]| {
+        let mut e = env.clone();
+        for (k, v) in extra {
+            e.retain(|(key, _)| key != k);
+            e.push((k.to_string(), v.to_string()));
+        }
+        e
+    };
+    let run = |e: Vec<(String, String)>| async move {
+        let pairs: Vec<(&str, &str)> = e.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        crate::support::cli::cli(&["migrate"], &pairs).await
+    };
+    let refused = run(with(&[("LOCK_TIMEOUT_MS", "200"), ("LOCK_RETRIES", "0")])).await;
+    assert_eq!(refused.error_type(), "MigrationFailed", "{:#}", refused.json);
+    assert!(refused.error_message().contains("55P03"), "{}", refused.error_message());
+    assert_eq!(fx.db.history().await, vec![0], "nothing applied");
+    let taken = snapshots(&id).await;
+    assert_eq!(taken.len(), 1, "{taken:?}");
+    assert_eq!(tag(&taken[0], "scanner-migrator-used"), None, "nothing went through: the snapshot is still good");
+    let snap = taken[0].db_snapshot_identifier().unwrap().to_string();
+
+    sqlx::Executor::execute(&mut reader, "ROLLBACK").await.unwrap();
+    let out = run(with(&[])).await;
+    assert_eq!(out.status(), "applied", "{:#}", out.json);
+    assert_eq!(out.json["snapshot"], snap.as_str(), "the retry migrates behind the same snapshot");
+    let taken = snapshots(&id).await;
+    assert_eq!(taken.len(), 1, "no second snapshot: {taken:?}");
+    assert!(tag(&taken[0], "scanner-migrator-used").is_some(), "used once it let a change through: {taken:?}");
+}
