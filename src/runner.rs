@@ -197,8 +197,12 @@ pub async fn run(
         report.unknown_versions = plan.unknown.iter().map(|a| a.version).collect();
         report.status = match command {
             Command::Plan { .. } => "planned",
-            Command::Verify => {
-                report.verification = Some(verify_applied(conn, migrations, &history, settings.deadline).await?);
+            Command::Verify { data } => {
+                let mut verification = verify_applied(conn, migrations, &history, settings.deadline).await?;
+                if data {
+                    crate::data_check::job_progress(conn, &mut verification).await?;
+                }
+                report.verification = Some(verification);
                 "verified"
             }
             _ if report.pending.is_empty() => "up_to_date",
@@ -689,18 +693,12 @@ async fn apply_statements(
     step: &mut AppliedStep,
 ) -> Result<()> {
     let started = Instant::now();
-    let partial_note = (direction == Direction::Down).then(|| {
-        format!(
-            "the history now records {} as partly rolled back (state rolling_back): `migrate` re-applies it, \
-             `rollback` runs its down script again",
-            m.label()
-        )
-    });
-    if direction == Direction::Down {
-        db::mark_rolling_back(conn, m.version)
-            .await
-            .map_err(|e| Error::db(format!("recording the rollback of {} in the history", m.label()), e))?;
-    }
+    let note = Some(partial_note(m, direction));
+    let marked = match direction {
+        Direction::Up => db::mark_applying(conn, m.version, &m.name, &m.up.checksum, &settings.applied_by).await,
+        Direction::Down => db::mark_rolling_back(conn, m.version).await,
+    };
+    marked.map_err(|e| Error::db(format!("recording the start of {} in the history", m.label()), e))?;
     for (i, stmt) in statements.iter().enumerate() {
         let deadline = |during: String| Error::DeadlineReached {
             during: format!("{during} in {} at line {}", script.file, stmt.line),
@@ -718,10 +716,10 @@ async fn apply_statements(
                 statements.len()
             ))
             .chain(left.iter().skip(1).cloned())
-            .chain(partial_note.clone())
+            .chain(note.clone())
             .collect(),
         };
-        let fail = |e: &sqlx::Error| migration_failed(m, script, stmt, e, done, partial_note.clone());
+        let fail = |e: &sqlx::Error| migration_failed(m, script, stmt, e, done, note.clone());
         let failure = |f: StatementFailure| match f {
             StatementFailure::Deadline(during) => deadline(during),
             StatementFailure::Db(e) => fail(&e),
@@ -766,6 +764,27 @@ async fn apply_statements(
         Direction::Down => db::forget(conn, m.version).await,
     }
     .map_err(|e| Error::db(format!("recording migration {} in the history", m.label()), e))
+}
+
+/// What the history says after a no-transaction script stopped part-way, and how to go on.
+fn partial_note(m: &Migration, direction: Direction) -> String {
+    match direction {
+        Direction::Down => format!(
+            "the history now records {} as partly rolled back (state rolling_back): `migrate` re-applies it, \
+             `rollback` runs its down script again",
+            m.label()
+        ),
+        Direction::Up if m.down.is_some() => format!(
+            "the history now records {} as partly applied (state applying): `migrate` runs it again, `rollback` to \
+             the version before it runs its down script",
+            m.label()
+        ),
+        Direction::Up => format!(
+            "the history now records {} as partly applied (state applying): `migrate` runs it again (it has no \
+             down script)",
+            m.label()
+        ),
+    }
 }
 
 fn migration_failed(
@@ -815,6 +834,13 @@ async fn verify_applied(
     for a in history.iter().filter(|a| a.state == State::RollingBack) {
         report.failures.push(format!(
             "{:03}_{}: a rollback stopped part-way; run migrate to re-apply it, or rollback to finish",
+            a.version, a.name
+        ));
+    }
+    for a in history.iter().filter(|a| a.state == State::Applying) {
+        report.failures.push(format!(
+            "{:03}_{}: it stopped part-way through being applied; run migrate to finish it, or rollback to the \
+             version before it to undo it",
             a.version, a.name
         ));
     }

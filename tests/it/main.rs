@@ -6,6 +6,7 @@ mod deadline;
 mod definer;
 mod engine;
 mod hardening;
+mod interruptions;
 mod job_progress;
 mod lambda;
 mod make;
