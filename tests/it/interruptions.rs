@@ -284,3 +284,40 @@ async fn a_partly_applied_003_is_shown_and_rolled_back() {
     let verify = migrator(&db.url, &["verify"]).await;
     assert_eq!((verify.code, verify.status()), (0, "verified"), "{:#}", verify.json);
 }
+
+/// `verify --data` compares job_progress with a direct count and names each job that differs,
+/// with the expected and found value of each column; plain `verify` reads no data.
+#[tokio::test]
+async fn verify_data_names_a_job_whose_counts_were_forged() {
+    let db = TestDb::new().await;
+    let run = migrator(&db.url, &["migrate"]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+    seed(&db).await;
+    refresh(&db).await;
+    let run = migrator(&db.url, &["verify", "--data"]).await;
+    assert_eq!((run.code, run.status()), (0, "verified"), "{:#}", run.json);
+    assert_eq!(run.json["verification"]["data_jobs_checked"], 3, "{:#}", run.json);
+
+    let forged = job(2);
+    db.exec(&format!(
+        "UPDATE job_progress_counts SET total_objects = total_objects + 5, failed_count = failed_count + 5
+          WHERE job_id = '{forged}'"
+    ))
+    .await;
+    let run = migrator(&db.url, &["verify"]).await;
+    assert_eq!((run.code, run.status()), (0, "verified"), "plain verify reads no data: {:#}", run.json);
+    let run = migrator(&db.url, &["verify", "--data"]).await;
+    assert_eq!((run.code, run.error_type()), (1, "VerifyFailed"), "{:#}", run.json);
+    let message = run.error_message();
+    assert!(
+        message.contains(&format!(
+            "job {forged} differs from a direct count: total_objects expected 10, found 15; failed_count expected 2, \
+             found 7"
+        )),
+        "{message}"
+    );
+    assert!(!message.contains(&job(1)) && !message.contains(&job(3)), "only the forged job is named: {message}");
+    assert!(message.contains("rollback"), "says how to rebuild: {message}");
+    let run = migrator(&db.url, &["status", "--data"]).await;
+    assert_eq!(run.code, 2, "--data is verify's alone: {:#}", run.json);
+}
