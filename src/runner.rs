@@ -389,7 +389,8 @@ async fn adopt_existing(
     Ok(())
 }
 
-/// Runs one convergence step with the same lock_timeout, retries and deadline as migrations.
+/// Runs one convergence step with the same lock_timeout, retries and deadline as migrations. A
+/// failed step removes what the object's steps built (`Step::undo`) and keeps the SQLSTATE.
 async fn run_step(
     conn: &mut PgConnection,
     step: &Step,
@@ -397,12 +398,6 @@ async fn run_step(
     done: &[String],
     left: &[String],
 ) -> Result<()> {
-    let failed = |sql: &str, e: &sqlx::Error| {
-        Error::db(
-            format!("adopting an existing object: {} (statement: {sql}); nothing of this step was kept", step.what),
-            clone_err(e),
-        )
-    };
     let deadline = |during: String| Error::DeadlineReached {
         during: format!("{during} while {}", step.what),
         remaining_ms: remaining_ms(settings),
@@ -414,31 +409,71 @@ async fn run_step(
         let statements: Vec<Statement> =
             step.statements.iter().map(|s| Statement { sql: s.clone(), line: 0 }).collect();
         transaction(conn, &statements, settings, Bookkeeping::None, &mut retries).await.map_err(|f| match f {
-            TxError::Deadline(_, during) => deadline(during),
-            TxError::Statement(i, e) => failed(&step.statements[i], &e),
-            TxError::Bookkeeping(e) => Error::db(step.what.clone(), e),
+            TxError::Deadline(_, during) => Err(deadline(during)),
+            TxError::Statement(i, e) => Ok((step.statements[i].as_str(), e)),
+            TxError::Bookkeeping(e) => Err(Error::db(step.what.clone(), e)),
         })
     } else {
         let mut result = Ok(());
         for sql in &step.statements {
             if let Err(f) = run_statement(conn, sql, settings, &mut retries).await {
                 result = Err(match f {
-                    StatementFailure::Deadline(during) => deadline(during),
-                    StatementFailure::Db(e) => failed(sql, &e),
+                    StatementFailure::Deadline(during) => Err(deadline(during)),
+                    StatementFailure::Db(e) => Ok((sql.as_str(), e)),
                 });
                 break;
             }
         }
         result
     };
+    let outcome = match outcome {
+        Ok(()) => Ok(()),
+        Err(Err(e)) => Err(e),
+        Err(Ok((sql, e))) => {
+            let removed = undo_step(conn, step, settings).await;
+            Err(step_failed(step, sql, retries, removed, e))
+        }
+    };
     let reset = db::reset_limits(conn).await;
     outcome?;
     reset.map_err(|e| Error::db("resetting the session's timeouts", e))
 }
 
-/// sqlx errors are not `Clone`; what we keep of one is its text.
-fn clone_err(e: &sqlx::Error) -> sqlx::Error {
-    sqlx::Error::Protocol(crate::error::cause_chain(e))
+/// Runs a failed step's `undo`; says what it removed, or what it could not.
+async fn undo_step(conn: &mut PgConnection, step: &Step, settings: &RunSettings) -> String {
+    let mut retries = 0;
+    for sql in &step.undo {
+        if let Err(f) = run_statement(conn, sql, settings, &mut retries).await {
+            let why = match f {
+                StatementFailure::Deadline(during) => format!("the deadline came {during}"),
+                StatementFailure::Db(e) => crate::error::cause_chain(&e),
+            };
+            tracing::warn!(step = "adopt", statement = %sql, %why, "could not remove what the failed step built");
+            return format!("removing what it built failed ({sql}: {why}); the next migrate removes it first");
+        }
+    }
+    if step.undo.is_empty() {
+        "nothing of this step was kept".into()
+    } else {
+        format!("what it built was removed ({})", step.undo.join("; "))
+    }
+}
+
+/// A convergence step's failure, with its SQLSTATE; a lock timeout after the retries points to the runbook.
+fn step_failed(step: &Step, sql: &str, retries: u32, removed: String, e: sqlx::Error) -> Error {
+    let state = db::sqlstate(&e).map(|s| format!(" with SQLSTATE {s}")).unwrap_or_default();
+    let lock = if db::is_lock_timeout(&e) {
+        format!(
+            " (another session held a lock on it for longer than lock_timeout, {retries} retries: a long reader; \
+             find it in pg_stat_activity, see the runbook's MigrationFailed, and migrate again)"
+        )
+    } else {
+        String::new()
+    };
+    Error::db(
+        format!("adopting an existing object: {} failed{state}{lock} (statement: {sql}); {removed}", step.what),
+        e,
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -321,3 +321,38 @@ async fn verify_data_names_a_job_whose_counts_were_forged() {
     let run = migrator(&db.url, &["status", "--data"]).await;
     assert_eq!(run.code, 2, "--data is verify's alone: {:#}", run.json);
 }
+
+/// Issue 20, item 4: adoption's swap stopped by a reader of the old job_progress removes the
+/// populated `job_progress__scm_new` and its index, and says it was a lock timeout (SQLSTATE
+/// 55P03); the next migrate converges it.
+#[tokio::test]
+async fn a_failed_adoption_swap_removes_what_it_built_and_says_lock_timeout() {
+    use crate::adoption::{OLD_002_VIEW, OLD_TABLES};
+    let db = TestDb::new().await;
+    db.exec(OLD_TABLES).await;
+    db.exec(OLD_002_VIEW).await;
+    let dir = crate::support::seed_migrations(2);
+    let d = dir.path().to_str().unwrap();
+    let leftovers = "SELECT count(*) FROM pg_class WHERE relname LIKE '%scm_new' OR relname LIKE '%scm_old'";
+    // 001 alters jobs, which the reader of the old view would hold too.
+    let run = migrator(&db.url, &["--migrations-dir", d, "migrate", "--target", "1"]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+
+    let reader = hold(&db, READER_OF_JOB_PROGRESS).await;
+    let args: Vec<&str> = ["--migrations-dir", d, "migrate"].iter().chain(STOP_AT_ONCE).copied().collect();
+    let run = migrator(&db.url, &args).await;
+    release(reader).await;
+    assert_ne!(run.code, 0, "{:#}", run.json);
+    let message = run.error_message();
+    assert!(message.contains("swapping job_progress"), "{message}");
+    assert!(message.contains("SQLSTATE 55P03") && message.contains("lock_timeout"), "{message}");
+    assert!(message.contains("canceling statement due to lock timeout"), "{message}");
+    assert!(!message.contains("unexpected or invalid data"), "{message}");
+    assert!(message.contains("what it built was removed"), "{message}");
+    assert_eq!(db.scalar::<i64>(leftovers).await, 0, "nothing of the failed swap is left");
+
+    let run = migrator(&db.url, &["--migrations-dir", d, "migrate"]).await;
+    assert_eq!((run.code, run.status()), (0, "applied"), "{:#}", run.json);
+    assert_eq!(db.scalar::<String>("SELECT relkind::text FROM pg_class WHERE relname = 'job_progress'").await, "m");
+    assert_eq!(db.scalar::<i64>(leftovers).await, 0);
+}
