@@ -730,11 +730,16 @@ async fn apply_statements(
     let started = Instant::now();
     let note = Some(partial_note(m, direction));
     let marked = match direction {
-        Direction::Up => db::mark_applying(conn, m.version, &m.name, &m.up.checksum, &settings.applied_by).await,
-        Direction::Down => db::mark_rolling_back(conn, m.version).await,
+        Direction::Up => {
+            db::mark_applying(conn, m.version, &m.name, &m.up.checksum, &settings.applied_by).await.map(Some)
+        }
+        Direction::Down => db::mark_rolling_back(conn, m.version).await.map(|()| None),
     };
-    marked.map_err(|e| Error::db(format!("recording the start of {} in the history", m.label()), e))?;
+    let before = marked.map_err(|e| Error::db(format!("recording the start of {} in the history", m.label()), e))?;
     for (i, stmt) in statements.iter().enumerate() {
+        // A first statement that failed changed nothing (one statement is atomic): the history goes
+        // back to what it said before.
+        let nothing_changed = i == 0 && before.is_some();
         let deadline = |during: String| Error::DeadlineReached {
             during: format!("{during} in {} at line {}", script.file, stmt.line),
             remaining_ms: remaining_ms(settings),
@@ -751,16 +756,25 @@ async fn apply_statements(
                 statements.len()
             ))
             .chain(left.iter().skip(1).cloned())
-            .chain(note.clone())
+            .chain(note.clone().filter(|_| !nothing_changed))
             .collect(),
         };
-        let fail = |e: &sqlx::Error| migration_failed(m, script, stmt, e, done, note.clone());
+        let fail = |e: &sqlx::Error| {
+            migration_failed(m, script, stmt, e, done, if nothing_changed { None } else { note.clone() })
+        };
         let failure = |f: StatementFailure| match f {
             StatementFailure::Deadline(during) => deadline(during),
             StatementFailure::Db(e) => fail(&e),
         };
         let Some(build) = stmt.index_build() else {
-            run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await.map_err(failure)?;
+            if let Err(f) = run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await {
+                if let (true, Some(before)) = (nothing_changed, &before) {
+                    db::unmark_applying(conn, m.version, before.as_deref()).await.map_err(|e| {
+                        Error::db(format!("restoring the history of {} after its first statement failed", m.label()), e)
+                    })?;
+                }
+                return Err(failure(f));
+            }
             continue;
         };
         let mut estimated = false;
@@ -784,6 +798,14 @@ async fn apply_statements(
                 estimated = true;
                 let rows = db::estimated_rows(conn, &build.table).await.map_err(|e| fail(&e))?.unwrap_or(0.0);
                 if let Some(err) = too_large(m, &build, rows, settings.index_build_rows_per_s, left_now, done) {
+                    if let (true, Some(before)) = (nothing_changed, &before) {
+                        db::unmark_applying(conn, m.version, before.as_deref()).await.map_err(|e| {
+                            Error::db(
+                                format!("restoring the history of {} after its first build was refused", m.label()),
+                                e,
+                            )
+                        })?;
+                    }
                     return Err(err);
                 }
             }
