@@ -153,17 +153,24 @@ $swap$;
 -- A leftover of an interrupted rollback that found job_progress already swapped.
 DROP MATERIALIZED VIEW IF EXISTS job_progress_002;
 
--- Each a short SHARE ROW EXCLUSIVE lock on job_objects, under lock_timeout.
-DROP TRIGGER IF EXISTS job_progress_capture_insert ON job_objects;
-DROP TRIGGER IF EXISTS job_progress_capture_update ON job_objects;
-DROP TRIGGER IF EXISTS job_progress_capture_delete ON job_objects;
-DROP TRIGGER IF EXISTS job_progress_capture_truncate ON job_objects;
+-- The capture stops in the same transaction that discards what it fed (the deltas and the folded
+-- counts): an interruption anywhere leaves either all of them, still exact and kept up by the
+-- triggers, or none of them, so a re-apply counts every job afresh. Dropped apart, a re-apply
+-- would trust counts that missed the writes made while the triggers were gone. One short
+-- transaction: SHARE ROW EXCLUSIVE on job_objects for the four triggers, under lock_timeout.
+DO $stop_capture$
+BEGIN
+    DROP TRIGGER IF EXISTS job_progress_capture_insert ON job_objects;
+    DROP TRIGGER IF EXISTS job_progress_capture_update ON job_objects;
+    DROP TRIGGER IF EXISTS job_progress_capture_delete ON job_objects;
+    DROP TRIGGER IF EXISTS job_progress_capture_truncate ON job_objects;
+    DROP TABLE IF EXISTS job_progress_deltas;
+    DROP TABLE IF EXISTS job_progress_counts;
+END;
+$stop_capture$;
 
 DROP FUNCTION IF EXISTS job_progress_capture_insert();
 DROP FUNCTION IF EXISTS job_progress_capture_update();
 DROP FUNCTION IF EXISTS job_progress_capture_delete();
 DROP FUNCTION IF EXISTS job_progress_capture_truncate();
 DROP PROCEDURE IF EXISTS job_progress_backfill();
-
-DROP TABLE IF EXISTS job_progress_deltas;
-DROP TABLE IF EXISTS job_progress_counts;

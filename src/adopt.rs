@@ -37,6 +37,9 @@ pub struct Step {
     pub statements: Vec<String>,
     /// All in one transaction (the swap), or each on its own (concurrent index builds).
     pub in_transaction: bool,
+    /// Run when the step fails: removes what the object's steps built so far (the `__scm_new`
+    /// relation or index), so a failure leaves nothing behind and the next run starts clean.
+    pub undo: Vec<String>,
 }
 
 /// What to do about one object that the next migration creates.
@@ -102,6 +105,7 @@ pub async fn decide(conn: &mut PgConnection, key: &str, after: &Catalog, live: &
                 definition.clone(),
             ],
             in_transaction: true,
+            undo: Vec::new(),
         }],
         Object::Table { .. } => unreachable!("tables are not derived"),
     };
@@ -111,6 +115,7 @@ pub async fn decide(conn: &mut PgConnection, key: &str, after: &Catalog, live: &
 fn index_steps(name: &str, table: &str, unique: bool, using: &str) -> Vec<Step> {
     let tmp = beside(name, "__scm_new");
     let unique = if unique { "UNIQUE " } else { "" };
+    let undo = vec![format!("DROP INDEX CONCURRENTLY IF EXISTS {}", ident(&tmp))];
     vec![
         Step {
             what: format!("building index {name} in the migrations' shape beside the old one"),
@@ -119,6 +124,7 @@ fn index_steps(name: &str, table: &str, unique: bool, using: &str) -> Vec<Step> 
                 format!("CREATE {unique}INDEX CONCURRENTLY {} ON {} USING {using}", ident(&tmp), ident(table)),
             ],
             in_transaction: false,
+            undo: undo.clone(),
         },
         Step {
             what: format!("swapping index {name} for the rebuilt one"),
@@ -127,6 +133,7 @@ fn index_steps(name: &str, table: &str, unique: bool, using: &str) -> Vec<Step> 
                 format!("ALTER INDEX {} RENAME TO {}", ident(&tmp), ident(name)),
             ],
             in_transaction: true,
+            undo,
         },
     ]
 }
@@ -213,16 +220,20 @@ async fn relation_steps(
             swap.push(grants);
         }
     }
+    // The new relation's indexes go with it.
+    let undo = vec![format!("DROP {} IF EXISTS {}", kind(expected), ident(&tmp))];
     Ok(vec![
         Step {
             what: format!("building {name} in the migrations' shape beside the old one"),
             statements: build,
             in_transaction: false,
+            undo: undo.clone(),
         },
         Step {
             what: format!("swapping {name} for the rebuilt one (and recreating the views over it)"),
             statements: swap,
             in_transaction: true,
+            undo,
         },
     ])
 }
@@ -278,7 +289,12 @@ async fn function_steps(
     if !same_result && !grants.is_empty() {
         statements.push(grants);
     }
-    Ok(vec![Step { what: format!("replacing function {signature}"), statements, in_transaction: true }])
+    Ok(vec![Step {
+        what: format!("replacing function {signature}"),
+        statements,
+        in_transaction: true,
+        undo: Vec::new(),
+    }])
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ impl App {
         close(conn).await;
         let mut report = outcome?;
         report.database = Some(target);
-        if command == Command::Verify
+        if matches!(command, Command::Verify { .. })
             && let Some(err) = runner::verification_failures(&report)
         {
             return Err(err);

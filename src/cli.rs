@@ -54,6 +54,10 @@ pub fn command_line() -> clap::Command {
                     .action(ArgAction::SetTrue)
                     .help(format!("Exit with {PENDING_EXIT_CODE} when migrations are pending (for CI gates)")),
             )
+        } else if spec.name == "verify" {
+            sub.arg(Arg::new("data").long("data").action(ArgAction::SetTrue).help(
+                "Also compare job_progress with a direct count per job (reads whole tables) and name the jobs that differ",
+            ))
         } else {
             sub
         };
@@ -86,9 +90,10 @@ pub async fn main() -> ExitCode {
         let (name, sub) = m.subcommand().expect("a subcommand is required");
         let exit_code = sub.try_get_one::<bool>("exit-code").ok().flatten().copied().unwrap_or(false);
         let target = sub.try_get_one::<i64>("target").ok().flatten().copied();
-        Ok((global, tunables, name.to_string(), target, exit_code))
+        let data = sub.try_get_one::<bool>("data").ok().flatten().copied().unwrap_or(false);
+        Ok((global, tunables, name.to_string(), target, exit_code, data))
     });
-    let (cli, tunables, name, target, exit_code) = match parsed {
+    let (cli, tunables, name, target, exit_code, data) = match parsed {
         Ok(parsed) => parsed,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             let _ = e.print();
@@ -116,7 +121,7 @@ pub async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match run(cli, tunables, &name, target).await {
+    match run(cli, tunables, &name, target, data).await {
         Ok(value) => {
             print_json(&value);
             if exit_code && value["status"] == "pending" {
@@ -141,8 +146,9 @@ async fn run(
     mut flags: HashMap<&'static str, String>,
     name: &str,
     target: Option<i64>,
+    data: bool,
 ) -> Result<serde_json::Value, Error> {
-    let command = Command::parse(name, target).map_err(Error::BadRequest)?;
+    let command = Command::parse(name, target).and_then(|c| c.with_data(data)).map_err(Error::BadRequest)?;
     if let Some(url) = cli.database_url.clone() {
         flags.insert("DATABASE_URL", url);
     }

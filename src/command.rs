@@ -10,8 +10,9 @@ pub enum Command {
     Status,
     /// Dry run: what `migrate` would do. Changes nothing.
     Plan { target: Option<i64> },
-    /// Compare the live schema with what the applied migrations produce.
-    Verify,
+    /// Compare the live schema with what the applied migrations produce; with `data`, also
+    /// job_progress with a direct count per job.
+    Verify { data: bool },
     /// Run the down scripts of every applied migration above `to`, newest first.
     Rollback { to: i64 },
     /// Fold or refresh `job_progress` (the refresh handler's work).
@@ -97,7 +98,7 @@ impl Command {
             Command::Migrate { .. } => "migrate",
             Command::Status => "status",
             Command::Plan { .. } => "plan",
-            Command::Verify => "verify",
+            Command::Verify { .. } => "verify",
             Command::Rollback { .. } => "rollback",
             Command::Refresh => "refresh",
         }
@@ -127,11 +128,20 @@ impl Command {
             "migrate" => Command::Migrate { target },
             "status" => Command::Status,
             "plan" => Command::Plan { target },
-            "verify" => Command::Verify,
+            "verify" => Command::Verify { data: false },
             "rollback" => Command::Rollback { to: target.unwrap_or_default() },
             "refresh" => Command::Refresh,
             other => unreachable!("{other} is in COMMANDS but not mapped"),
         })
+    }
+
+    /// Asks `verify` to compare the data as well (`--data`, `"data": true`); only verify takes it.
+    pub fn with_data(self, data: bool) -> Result<Command, String> {
+        match self {
+            Command::Verify { .. } => Ok(Command::Verify { data }),
+            _ if data => Err("\"data\" applies only to verify".into()),
+            other => Ok(other),
+        }
     }
 
     /// Whether it changes the schema (and so takes the migration lock).
@@ -165,6 +175,9 @@ mod tests {
         assert!(Command::parse("rollback", None).unwrap_err().contains("explicit target"));
         assert!(Command::parse("status", Some(1)).unwrap_err().contains("only to migrate, plan, rollback"));
         assert!(Command::parse("migrate", Some(-1)).unwrap_err().contains("negative"));
+        assert_eq!(Command::parse("verify", None).unwrap().with_data(true).unwrap(), Command::Verify { data: true });
+        assert!(Command::Status.with_data(true).unwrap_err().contains("only to verify"));
+        assert_eq!(Command::Status.with_data(false).unwrap(), Command::Status);
         let err = Command::parse("drop", None).unwrap_err();
         assert!(err.contains("drop") && err.contains("migrate, status, plan, verify, rollback, refresh"), "{err}");
     }

@@ -338,7 +338,8 @@ pub async fn ensure_history(conn: &mut PgConnection) -> Result<()> {
             applied_at  timestamptz NOT NULL DEFAULT now(),
             duration_ms bigint NOT NULL,
             applied_by  text NOT NULL,
-            -- 'applied', or 'rolling_back' while (or after) a no-transaction down script ran part-way.
+            -- 'applied'; 'applying' or 'rolling_back' while (or after) a no-transaction up or down
+            -- script ran part-way.
             state       text NOT NULL DEFAULT 'applied'
         )"
     );
@@ -533,6 +534,47 @@ pub async fn restamp(conn: &mut PgConnection, version: i64, replaced: &str, chec
 pub async fn forget(conn: &mut PgConnection, version: i64) -> std::result::Result<(), sqlx::Error> {
     let sql = format!("DELETE FROM {HISTORY_TABLE} WHERE version = $1");
     sqlx::query(AssertSqlSafe(sql)).bind(version).execute(conn).await.map(|_| ())
+}
+
+/// Records a migration as being applied, before its no-transaction up script starts: if the
+/// script stops part-way, the history says what it may have left, `rollback` can undo it and
+/// `migrate` runs it again. A row already there (a rollback that stopped) is marked the same way.
+/// Returns the row's state before, for [`unmark_applying`].
+pub async fn mark_applying(
+    conn: &mut PgConnection,
+    version: i64,
+    name: &str,
+    checksum: &str,
+    applied_by: &str,
+) -> std::result::Result<Option<String>, sqlx::Error> {
+    let before: Option<String> =
+        sqlx::query_scalar(AssertSqlSafe(format!("SELECT state FROM {HISTORY_TABLE} WHERE version = $1")))
+            .bind(version)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let sql = format!(
+        "INSERT INTO {HISTORY_TABLE} (version, name, checksum, duration_ms, applied_by, state)
+         VALUES ($1, $2, $3, 0, $4, 'applying')
+         ON CONFLICT (version) DO UPDATE SET name = EXCLUDED.name, checksum = EXCLUDED.checksum,
+             applied_at = now(), applied_by = EXCLUDED.applied_by, state = 'applying'"
+    );
+    sqlx::query(AssertSqlSafe(sql)).bind(version).bind(name).bind(checksum).bind(applied_by).execute(conn).await?;
+    Ok(before)
+}
+
+/// Undoes [`mark_applying`] when the script's first statement failed and so changed nothing.
+pub async fn unmark_applying(
+    conn: &mut PgConnection,
+    version: i64,
+    before: Option<&str>,
+) -> std::result::Result<(), sqlx::Error> {
+    let query = match before {
+        None => sqlx::query(AssertSqlSafe(format!("DELETE FROM {HISTORY_TABLE} WHERE version = $1"))).bind(version),
+        Some(state) => sqlx::query(AssertSqlSafe(format!("UPDATE {HISTORY_TABLE} SET state = $2 WHERE version = $1")))
+            .bind(version)
+            .bind(state.to_string()),
+    };
+    query.execute(conn).await.map(|_| ())
 }
 
 /// Marks a migration as being rolled back, before its no-transaction down script starts: if the

@@ -53,6 +53,8 @@ pub enum MigrateRequest {
 struct MigratePayload {
     command: Option<String>,
     target: Option<i64>,
+    /// `verify` only: compare job_progress with a direct count too.
+    data: Option<bool>,
     tf: Option<TfEnvelope>,
 }
 
@@ -70,7 +72,7 @@ fn migrate_accepts() -> String {
     let with_target: Vec<&str> =
         COMMANDS.iter().filter(|c| c.in_migrate_payload && c.target != TargetArg::None).map(|c| c.name).collect();
     format!(
-        r#"accepted: {{"command": "{}", "target": <version, for {}>, "tf": {{"action": "create|update|delete", "prev_input": ...}}}}, all optional; {{}} migrates"#,
+        r#"accepted: {{"command": "{}", "target": <version, for {}>, "data": true (verify: the counts too), "tf": {{"action": "create|update|delete", "prev_input": ...}}}}, all optional; {{}} migrates"#,
         commands.join("|"),
         with_target.join(", ")
     )
@@ -92,7 +94,10 @@ pub fn parse_migrate_event(event: &Value) -> Result<MigrateRequest> {
     if COMMANDS.iter().any(|c| c.name == name && !c.in_migrate_payload) {
         return Err(bad(format!("`{name}` is not run by the migrate function (it has its own handler)")));
     }
-    Command::parse(name, payload.target).map(MigrateRequest::Run).map_err(bad)
+    Command::parse(name, payload.target)
+        .and_then(|c| c.with_data(payload.data.unwrap_or(false)))
+        .map(MigrateRequest::Run)
+        .map_err(bad)
 }
 
 /// What the refresh handler was invoked by (for the logs).
@@ -353,6 +358,11 @@ mod tests {
             MigrateRequest::Run(Command::Plan { target: Some(2) })
         );
         assert_eq!(p(json!({"command": "status"})).unwrap(), MigrateRequest::Run(Command::Status));
+        assert_eq!(
+            p(json!({"command": "verify", "data": true})).unwrap(),
+            MigrateRequest::Run(Command::Verify { data: true })
+        );
+        assert!(p(json!({"command": "migrate", "data": true})).is_err());
         for bad in [
             json!({"command": "rollback"}),
             json!({"command": "drop"}),

@@ -8,6 +8,7 @@ pub mod command;
 pub mod config;
 pub mod connection;
 pub mod credentials;
+pub mod data_check;
 pub mod db;
 pub mod deadline;
 pub mod error;

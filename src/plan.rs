@@ -35,12 +35,19 @@ pub enum State {
     /// Its no-transaction down script started and did not finish: some of its objects may be
     /// gone. `migrate` re-applies it (migrations are idempotent); `rollback` runs the rest.
     RollingBack,
+    /// Its no-transaction up script started and did not finish: some of its objects exist.
+    /// `migrate` runs it again (migrations are idempotent); `rollback` runs its down script.
+    Applying,
 }
 
 impl State {
     /// From the history table's `state` column.
     pub fn from_column(s: &str) -> Self {
-        if s == "rolling_back" { State::RollingBack } else { State::Applied }
+        match s {
+            "rolling_back" => State::RollingBack,
+            "applying" => State::Applying,
+            _ => State::Applied,
+        }
     }
 }
 

@@ -200,9 +200,13 @@ pub async fn run(
         report.unknown_versions = plan.unknown.iter().map(|a| a.version).collect();
         report.status = match command {
             Command::Plan { .. } => "planned",
-            Command::Verify => {
-                report.verification =
-                    Some(verify_applied(conn, migrations, &history, Expectation::Fresh, settings.deadline).await?);
+            Command::Verify { data } => {
+                let mut verification =
+                    verify_applied(conn, migrations, &history, Expectation::Fresh, settings.deadline).await?;
+                if data {
+                    crate::data_check::job_progress(conn, &mut verification).await?;
+                }
+                report.verification = Some(verification);
                 "verified"
             }
             _ if report.pending.is_empty() => "up_to_date",
@@ -398,7 +402,8 @@ async fn adopt_existing(
 }
 
 /// Runs one convergence step with the same lock_timeout, retries, deadline and index builds as
-/// migrations; returns what it cleaned up of an interrupted attempt.
+/// migrations. A failed step removes what the object's steps built (`Step::undo`) and keeps the
+/// SQLSTATE; returns what it cleaned up of an interrupted earlier attempt.
 async fn run_step(
     conn: &mut PgConnection,
     step: &Step,
@@ -406,9 +411,6 @@ async fn run_step(
     done: &[String],
     left: &[String],
 ) -> Result<Vec<String>> {
-    let failed = |sql: &str, e: &sqlx::Error, kept: &str| {
-        Error::db(format!("adopting an existing object: {} (statement: {sql}); {kept}", step.what), clone_err(e))
-    };
     let deadline = |during: String| Error::DeadlineReached {
         during: format!("{during} while {}", step.what),
         remaining_ms: remaining_ms(settings),
@@ -420,11 +422,10 @@ async fn run_step(
     let outcome = if step.in_transaction {
         let statements: Vec<Statement> =
             step.statements.iter().map(|s| Statement { sql: s.clone(), line: 0 }).collect();
-        let kept = "nothing of this step was kept";
         transaction(conn, &statements, settings, Bookkeeping::None, &mut retries).await.map_err(|f| match f {
-            TxError::Deadline(_, during) => deadline(during),
-            TxError::Statement(i, e) => failed(&step.statements[i], &e, kept),
-            TxError::Bookkeeping(e) => Error::db(step.what.clone(), e),
+            TxError::Deadline(_, during) => Err(deadline(during)),
+            TxError::Statement(i, e) => Ok((step.statements[i].as_str(), e)),
+            TxError::Bookkeeping(e) => Err(Error::db(step.what.clone(), e)),
         })
     } else {
         let what =
@@ -432,8 +433,7 @@ async fn run_step(
         let mut result = Ok(());
         for sql in &step.statements {
             let stmt = Statement { sql: sql.clone(), line: 0 };
-            let build = stmt.index_build();
-            let ran = match &build {
+            let ran = match &stmt.index_build() {
                 None => run_statement(conn, sql, settings, &mut retries).await.map_err(BuildFailure::Statement),
                 Some(build) => {
                     let too_large =
@@ -446,23 +446,23 @@ async fn run_step(
                 }
             };
             let Err(f) = ran else { continue };
-            // A build cut short leaves its index INVALID: dropped now if the locks allow, else
-            // by this step's first statement next time.
-            let mut kept = "nothing of this step was kept".to_string();
-            if let (Some(build), BuildFailure::Statement(StatementFailure::Db(_))) = (&build, &f)
-                && let Ok(Some((q, false))) = db::index_on_table(conn, &build.table, &build.name).await
-                && db::exec(conn, &db::drop_index_concurrently(&q)).await.is_err()
-            {
-                kept = format!("the INVALID index {q} it left is dropped first by the next migrate");
-            }
+            // A build cut short leaves its index INVALID: the step's undo drops it.
             result = Err(match f {
-                BuildFailure::Statement(StatementFailure::Deadline(during)) => deadline(during),
-                BuildFailure::Statement(StatementFailure::Db(e)) => failed(sql, &e, &kept),
-                BuildFailure::TooLarge(e) => e,
+                BuildFailure::Statement(StatementFailure::Deadline(during)) => Err(deadline(during)),
+                BuildFailure::Statement(StatementFailure::Db(e)) => Ok((sql.as_str(), e)),
+                BuildFailure::TooLarge(e) => Err(e),
             });
             break;
         }
         result
+    };
+    let outcome = match outcome {
+        Ok(()) => Ok(()),
+        Err(Err(e)) => Err(e),
+        Err(Ok((sql, e))) => {
+            let removed = undo_step(conn, step, settings).await;
+            Err(step_failed(step, sql, retries, removed, e))
+        }
     };
     let reset = db::reset_limits(conn).await;
     outcome?;
@@ -517,9 +517,41 @@ async fn build_index(
     }
 }
 
-/// sqlx errors are not `Clone`; what we keep of one is its text.
-fn clone_err(e: &sqlx::Error) -> sqlx::Error {
-    sqlx::Error::Protocol(crate::error::cause_chain(e))
+/// Runs a failed step's `undo`; says what it removed, or what it could not.
+async fn undo_step(conn: &mut PgConnection, step: &Step, settings: &RunSettings) -> String {
+    let mut retries = 0;
+    for sql in &step.undo {
+        if let Err(f) = run_statement(conn, sql, settings, &mut retries).await {
+            let why = match f {
+                StatementFailure::Deadline(during) => format!("the deadline came {during}"),
+                StatementFailure::Db(e) => crate::error::cause_chain(&e),
+            };
+            tracing::warn!(step = "adopt", statement = %sql, %why, "could not remove what the failed step built");
+            return format!("removing what it built failed ({sql}: {why}); the next migrate removes it first");
+        }
+    }
+    if step.undo.is_empty() {
+        "nothing of this step was kept".into()
+    } else {
+        format!("what it built was removed ({})", step.undo.join("; "))
+    }
+}
+
+/// A convergence step's failure, with its SQLSTATE; a lock timeout after the retries points to the runbook.
+fn step_failed(step: &Step, sql: &str, retries: u32, removed: String, e: sqlx::Error) -> Error {
+    let state = db::sqlstate(&e).map(|s| format!(" with SQLSTATE {s}")).unwrap_or_default();
+    let lock = if db::is_lock_timeout(&e) {
+        format!(
+            " (another session held a lock on it for longer than lock_timeout, {retries} retries: a long reader; \
+             find it in pg_stat_activity, see the runbook's MigrationFailed, and migrate again)"
+        )
+    } else {
+        String::new()
+    };
+    Error::db(
+        format!("adopting an existing object: {} failed{state}{lock} (statement: {sql}); {removed}", step.what),
+        e,
+    )
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -775,19 +807,18 @@ async fn apply_statements(
     step: &mut AppliedStep,
 ) -> Result<()> {
     let started = Instant::now();
-    let partial_note = (direction == Direction::Down).then(|| {
-        format!(
-            "the history now records {} as partly rolled back (state rolling_back): `migrate` re-applies it, \
-             `rollback` runs its down script again",
-            m.label()
-        )
-    });
-    if direction == Direction::Down {
-        db::mark_rolling_back(conn, m.version)
-            .await
-            .map_err(|e| Error::db(format!("recording the rollback of {} in the history", m.label()), e))?;
-    }
+    let note = Some(partial_note(m, direction));
+    let marked = match direction {
+        Direction::Up => {
+            db::mark_applying(conn, m.version, &m.name, &m.up.checksum, &settings.applied_by).await.map(Some)
+        }
+        Direction::Down => db::mark_rolling_back(conn, m.version).await.map(|()| None),
+    };
+    let before = marked.map_err(|e| Error::db(format!("recording the start of {} in the history", m.label()), e))?;
     for (i, stmt) in statements.iter().enumerate() {
+        // A first statement that failed changed nothing (one statement is atomic): the history goes
+        // back to what it said before.
+        let nothing_changed = i == 0 && before.is_some();
         let deadline = |during: String| Error::DeadlineReached {
             during: format!("{during} in {} at line {}", script.file, stmt.line),
             remaining_ms: remaining_ms(settings),
@@ -804,27 +835,46 @@ async fn apply_statements(
                 statements.len()
             ))
             .chain(left.iter().skip(1).cloned())
-            .chain(partial_note.clone())
+            .chain(note.clone().filter(|_| !nothing_changed))
             .collect(),
         };
-        let fail = |e: &sqlx::Error| migration_failed(m, script, stmt, e, done, partial_note.clone());
+        let fail = |e: &sqlx::Error| {
+            migration_failed(m, script, stmt, e, done, if nothing_changed { None } else { note.clone() })
+        };
         let failure = |f: StatementFailure| match f {
             StatementFailure::Deadline(during) => deadline(during),
             StatementFailure::Db(e) => fail(&e),
         };
         let Some(build) = stmt.index_build() else {
-            run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await.map_err(failure)?;
+            if let Err(f) = run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await {
+                if let (true, Some(before)) = (nothing_changed, &before) {
+                    db::unmark_applying(conn, m.version, before.as_deref()).await.map_err(|e| {
+                        Error::db(format!("restoring the history of {} after its first statement failed", m.label()), e)
+                    })?;
+                }
+                return Err(failure(f));
+            }
             continue;
         };
         let what = format!("migration {}", m.label());
         let too_large =
             |rows, left_now| too_large(&what, &build, rows, settings.index_build_rows_per_s, left_now, done);
-        let dropped = build_index(conn, &stmt.sql, &build, settings, &mut step.lock_retries, too_large).await.map_err(
-            |f| match f {
-                BuildFailure::Statement(f) => failure(f),
-                BuildFailure::TooLarge(e) => e,
-            },
-        )?;
+        let dropped = match build_index(conn, &stmt.sql, &build, settings, &mut step.lock_retries, too_large).await {
+            Ok(dropped) => dropped,
+            Err(BuildFailure::Statement(f)) => return Err(failure(f)),
+            Err(BuildFailure::TooLarge(err)) => {
+                // Refused before it started: if it was the script's first step, nothing changed.
+                if let (true, Some(before)) = (nothing_changed, &before) {
+                    db::unmark_applying(conn, m.version, before.as_deref()).await.map_err(|e| {
+                        Error::db(
+                            format!("restoring the history of {} after its first build was refused", m.label()),
+                            e,
+                        )
+                    })?;
+                }
+                return Err(err);
+            }
+        };
         let name = build.name.trim_matches('"').to_string();
         if !dropped.is_empty() && !step.rebuilt_invalid_indexes.contains(&name) {
             step.rebuilt_invalid_indexes.push(name);
@@ -837,6 +887,27 @@ async fn apply_statements(
         Direction::Down => db::forget(conn, m.version).await,
     }
     .map_err(|e| Error::db(format!("recording migration {} in the history", m.label()), e))
+}
+
+/// What the history says after a no-transaction script stopped part-way, and how to go on.
+fn partial_note(m: &Migration, direction: Direction) -> String {
+    match direction {
+        Direction::Down => format!(
+            "the history now records {} as partly rolled back (state rolling_back): `migrate` re-applies it, \
+             `rollback` runs its down script again",
+            m.label()
+        ),
+        Direction::Up if m.down.is_some() => format!(
+            "the history now records {} as partly applied (state applying): `migrate` runs it again, `rollback` to \
+             the version before it runs its down script",
+            m.label()
+        ),
+        Direction::Up => format!(
+            "the history now records {} as partly applied (state applying): `migrate` runs it again (it has no \
+             down script)",
+            m.label()
+        ),
+    }
 }
 
 fn migration_failed(
@@ -897,6 +968,13 @@ async fn verify_applied(
     for a in history.iter().filter(|a| a.state == State::RollingBack) {
         report.failures.push(format!(
             "{:03}_{}: a rollback stopped part-way; run migrate to re-apply it, or rollback to finish",
+            a.version, a.name
+        ));
+    }
+    for a in history.iter().filter(|a| a.state == State::Applying) {
+        report.failures.push(format!(
+            "{:03}_{}: it stopped part-way through being applied; run migrate to finish it, or rollback to the \
+             version before it to undo it",
             a.version, a.name
         ));
     }

@@ -146,6 +146,9 @@ pub struct VerifyReport {
     /// Differences accepted and reported (data definitions are never rewritten).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub accepted: Vec<String>,
+    /// With `verify --data`: how many jobs' job_progress rows were compared with a direct count.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_jobs_checked: Option<i64>,
 }
 
 /// Whether a column of type `found` can stand for the migrations' `expected` without a rewrite.

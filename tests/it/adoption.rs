@@ -63,7 +63,7 @@ CREATE TABLE my_notes (job_id uuid, note text);
 
 /// Another old 002: job_progress as a plain view counting live, a no-op refresh function, no
 /// indexes at all.
-const OLD_002_VIEW: &str = "
+pub const OLD_002_VIEW: &str = "
 CREATE VIEW job_progress AS
     SELECT j.job_id, j.bucket, count(o.key) AS total_objects
       FROM jobs AS j LEFT JOIN job_objects AS o USING (job_id) GROUP BY j.job_id, j.bucket;

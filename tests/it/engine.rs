@@ -250,7 +250,9 @@ async fn a_backend_killed_in_the_middle_of_002_is_completed_by_the_next_run() {
         1,
         "the interruption left an INVALID index"
     );
-    assert_eq!(db.history().await, vec![0, 1]);
+    let states: Vec<(i64, String)> =
+        [(0, "applied"), (1, "applied"), (2, "applying")].into_iter().map(|(v, s)| (v, s.to_string())).collect();
+    assert_eq!(db.history_states().await, states, "002 is recorded as partly applied");
     assert_eq!(db.advisory_locks().await, 0);
 
     let again = migrator(&db.url, &["migrate"]).await;

@@ -65,7 +65,7 @@ async fn mismatches(c: &mut PgConnection) -> (Vec<String>, i64) {
     (rows.into_iter().map(|r| r.0).collect(), jobs)
 }
 
-async fn assert_exact(db: &TestDb, when: &str) -> i64 {
+pub async fn assert_exact(db: &TestDb, when: &str) -> i64 {
     let mut c = db.conn().await;
     let (bad, jobs) = mismatches(&mut c).await;
     c.close().await.unwrap();

@@ -7,6 +7,7 @@ mod definer;
 mod engine;
 mod hardening;
 mod history;
+mod interruptions;
 mod job_progress;
 mod lambda;
 mod majors;

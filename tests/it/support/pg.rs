@@ -277,6 +277,17 @@ impl TestDb {
         v
     }
 
+    /// The history's versions with their state (`applied`, `applying`, `rolling_back`), oldest first.
+    pub async fn history_states(&self) -> Vec<(i64, String)> {
+        let mut c = self.conn().await;
+        let v = sqlx::query_as("SELECT version, state FROM scanner_migrator_history ORDER BY version")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+        c.close().await.unwrap();
+        v
+    }
+
     /// Advisory locks held in this database by anyone (the migrator's lock must never be left behind).
     pub async fn advisory_locks(&self) -> i64 {
         self.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").await
