@@ -9,7 +9,10 @@
 //! definition), functions (signature, result, body, settings) and triggers. Objects the user
 //! added are not in the expected catalog, so they are never reported.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    time::Duration,
+};
 
 use serde::{Deserialize, Serialize};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
@@ -394,7 +397,11 @@ pub async fn replay(
         .await
         .map_err(|e| Error::db(ctx, e))?;
     let scratch = format!("scanner_migrator_scratch_{pid}");
-    db::set_limits(conn, deadline.cap(None), None).await.map_err(|e| Error::db(ctx, e))?;
+    // The scratch objects are the replay's own; the only lock it can wait for is another session's
+    // (a fold's advisory lock that 003's refresh takes): bounded, so a stuck holder cannot hang it.
+    db::set_limits(conn, deadline.cap(None), deadline.cap(Some(SCRATCH_LOCK_WAIT)))
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
     let mut tx = conn.begin().await.map_err(|e| Error::db(ctx, e))?;
     let outcome = async {
         db::exec(&mut tx, &format!("CREATE SCHEMA {scratch}; SET LOCAL search_path = {scratch}"))
@@ -438,6 +445,9 @@ pub async fn replay(
     Ok(replay)
 }
 
+/// The longest the scratch replay waits for a lock another session holds.
+const SCRATCH_LOCK_WAIT: Duration = Duration::from_secs(30);
+
 /// One migration's statements in the scratch schema (`CONCURRENTLY` cannot run in its transaction).
 /// A statement PostgreSQL refuses to `user` (SQLSTATE 42501) is a missing privilege, named with its fix.
 async fn apply_to_scratch(conn: &mut PgConnection, m: &Migration, user: &str, deadline: Deadline) -> Result<()> {
@@ -453,6 +463,16 @@ async fn apply_to_scratch(conn: &mut PgConnection, m: &Migration, user: &str, de
             }
             if db::sqlstate(&e).as_deref() == Some("42501") {
                 return Err(crate::privileges::denied(user, &m.label(), &m.up.sql, stmt.line, &db::pg_details(&e).0));
+            }
+            if db::is_lock_timeout(&e) {
+                return Err(Error::LockTimeout(format!(
+                    "deriving what the migrations produce (in a scratch schema), {} line {} waited {} s for a lock \
+                     another session holds (a refresh_job_progress() fold, or whoever holds what it names: see \
+                     pg_locks and pg_stat_activity); nothing was applied: run migrate again once it is released",
+                    m.label(),
+                    stmt.line,
+                    SCRATCH_LOCK_WAIT.as_secs()
+                )));
             }
             return Err(Error::InvalidMigration {
                 file: m.up.file.clone(),

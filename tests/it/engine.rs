@@ -421,3 +421,21 @@ async fn invalid_index_repair_touches_only_the_index_on_the_table_the_statement_
         .await
     );
 }
+
+#[tokio::test]
+async fn a_fold_lock_held_elsewhere_bounds_the_scratch_replay_and_applies_nothing() {
+    // 003's fold takes a server-wide advisory lock: held here on a server of this test's own, so the
+    // suite's other databases never wait for it.
+    let private = crate::support::pg::PrivateServer::start();
+    let db = TestDb::new_on(&private.server).await;
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    holder.execute("SELECT pg_advisory_lock(7355608003)").await.unwrap();
+    let started = Instant::now();
+    let run = crate::support::cli::migrator_on(&private.server, &db.url, &["migrate"]).await;
+    assert!(started.elapsed() < Duration::from_secs(60), "bounded, took {:?}", started.elapsed());
+    assert_eq!(run.error_type(), "LockTimeout", "{:#}", run.json);
+    assert!(run.error_message().contains("scratch schema") && run.error_message().contains("nothing was applied"));
+    assert!(db.scalar::<bool>("SELECT to_regclass('jobs') IS NULL").await, "nothing applied");
+    holder.close().await.unwrap();
+    assert_eq!(crate::support::cli::migrator_on(&private.server, &db.url, &["migrate"]).await.status(), "applied");
+}
