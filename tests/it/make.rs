@@ -211,7 +211,27 @@ async fn make_invoke_runs_the_real_function_with_the_real_aws_cli_v1() {
     assert_eq!(result_of(&out)["errorType"], "RollbackNotAllowed", "{out}");
     assert_eq!(fx.db.history().await, all_versions(), "nothing was rolled back");
 
-    // What the stand-in ran: the payloads as make sent them, unencoded (v1 sends --payload as given).
+    // The commands the module's invoke_command output and the README print, as a user pastes them.
+    let output =
+        crate::terraform::invoke_command_output().replace("${aws_lambda_function.migrate.function_name}", &function);
+    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
+    let printed = readme
+        .split("```sh\n")
+        .filter_map(|block| block.split("```").next())
+        .find(|block| block.contains("aws lambda invoke"))
+        .expect("the README prints an aws lambda invoke command")
+        .replace("scanner-migrator-migrate", &function);
+    for (what, line, command) in [("invoke_command", &output, "status"), ("README", &printed, "plan")] {
+        let mut cmd = Command::new("bash");
+        cmd.args(["-euo", "pipefail", "-c", line]);
+        let (ok, out, err) = tokio::task::block_in_place(|| with_aws_v1(&bin, &standin.url, cmd));
+        assert!(ok, "{what} with AWS CLI v1: {line}\n{out}{err}");
+        let last = standin.invocations().pop().unwrap();
+        assert_eq!(last.payload, json!({ "command": command }), "{what}");
+        assert!(out.contains(&last.outcome.ok().to_string()), "{what} prints the result: {out}");
+    }
+
+    // What the stand-in ran: the payloads as sent, unencoded (v1 sends --payload and fileb:// as given).
     let sent: Vec<Value> = standin.invocations().iter().map(|i| i.payload.clone()).collect();
     assert_eq!(
         sent,
@@ -219,7 +239,9 @@ async fn make_invoke_runs_the_real_function_with_the_real_aws_cli_v1() {
             json!({"command": "status"}),
             json!({"command": "plan"}),
             json!({"command": "migrate"}),
-            json!({"command": "rollback", "target": 1})
+            json!({"command": "rollback", "target": 1}),
+            json!({"command": "status"}),
+            json!({"command": "plan"}),
         ]
     );
 }
