@@ -6,7 +6,8 @@ VENV        := .venv
 # moto: the AWS API server (Secrets Manager, RDS) the tests and the demo talk to.
 # squawk-cli: the PostgreSQL migration linter.
 # pglast: PostgreSQL's own scanner and parser, the reference tests/it/split_corpus.rs holds the splitter to.
-TEST_TOOLS  := moto[server]==5.2.5 squawk-cli==2.70.0 pglast==8.8
+# awscli: the AWS CLI v1 (v2 is not on PyPI), which tests/it/make.rs runs `make invoke` with for real.
+TEST_TOOLS  := moto[server]==5.2.5 squawk-cli==2.70.0 pglast==8.8 awscli==1.46.3
 # cargo-lambda (and zig, through ziglang) cross-compile the arm64 Lambda zip.
 BUILD_TOOLS := cargo-lambda==1.9.2 ziglang==0.13.0.post1
 LAMBDA_ZIP  := target/lambda/scanner-migrator/bootstrap.zip
@@ -74,9 +75,12 @@ deploy: build ## terraform apply in TF_DIR (default: the complete example); migr
 
 invoke: ## run a command in the deployed function: make invoke CMD=status|plan|verify|migrate|rollback [TARGET=N]
 	@# AWS_MAX_ATTEMPTS=1: a client-side retry of a synchronous invoke would run the command twice.
+	@# AWS CLI v2 reads --payload as base64 unless told otherwise; v1 sends it as given and has no such flag.
 	@payload='{"command":"$(CMD)"$(if $(TARGET),$(comma)"target":$(TARGET))}'; \
+	version=$$(aws --version 2>&1) || { echo "make invoke: 'aws --version' failed: $$version" >&2; exit 1; }; \
+	case "$$version" in aws-cli/1.*) binary_format=() ;; *) binary_format=(--cli-binary-format raw-in-base64-out) ;; esac; \
 	out=$$(mktemp); \
-	meta=$$(AWS_MAX_ATTEMPTS=1 aws lambda invoke --function-name $(FUNCTION) --cli-binary-format raw-in-base64-out \
+	meta=$$(AWS_MAX_ATTEMPTS=1 aws lambda invoke --function-name $(FUNCTION) "$${binary_format[@]}" \
 	  --cli-read-timeout 900 --cli-connect-timeout 10 --payload "$$payload" $$out) || exit 1; \
 	echo "$$meta"; cat $$out; echo; rm -f $$out; \
 	if grep -q FunctionError <<<"$$meta"; then exit 1; fi

@@ -88,6 +88,6 @@ output "alarm_arns" {
 }
 
 output "invoke_command" {
-  description = "How to run a command by hand (status, plan, verify, migrate, rollback with a target). AWS_MAX_ATTEMPTS=1 and the 900 s read timeout keep the CLI from invoking a long migration a second time."
-  value       = "AWS_MAX_ATTEMPTS=1 aws lambda invoke --function-name ${aws_lambda_function.migrate.function_name} --cli-binary-format raw-in-base64-out --cli-read-timeout 900 --cli-connect-timeout 10 --payload '{\"command\":\"status\"}' /dev/stdout"
+  description = "How to run a command by hand (status, plan, verify, migrate, rollback with a target), with AWS CLI v1 or v2: the payload is read from stdin as raw bytes (fileb://), which both take as given. AWS_MAX_ATTEMPTS=1 and the 900 s read timeout keep the CLI from invoking a long migration a second time."
+  value       = "echo '{\"command\":\"status\"}' | AWS_MAX_ATTEMPTS=1 aws lambda invoke --function-name ${aws_lambda_function.migrate.function_name} --cli-read-timeout 900 --cli-connect-timeout 10 --payload fileb:///dev/stdin /dev/stdout"
 }

@@ -137,7 +137,7 @@ fn module_resources() -> BTreeSet<String> {
 
 /// The zip `make build` would write: one file, the host build of the binary as `bootstrap` (the RDS CA
 /// bundle is built into it).
-fn build_zip(path: &std::path::Path) {
+pub(crate) fn build_zip(path: &std::path::Path) {
     let out = std::process::Command::new("python3")
         .args([
             "-c",
