@@ -1145,21 +1145,7 @@ async fn case5(cfg: &Config, res: &mut Results) -> R<()> {
         .collect();
     let (mut psql, mut cli, mut inproc) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 0..cfg.process_reps + 1 {
-        let t = Instant::now();
-        for f in &files {
-            let out = tokio::process::Command::new("psql")
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &cfg.server.url_no_password(db_name), "-f"])
-                .arg(f)
-                .env("PGPASSWORD", &cfg.server.password)
-                .stdin(Stdio::null())
-                .output()
-                .await
-                .ctx("running psql")?;
-            if !out.status.success() {
-                return Err(format!("psql -f {} failed: {}", f.display(), String::from_utf8_lossy(&out.stderr)));
-            }
-        }
-        let psql_s = t.elapsed().as_secs_f64();
+        let psql_s = history::psql_apply(cfg, db_name, &files).await?;
 
         let t = Instant::now();
         let out = tokio::process::Command::new(&cfg.bin)

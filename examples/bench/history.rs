@@ -45,7 +45,7 @@ async fn fresh_db(cfg: &Config, name: &str) -> R<()> {
 }
 
 /// `psql -f`, one process per file, in order: seconds.
-async fn psql_apply(cfg: &Config, db: &str, files: &[PathBuf]) -> R<f64> {
+pub(crate) async fn psql_apply(cfg: &Config, db: &str, files: &[PathBuf]) -> R<f64> {
     let t = Instant::now();
     for f in files {
         let out = tokio::process::Command::new("psql")
