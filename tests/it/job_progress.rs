@@ -527,3 +527,20 @@ async fn a_view_of_the_users_over_job_progress_stops_003_before_anything_changes
     let run = migrator(&db.url, &["migrate"]).await;
     assert_eq!(run.versions("applied"), versions(v_matview() + 1, latest()));
 }
+
+#[tokio::test]
+async fn a_view_option_of_the_users_on_job_progress_stops_the_rollback_of_003_before_its_swap() {
+    let db = TestDb::new().await;
+    migrator(&db.url, &["migrate", "--target", &v_incremental().to_string()]).await;
+    db.exec("ALTER VIEW job_progress SET (security_barrier = true)").await;
+    let run = migrator(&db.url, &["rollback", "--to", &v_matview().to_string()]).await;
+    assert_eq!(run.code, 1, "{:#}", run.json);
+    assert!(run.error_message().contains("options (security_barrier=true) on job_progress"), "{}", run.error_message());
+    assert_eq!(db.history().await, versions(0, v_incremental()));
+    let kind: String = db.scalar("SELECT relkind::text FROM pg_class WHERE oid = 'job_progress'::regclass").await;
+    assert_eq!(kind, "v", "job_progress is still 003's view");
+    assert!(db.scalar::<bool>("SELECT to_regclass('job_progress_002') IS NULL").await, "nothing built beside it");
+    db.exec("ALTER VIEW job_progress RESET (security_barrier)").await;
+    let run = migrator(&db.url, &["rollback", "--to", &v_matview().to_string()]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+}
