@@ -14,6 +14,7 @@
 DO $check$
 DECLARE
     dependents text;
+    lost       text;
 BEGIN
     SELECT string_agg(DISTINCT v.oid::regclass::text, ', ') INTO dependents
       FROM pg_depend AS d
@@ -27,6 +28,33 @@ BEGIN
         RAISE EXCEPTION 'cannot replace job_progress: % depends on it', dependents
             USING ERRCODE = 'dependent_objects_still_exist',
                   HINT = 'drop that view first and create it again afterwards; a migration never drops objects it did not create';
+    END IF;
+    -- What the swap cannot carry over stops it here, named: an index, trigger or rule of the user's
+    -- on a replaced relation, and job_progress's own options (a view and a materialized view take
+    -- different ones). The migration's own unique index is rebuilt by it.
+    SELECT string_agg(what, ', ') INTO lost FROM (
+        SELECT format('index %s on %s', i.indexrelid::regclass, i.indrelid::regclass) AS what
+          FROM pg_index AS i
+         WHERE i.indrelid = to_regclass('job_progress')
+           AND i.indexrelid <> coalesce(to_regclass('job_progress_job_id_key'), 0)
+        UNION ALL
+        SELECT format('trigger %I on %s', t.tgname, t.tgrelid::regclass)
+          FROM pg_trigger AS t
+         WHERE t.tgrelid IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
+                              coalesce(to_regclass('job_statistics'), 0)) AND NOT t.tgisinternal
+        UNION ALL
+        SELECT format('rule %I on %s', r.rulename, r.ev_class::regclass)
+          FROM pg_rewrite AS r
+         WHERE r.ev_class IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
+                              coalesce(to_regclass('job_statistics'), 0)) AND r.rulename <> '_RETURN'
+        UNION ALL
+        SELECT format('options (%s) on %s', array_to_string(c.reloptions, ', '), c.oid::regclass)
+          FROM pg_class AS c
+         WHERE c.oid = to_regclass('job_progress') AND c.reloptions IS NOT NULL AND c.relkind = 'v') AS objects;
+    IF lost IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot replace job_progress: % would be lost', lost
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'drop it (ALTER VIEW job_progress RESET (...) for options) and roll back again; job_progress becomes a materialized view again, which has no view options, triggers or rules; a migration never drops objects it did not create';
     END IF;
 END;
 $check$;
@@ -58,7 +86,10 @@ CREATE UNIQUE INDEX IF NOT EXISTS job_progress_002_job_id_key ON job_progress_00
 DO $swap$
 DECLARE
     dependents text;
+    lost       text;
     grants     text[];
+    comments   text[];
+    options    text[];
     grant_sql  text;
 BEGIN
     -- No CASCADE: a view of the user's over job_progress stops the swap, before anything changes, with its name.
@@ -75,18 +106,77 @@ BEGIN
             USING ERRCODE = 'dependent_objects_still_exist',
                   HINT = 'drop that view first and create it again afterwards; a migration never drops objects it did not create';
     END IF;
-    -- The privileges on what is replaced (the status API's role reads job_progress), granted again below.
+    -- What the swap cannot carry over stops it here, named: an index, trigger or rule of the user's
+    -- on a replaced relation, and job_progress's own options (a view and a materialized view take
+    -- different ones). The migration's own unique index is rebuilt by it.
+    SELECT string_agg(what, ', ') INTO lost FROM (
+        SELECT format('index %s on %s', i.indexrelid::regclass, i.indrelid::regclass) AS what
+          FROM pg_index AS i
+         WHERE i.indrelid = to_regclass('job_progress')
+           AND i.indexrelid <> coalesce(to_regclass('job_progress_job_id_key'), 0)
+        UNION ALL
+        SELECT format('trigger %I on %s', t.tgname, t.tgrelid::regclass)
+          FROM pg_trigger AS t
+         WHERE t.tgrelid IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
+                              coalesce(to_regclass('job_statistics'), 0)) AND NOT t.tgisinternal
+        UNION ALL
+        SELECT format('rule %I on %s', r.rulename, r.ev_class::regclass)
+          FROM pg_rewrite AS r
+         WHERE r.ev_class IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
+                              coalesce(to_regclass('job_statistics'), 0)) AND r.rulename <> '_RETURN'
+        UNION ALL
+        SELECT format('options (%s) on %s', array_to_string(c.reloptions, ', '), c.oid::regclass)
+          FROM pg_class AS c
+         WHERE c.oid = to_regclass('job_progress') AND c.reloptions IS NOT NULL AND c.relkind = 'v') AS objects;
+    IF lost IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot replace job_progress: % would be lost', lost
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'drop it (ALTER VIEW job_progress RESET (...) for options) and roll back again; job_progress becomes a materialized view again, which has no view options, triggers or rules; a migration never drops objects it did not create';
+    END IF;
+    -- The privileges on what is replaced (the status API's role reads job_progress), granted again
+    -- below: on the relation and on single columns (GRANT SELECT (job_id, ...)), WITH GRANT OPTION
+    -- kept. The grantor becomes the migrator, who owns the new objects.
     SELECT coalesce(array_agg(g), '{}') INTO grants FROM (
-        SELECT format('GRANT %s ON %I TO %s', a.privilege_type, c.relname,
-                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END) AS g
-          FROM pg_class AS c, aclexplode(c.relacl) AS a
+        SELECT format('GRANT %s%s ON %I TO %s%s', a.privilege_type,
+                      CASE WHEN o.attname IS NULL THEN '' ELSE format(' (%I)', o.attname) END, c.relname,
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                      CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) AS g
+          FROM pg_class AS c
+          CROSS JOIN LATERAL (SELECT NULL::name AS attname, c.relacl AS acl
+                              UNION ALL
+                              SELECT att.attname, att.attacl
+                                FROM pg_attribute AS att
+                               WHERE att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped) AS o
+          CROSS JOIN LATERAL aclexplode(o.acl) AS a
          WHERE c.oid IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
                          coalesce(to_regclass('job_statistics'), 0))
         UNION ALL
-        SELECT format('GRANT EXECUTE ON FUNCTION refresh_job_progress() TO %s',
-                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
+        SELECT format('GRANT EXECUTE ON FUNCTION refresh_job_progress() TO %s%s',
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                      CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
           FROM pg_proc AS p, aclexplode(p.proacl) AS a
          WHERE p.oid = to_regprocedure('refresh_job_progress()') AND a.privilege_type = 'EXECUTE') AS privileges;
+    -- Their comments, and the dependent views' options (security_barrier, check_option, ...), set again below.
+    SELECT coalesce(array_agg(statement), '{}') INTO comments FROM (
+        SELECT CASE WHEN d.objsubid = 0
+                    THEN format('COMMENT ON %s %I IS %L',
+                                CASE WHEN c.relname = 'job_progress' THEN 'MATERIALIZED VIEW' ELSE 'VIEW' END, c.relname, d.description)
+                    ELSE format('COMMENT ON COLUMN %I.%I IS %L', c.relname, att.attname, d.description) END AS statement
+          FROM pg_description AS d
+          JOIN pg_class AS c ON c.oid = d.objoid
+          LEFT JOIN pg_attribute AS att ON att.attrelid = c.oid AND att.attnum = d.objsubid
+         WHERE d.classoid = 'pg_class'::regclass
+           AND c.oid IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
+                         coalesce(to_regclass('job_statistics'), 0))
+        UNION ALL
+        SELECT format('COMMENT ON FUNCTION refresh_job_progress() IS %L', d.description)
+          FROM pg_description AS d
+         WHERE d.classoid = 'pg_proc'::regclass AND d.objoid = to_regprocedure('refresh_job_progress()')) AS described;
+    SELECT coalesce(array_agg(format('ALTER VIEW %I SET (%s)', c.relname, array_to_string(c.reloptions, ', '))), '{}')
+      INTO options
+      FROM pg_class AS c
+     WHERE c.oid IN (coalesce(to_regclass('active_jobs_progress'), 0), coalesce(to_regclass('job_statistics'), 0))
+       AND c.reloptions IS NOT NULL;
     IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = to_regclass('job_progress')) = 'v' THEN
         DROP VIEW IF EXISTS active_jobs_progress;
         DROP VIEW IF EXISTS job_statistics;
@@ -144,7 +234,7 @@ BEGIN
 END;
 $$;
 
-    FOREACH grant_sql IN ARRAY grants LOOP
+    FOREACH grant_sql IN ARRAY grants || comments || options LOOP
         EXECUTE grant_sql;
     END LOOP;
 END;

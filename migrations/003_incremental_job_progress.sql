@@ -62,6 +62,10 @@
 -- same schema (the same triggers, the same function body), so a database that applied the first
 -- text is accepted as it is and its history given this text's checksum:
 -- migrate:replaces-checksum aa41cbbb505d11668be07e3125a71a2d0218fe8e5bea809e2344897804bcd529
+-- The second text carried table-level grants only; this one also carries column grants, WITH GRANT
+-- OPTION and comments, and refuses what it cannot carry. That matters only at the swap, on a database
+-- still at 002: one that applied the second text has the same schema.
+-- migrate:replaces-checksum debd1d307bc45f9b191c16823d5b778c69d2bc9b2f028ef7868577bf18ed0e22
 -- migrate:no-transaction
 
 -- First, before anything changes: a view of the user's over job_progress would stop the swap below
@@ -69,6 +73,7 @@
 DO $check$
 DECLARE
     dependents text;
+    lost       text;
 BEGIN
     SELECT string_agg(DISTINCT v.oid::regclass::text, ', ') INTO dependents
       FROM pg_depend AS d
@@ -82,6 +87,33 @@ BEGIN
         RAISE EXCEPTION 'cannot replace job_progress: % depends on it', dependents
             USING ERRCODE = 'dependent_objects_still_exist',
                   HINT = 'drop that view first and create it again afterwards; a migration never drops objects it did not create';
+    END IF;
+    -- What the swap cannot carry over stops it here, named: an index, trigger or rule of the user's
+    -- on a replaced relation, and job_progress's own options (a view and a materialized view take
+    -- different ones). The migration's own unique index is rebuilt by it.
+    SELECT string_agg(what, ', ') INTO lost FROM (
+        SELECT format('index %s on %s', i.indexrelid::regclass, i.indrelid::regclass) AS what
+          FROM pg_index AS i
+         WHERE i.indrelid = to_regclass('job_progress')
+           AND i.indexrelid <> coalesce(to_regclass('job_progress_job_id_key'), 0)
+        UNION ALL
+        SELECT format('trigger %I on %s', t.tgname, t.tgrelid::regclass)
+          FROM pg_trigger AS t
+         WHERE t.tgrelid IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
+                              coalesce(to_regclass('job_statistics'), 0)) AND NOT t.tgisinternal
+        UNION ALL
+        SELECT format('rule %I on %s', r.rulename, r.ev_class::regclass)
+          FROM pg_rewrite AS r
+         WHERE r.ev_class IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
+                              coalesce(to_regclass('job_statistics'), 0)) AND r.rulename <> '_RETURN'
+        UNION ALL
+        SELECT format('options (%s) on %s', array_to_string(c.reloptions, ', '), c.oid::regclass)
+          FROM pg_class AS c
+         WHERE c.oid = to_regclass('job_progress') AND c.reloptions IS NOT NULL AND c.relkind = 'm') AS objects;
+    IF lost IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot replace job_progress: % would be lost', lost
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'drop it (ALTER MATERIALIZED VIEW job_progress RESET (...) for options) and migrate again; job_progress becomes a plain view, which has no indexes, triggers or storage options (its reads use the indexes on job_objects); a migration never drops objects it did not create';
     END IF;
 END;
 $check$;
@@ -270,7 +302,10 @@ DROP PROCEDURE IF EXISTS job_progress_backfill();
 DO $swap$
 DECLARE
     dependents text;
+    lost       text;
     grants     text[];
+    comments   text[];
+    options    text[];
     grant_sql  text;
     fold_body  text;
 BEGIN
@@ -288,18 +323,77 @@ BEGIN
             USING ERRCODE = 'dependent_objects_still_exist',
                   HINT = 'drop that view first and create it again afterwards; a migration never drops objects it did not create';
     END IF;
-    -- The privileges on what is replaced (the status API's role reads job_progress), granted again below.
+    -- What the swap cannot carry over stops it here, named: an index, trigger or rule of the user's
+    -- on a replaced relation, and job_progress's own options (a view and a materialized view take
+    -- different ones). The migration's own unique index is rebuilt by it.
+    SELECT string_agg(what, ', ') INTO lost FROM (
+        SELECT format('index %s on %s', i.indexrelid::regclass, i.indrelid::regclass) AS what
+          FROM pg_index AS i
+         WHERE i.indrelid = to_regclass('job_progress')
+           AND i.indexrelid <> coalesce(to_regclass('job_progress_job_id_key'), 0)
+        UNION ALL
+        SELECT format('trigger %I on %s', t.tgname, t.tgrelid::regclass)
+          FROM pg_trigger AS t
+         WHERE t.tgrelid IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
+                              coalesce(to_regclass('job_statistics'), 0)) AND NOT t.tgisinternal
+        UNION ALL
+        SELECT format('rule %I on %s', r.rulename, r.ev_class::regclass)
+          FROM pg_rewrite AS r
+         WHERE r.ev_class IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
+                              coalesce(to_regclass('job_statistics'), 0)) AND r.rulename <> '_RETURN'
+        UNION ALL
+        SELECT format('options (%s) on %s', array_to_string(c.reloptions, ', '), c.oid::regclass)
+          FROM pg_class AS c
+         WHERE c.oid = to_regclass('job_progress') AND c.reloptions IS NOT NULL AND c.relkind = 'm') AS objects;
+    IF lost IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot replace job_progress: % would be lost', lost
+            USING ERRCODE = 'dependent_objects_still_exist',
+                  HINT = 'drop it (ALTER MATERIALIZED VIEW job_progress RESET (...) for options) and migrate again; job_progress becomes a plain view, which has no indexes, triggers or storage options (its reads use the indexes on job_objects); a migration never drops objects it did not create';
+    END IF;
+    -- The privileges on what is replaced (the status API's role reads job_progress), granted again
+    -- below: on the relation and on single columns (GRANT SELECT (job_id, ...)), WITH GRANT OPTION
+    -- kept. The grantor becomes the migrator, who owns the new objects.
     SELECT coalesce(array_agg(g), '{}') INTO grants FROM (
-        SELECT format('GRANT %s ON %I TO %s', a.privilege_type, c.relname,
-                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END) AS g
-          FROM pg_class AS c, aclexplode(c.relacl) AS a
+        SELECT format('GRANT %s%s ON %I TO %s%s', a.privilege_type,
+                      CASE WHEN o.attname IS NULL THEN '' ELSE format(' (%I)', o.attname) END, c.relname,
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                      CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END) AS g
+          FROM pg_class AS c
+          CROSS JOIN LATERAL (SELECT NULL::name AS attname, c.relacl AS acl
+                              UNION ALL
+                              SELECT att.attname, att.attacl
+                                FROM pg_attribute AS att
+                               WHERE att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped) AS o
+          CROSS JOIN LATERAL aclexplode(o.acl) AS a
          WHERE c.oid IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
                          coalesce(to_regclass('job_statistics'), 0))
         UNION ALL
-        SELECT format('GRANT EXECUTE ON FUNCTION refresh_job_progress() TO %s',
-                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
+        SELECT format('GRANT EXECUTE ON FUNCTION refresh_job_progress() TO %s%s',
+                      CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                      CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)
           FROM pg_proc AS p, aclexplode(p.proacl) AS a
          WHERE p.oid = to_regprocedure('refresh_job_progress()') AND a.privilege_type = 'EXECUTE') AS privileges;
+    -- Their comments, and the dependent views' options (security_barrier, check_option, ...), set again below.
+    SELECT coalesce(array_agg(statement), '{}') INTO comments FROM (
+        SELECT CASE WHEN d.objsubid = 0
+                    THEN format('COMMENT ON %s %I IS %L',
+                                CASE WHEN c.relname = 'job_progress' THEN 'VIEW' ELSE 'VIEW' END, c.relname, d.description)
+                    ELSE format('COMMENT ON COLUMN %I.%I IS %L', c.relname, att.attname, d.description) END AS statement
+          FROM pg_description AS d
+          JOIN pg_class AS c ON c.oid = d.objoid
+          LEFT JOIN pg_attribute AS att ON att.attrelid = c.oid AND att.attnum = d.objsubid
+         WHERE d.classoid = 'pg_class'::regclass
+           AND c.oid IN (coalesce(to_regclass('job_progress'), 0), coalesce(to_regclass('active_jobs_progress'), 0),
+                         coalesce(to_regclass('job_statistics'), 0))
+        UNION ALL
+        SELECT format('COMMENT ON FUNCTION refresh_job_progress() IS %L', d.description)
+          FROM pg_description AS d
+         WHERE d.classoid = 'pg_proc'::regclass AND d.objoid = to_regprocedure('refresh_job_progress()')) AS described;
+    SELECT coalesce(array_agg(format('ALTER VIEW %I SET (%s)', c.relname, array_to_string(c.reloptions, ', '))), '{}')
+      INTO options
+      FROM pg_class AS c
+     WHERE c.oid IN (coalesce(to_regclass('active_jobs_progress'), 0), coalesce(to_regclass('job_statistics'), 0))
+       AND c.reloptions IS NOT NULL;
     IF (SELECT c.relkind FROM pg_class AS c WHERE c.oid = to_regclass('job_progress')) = 'm' THEN
         DROP VIEW IF EXISTS active_jobs_progress;
         DROP VIEW IF EXISTS job_statistics;
@@ -443,7 +537,7 @@ BEGIN
     END IF;
     EXECUTE format('CREATE OR REPLACE FUNCTION refresh_job_progress() RETURNS jsonb LANGUAGE plpgsql AS %L', fold_body);
 
-    FOREACH grant_sql IN ARRAY grants LOOP
+    FOREACH grant_sql IN ARRAY grants || comments || options LOOP
         EXECUTE grant_sql;
     END LOOP;
 END;

@@ -141,7 +141,10 @@ fn index_steps(name: &str, table: &str, unique: bool, using: &str) -> Vec<Step> 
 /// A view or materialized view: the new one is built beside the old (a materialized view with
 /// its data and indexes), then one transaction drops the dependent views, swaps the names, drops
 /// the old relation, restores the privileges and recreates the dependents (ours in the
-/// migrations' shape, the user's as they were: if one no longer fits, nothing is changed).
+/// migrations' shape, the user's as they were: options, owner, comments, grants and a
+/// materialized view's indexes; if one no longer fits, nothing is changed). Column grants, `WITH
+/// GRANT OPTION` and comments are carried; what cannot be (an index of the user's on the relation,
+/// a trigger or rule, a grant or comment on a column the new shape lacks) refuses before the build.
 async fn relation_steps(
     conn: &mut PgConnection,
     name: &str,
@@ -175,7 +178,8 @@ async fn relation_steps(
         }
     }
     let ctx = |e: sqlx::Error| Error::db(format!("reading what depends on {name}"), e);
-    // Views that depend on the old relation, directly or not, deepest last.
+    // Views that depend on the old relation, directly or not, deepest last, with what recreating
+    // them must carry: options (security_barrier, check_option), owner, a materialized view's indexes.
     let dependents = sqlx::query(
         "WITH RECURSIVE dep(oid, depth) AS (
              SELECT to_regclass($1)::oid, 0
@@ -184,17 +188,45 @@ async fn relation_steps(
                FROM dep JOIN pg_depend AS d ON d.refobjid = dep.oid AND d.classid = 'pg_rewrite'::regclass
                JOIN pg_rewrite AS r ON r.oid = d.objid
               WHERE r.ev_class <> dep.oid AND dep.depth < 50)
-         SELECT c.relname::text AS name, c.relkind::text AS kind, pg_get_viewdef(c.oid, true) AS def, max(depth) AS depth
+         SELECT c.relname::text AS name, c.relkind::text AS kind, pg_get_viewdef(c.oid, true) AS def, max(depth) AS depth,
+                coalesce(array_to_string(c.reloptions, ', '), '') AS options,
+                CASE WHEN c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) THEN ''
+                     ELSE quote_ident(pg_get_userbyid(c.relowner)) END AS owner,
+                coalesce((SELECT array_agg(pg_get_indexdef(i.indexrelid) ORDER BY i.indexrelid)
+                            FROM pg_index AS i WHERE i.indrelid = c.oid), '{}') AS indexes
            FROM dep JOIN pg_class AS c ON c.oid = dep.oid
           WHERE dep.depth > 0
-          GROUP BY c.oid, c.relname, c.relkind
+          GROUP BY c.oid, c.relname, c.relkind, c.reloptions, c.relowner
           ORDER BY max(depth)",
     )
     .bind(ident(name))
     .fetch_all(&mut *conn)
     .await
     .map_err(ctx)?;
-    let grants = relation_grants(conn, name).await?;
+    let Object::View { columns: new_columns, .. } = expected else { unreachable!("a relation") };
+    let keep: Vec<String> = new_columns.iter().map(|c| c.name.clone()).collect();
+    let ours: Vec<(bool, String)> = after
+        .objects
+        .values()
+        .filter_map(|o| match o {
+            Object::Index { table, unique, using, .. } if table == name => Some((*unique, using.clone())),
+            _ => None,
+        })
+        .collect();
+    let dep_names: Vec<String> = dependents.iter().map(|d| d.get("name")).collect();
+    let lost = lost_in_swap(conn, name, &ours, &keep, &dep_names).await?;
+    if !lost.is_empty() {
+        return Err(Error::AdoptionFailed(format!(
+            "{name}: rebuilding it in the migrations' shape would lose {}. Nothing was changed: drop {} (and \
+             create {} again after the migration, where {} still applies), then migrate again",
+            lost.join(", "),
+            if lost.len() == 1 { "it" } else { "them" },
+            if lost.len() == 1 { "it" } else { "them" },
+            if lost.len() == 1 { "it" } else { "each" },
+        )));
+    }
+    let grants = relation_grants(conn, name, Some(&keep)).await?;
+    let comments = relation_comments(conn, name, kind(expected), Some(&keep)).await?;
     let mut swap = Vec::new();
     for dep in dependents.iter().rev() {
         let kind = if dep.get::<String, _>("kind") == "m" { "MATERIALIZED VIEW" } else { "VIEW" };
@@ -204,9 +236,7 @@ async fn relation_steps(
     swap.push(format!("ALTER {} {} RENAME TO {}", kind(expected), ident(&tmp), ident(name)));
     swap.push(format!("DROP {} {}", kind(found), ident(&old)));
     swap.extend(renames);
-    if !grants.is_empty() {
-        swap.push(grants);
-    }
+    swap.extend([grants, comments].into_iter().filter(|s| !s.is_empty()));
     for dep in &dependents {
         let dep_name: String = dep.get("name");
         let (materialized, definition) = match after.objects.get(&verify::relation_key(&dep_name)) {
@@ -214,11 +244,19 @@ async fn relation_steps(
             _ => (dep.get::<String, _>("kind") == "m", dep.get::<String, _>("def")),
         };
         let kind = if materialized { "MATERIALIZED VIEW" } else { "VIEW" };
-        swap.push(format!("CREATE {kind} {} AS {}", ident(&dep_name), definition.trim_end_matches(';')));
-        let grants = relation_grants(conn, &dep_name).await?;
-        if !grants.is_empty() {
-            swap.push(grants);
+        let options: String = dep.get("options");
+        let with = if options.is_empty() { String::new() } else { format!(" WITH ({options})") };
+        swap.push(format!("CREATE {kind} {}{with} AS {}", ident(&dep_name), definition.trim_end_matches(';')));
+        if materialized {
+            swap.extend(dep.get::<Vec<String>, _>("indexes"));
         }
+        let owner: String = dep.get("owner");
+        if !owner.is_empty() {
+            swap.push(format!("ALTER {kind} {} OWNER TO {owner}", ident(&dep_name)));
+        }
+        let grants = relation_grants(conn, &dep_name, None).await?;
+        let comments = relation_comments(conn, &dep_name, kind, None).await?;
+        swap.extend([grants, comments].into_iter().filter(|s| !s.is_empty()));
     }
     // The new relation's indexes go with it.
     let undo = vec![format!("DROP {} IF EXISTS {}", kind(expected), ident(&tmp))];
@@ -238,17 +276,110 @@ async fn relation_steps(
     ])
 }
 
-/// `GRANT ...` statements that give a relation, once rebuilt, the privileges it has now.
-async fn relation_grants(conn: &mut PgConnection, name: &str) -> Result<String> {
-    sqlx::query_scalar(
-        "SELECT coalesce(string_agg(format('GRANT %s ON %I TO %s', a.privilege_type, c.relname,
-                 CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END), '; '), '')
-           FROM pg_class AS c, aclexplode(c.relacl) AS a WHERE c.oid = to_regclass($1)",
+/// What rebuilding `name` cannot carry, each named: an index of the user's on it that none of
+/// the migrations' indexes replaces (`ours`: unique, `USING ...`), a column grant or comment on a
+/// column the new shape lacks (`keep`: its columns), a trigger or rule on it or on a view over it.
+async fn lost_in_swap(
+    conn: &mut PgConnection,
+    name: &str,
+    ours: &[(bool, String)],
+    keep: &[String],
+    dependents: &[String],
+) -> Result<Vec<String>> {
+    let ctx = |e: sqlx::Error| Error::db(format!("reading what rebuilding {name} would lose"), e);
+    let indexes = sqlx::query(
+        "SELECT c.relname::text AS name, i.indisunique AS is_unique,
+                substring(pg_get_indexdef(i.indexrelid) FROM ' USING (.*)$') AS using_clause
+           FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+          WHERE i.indrelid = to_regclass($1)
+          ORDER BY c.relname",
     )
     .bind(ident(name))
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(ctx)?;
+    let mut lost: Vec<String> = indexes
+        .iter()
+        .filter(|i| {
+            let shape = (i.get::<bool, _>("is_unique"), i.get::<Option<String>, _>("using_clause").unwrap_or_default());
+            !ours.contains(&shape)
+        })
+        .map(|i| format!("index {} on {name}", i.get::<String, _>("name")))
+        .collect();
+    let mut relations = vec![ident(name)];
+    relations.extend(dependents.iter().map(|d| ident(d)));
+    let others: Vec<String> = sqlx::query_scalar(
+        "SELECT what FROM (
+             SELECT format('grant %s (%I) on %s to %s', a.privilege_type, att.attname, c.relname,
+                           CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_get_userbyid(a.grantee) END) AS what
+               FROM pg_class AS c JOIN pg_attribute AS att ON att.attrelid = c.oid AND att.attnum > 0
+                    AND NOT att.attisdropped, aclexplode(att.attacl) AS a
+              WHERE c.oid = to_regclass($1) AND NOT att.attname::text = ANY ($2)
+             UNION ALL
+             SELECT format('comment on column %s.%I', c.relname, att.attname)
+               FROM pg_description AS d JOIN pg_class AS c ON c.oid = d.objoid
+               JOIN pg_attribute AS att ON att.attrelid = c.oid AND att.attnum = d.objsubid
+              WHERE d.classoid = 'pg_class'::regclass AND c.oid = to_regclass($1) AND NOT att.attname::text = ANY ($2)
+             UNION ALL
+             SELECT format('trigger %I on %s', t.tgname, c.relname)
+               FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid
+              WHERE NOT t.tgisinternal AND c.oid IN (SELECT to_regclass(r) FROM unnest($3::text[]) AS r)
+             UNION ALL
+             SELECT format('rule %I on %s', r.rulename, c.relname)
+               FROM pg_rewrite AS r JOIN pg_class AS c ON c.oid = r.ev_class
+              WHERE r.rulename <> '_RETURN' AND c.oid IN (SELECT to_regclass(r) FROM unnest($3::text[]) AS r)
+         ) AS lost ORDER BY what",
+    )
+    .bind(ident(name))
+    .bind(keep)
+    .bind(&relations)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(ctx)?;
+    lost.extend(others);
+    Ok(lost)
+}
+
+/// `GRANT ...` statements that give a relation, once rebuilt, the privileges it has now: on the
+/// relation and on its columns (only those in `keep`, when given), `WITH GRANT OPTION` kept.
+async fn relation_grants(conn: &mut PgConnection, name: &str, keep: Option<&[String]>) -> Result<String> {
+    sqlx::query_scalar(
+        "SELECT coalesce(string_agg(format('GRANT %s%s ON %I TO %s%s', a.privilege_type,
+                 CASE WHEN o.attname IS NULL THEN '' ELSE format(' (%I)', o.attname) END, c.relname,
+                 CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE quote_ident(pg_get_userbyid(a.grantee)) END,
+                 CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END), '; '), '')
+           FROM pg_class AS c
+           CROSS JOIN LATERAL (SELECT NULL::name AS attname, c.relacl AS acl
+                               UNION ALL
+                               SELECT att.attname, att.attacl FROM pg_attribute AS att
+                                WHERE att.attrelid = c.oid AND att.attnum > 0 AND NOT att.attisdropped) AS o
+           CROSS JOIN LATERAL aclexplode(o.acl) AS a
+          WHERE c.oid = to_regclass($1) AND (o.attname IS NULL OR $2::text[] IS NULL OR o.attname::text = ANY ($2))",
+    )
+    .bind(ident(name))
+    .bind(keep)
     .fetch_one(conn)
     .await
     .map_err(|e| Error::db(format!("reading the privileges on {name}"), e))
+}
+
+/// `COMMENT ON ...` statements that give a relation, once rebuilt as a `kind` (`VIEW`,
+/// `MATERIALIZED VIEW`), the comments it and its columns (only those in `keep`, when given) have now.
+async fn relation_comments(conn: &mut PgConnection, name: &str, kind: &str, keep: Option<&[String]>) -> Result<String> {
+    sqlx::query_scalar(
+        "SELECT coalesce(string_agg(CASE WHEN d.objsubid = 0 THEN format('COMMENT ON %s %I IS %L', $2::text, c.relname, d.description)
+                 ELSE format('COMMENT ON COLUMN %I.%I IS %L', c.relname, att.attname, d.description) END, '; '), '')
+           FROM pg_description AS d JOIN pg_class AS c ON c.oid = d.objoid
+           LEFT JOIN pg_attribute AS att ON att.attrelid = c.oid AND att.attnum = d.objsubid
+          WHERE d.classoid = 'pg_class'::regclass AND c.oid = to_regclass($1)
+            AND (d.objsubid = 0 OR $3::text[] IS NULL OR att.attname::text = ANY ($3))",
+    )
+    .bind(ident(name))
+    .bind(kind)
+    .bind(keep)
+    .fetch_one(conn)
+    .await
+    .map_err(|e| Error::db(format!("reading the comments on {name}"), e))
 }
 
 /// A function: `CREATE OR REPLACE` when the result type is the same; otherwise drop and create

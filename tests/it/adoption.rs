@@ -286,3 +286,88 @@ async fn an_index_build_cut_short_by_a_lock_timeout_is_cleaned_up_and_retried() 
         "CREATE INDEX idx_job_objects_job_status ON public.job_objects USING btree (job_id, status)"
     );
 }
+
+#[tokio::test]
+async fn converging_job_progress_keeps_column_grants_grant_options_comments_and_the_users_views_as_they_were() {
+    let db = TestDb::new().await;
+    db.exec(OLD_TABLES).await;
+    db.exec(OLD_002_MATVIEW).await;
+    let (cols, owner) = (format!("cols_{}", db.name), format!("dash_owner_{}", db.name));
+    db.exec(&format!("CREATE ROLE {cols}; CREATE ROLE {owner}; GRANT {owner} TO CURRENT_USER")).await;
+    // The view's owner must be able to create in the schema (PostgreSQL 15 no longer lets everyone).
+    db.exec_super(&format!("GRANT CREATE ON SCHEMA public TO {owner}")).await;
+    db.exec(&format!(
+        "
+         GRANT SELECT (job_id, total_objects) ON job_progress TO {cols} WITH GRANT OPTION;
+         GRANT SELECT ON job_progress TO {owner};
+         COMMENT ON MATERIALIZED VIEW job_progress IS 'read by the status API';
+         COMMENT ON COLUMN job_progress.total_objects IS 'objects listed';
+         ALTER VIEW my_dashboard SET (security_barrier = true);
+         COMMENT ON VIEW my_dashboard IS 'big jobs';
+         ALTER VIEW my_dashboard OWNER TO {owner};
+         CREATE MATERIALIZED VIEW my_totals AS SELECT job_id, total_objects FROM job_progress;
+         CREATE UNIQUE INDEX my_totals_job_id ON my_totals (job_id);
+         GRANT SELECT ON my_totals TO {cols} WITH GRANT OPTION;"
+    ))
+    .await;
+    let dir = seed_migrations(2);
+    let run = migrator(&db.url, &["--migrations-dir", dir.path().to_str().unwrap(), "migrate"]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+    assert_eq!(adoption(&run.json, "materialized view job_progress").unwrap()["action"], "converged");
+    let kept: (bool, bool, bool, Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT has_column_privilege($1, 'job_progress', 'total_objects', 'SELECT WITH GRANT OPTION'),
+                has_column_privilege($1, 'job_progress', 'bucket', 'SELECT'),
+                has_table_privilege($1, 'my_totals', 'SELECT WITH GRANT OPTION'),
+                obj_description('job_progress'::regclass, 'pg_class'),
+                col_description('job_progress'::regclass,
+                                (SELECT attnum FROM pg_attribute WHERE attrelid = 'job_progress'::regclass
+                                    AND attname = 'total_objects')::int)",
+    )
+    .bind(&cols)
+    .fetch_one(&mut db.conn().await)
+    .await
+    .unwrap();
+    assert_eq!(
+        kept,
+        (true, false, true, Some("read by the status API".into()), Some("objects listed".into())),
+        "job_progress's and my_totals' grants and comments"
+    );
+    let dashboard: (Vec<String>, Option<String>, String) = sqlx::query_as(
+        "SELECT coalesce(reloptions, '{}'), obj_description(oid, 'pg_class'), pg_get_userbyid(relowner)::text
+           FROM pg_class WHERE oid = 'my_dashboard'::regclass",
+    )
+    .fetch_one(&mut db.conn().await)
+    .await
+    .unwrap();
+    assert_eq!(dashboard, (vec!["security_barrier=true".to_string()], Some("big jobs".into()), owner.clone()));
+    // The user's materialized view kept its unique index, so its concurrent refresh still works.
+    db.exec("REFRESH MATERIALIZED VIEW CONCURRENTLY my_totals").await;
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM my_totals").await, 3);
+    db.exec_super(&format!("DROP OWNED BY {cols}, {owner}; DROP ROLE {cols}; DROP ROLE {owner}")).await;
+}
+
+#[tokio::test]
+async fn a_users_index_the_new_job_progress_cannot_carry_stops_adoption_before_job_progress_changes() {
+    let db = TestDb::new().await;
+    db.exec(OLD_TABLES).await;
+    db.exec(OLD_002_MATVIEW).await;
+    db.exec("CREATE INDEX my_big_jobs ON job_progress (total_objects)").await;
+    let job_progress = "SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
+        SELECT pg_get_viewdef('job_progress'::regclass) UNION ALL
+        SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'job_progress'::regclass UNION ALL
+        SELECT relname::text FROM pg_class WHERE relname LIKE '%scm_new' OR relname LIKE '%scm_old') AS t(x)";
+    let before: String = db.scalar(job_progress).await;
+    let dir = seed_migrations(2);
+    let d = dir.path().to_str().unwrap();
+    let run = migrator(&db.url, &["--migrations-dir", d, "migrate"]).await;
+    assert_eq!(run.code, 1, "{:#}", run.json);
+    assert_eq!(run.error_type(), "AdoptionFailed", "{:#}", run.json);
+    assert!(run.error_message().contains("index my_big_jobs on job_progress"), "{}", run.error_message());
+    // Objects before it in the migration (an index of another shape) may have been converged; job_progress
+    // is untouched and nothing was built beside it.
+    assert_eq!(db.scalar::<String>(job_progress).await, before, "job_progress untouched");
+    assert!(!db.history().await.contains(&2), "002 not recorded");
+    db.exec("DROP INDEX my_big_jobs").await;
+    let run = migrator(&db.url, &["--migrations-dir", d, "migrate"]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+}

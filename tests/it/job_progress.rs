@@ -411,6 +411,108 @@ async fn privileges_granted_on_job_progress_survive_the_switch_and_the_rollback(
 }
 
 #[tokio::test]
+async fn column_grants_grant_options_comments_and_view_options_survive_the_switch_and_the_rollback() {
+    let db = TestDb::new().await;
+    migrator(&db.url, &["migrate", "--target", &v_matview().to_string()]).await;
+    seed(&db).await;
+    db.exec("SELECT refresh_job_progress()").await;
+    let (columns, lead) = (format!("columns_{}", db.name), format!("lead_{}", db.name));
+    db.exec(&format!(
+        "CREATE ROLE {columns}; CREATE ROLE {lead};
+         GRANT SELECT (job_id, total_objects) ON job_progress TO {columns};
+         GRANT SELECT ON job_progress, job_statistics TO {lead} WITH GRANT OPTION;
+         GRANT SELECT (bucket) ON active_jobs_progress TO {lead} WITH GRANT OPTION;
+         GRANT EXECUTE ON FUNCTION refresh_job_progress() TO {lead} WITH GRANT OPTION;
+         COMMENT ON MATERIALIZED VIEW job_progress IS 'read by the status API';
+         COMMENT ON COLUMN job_progress.total_objects IS 'objects listed';
+         COMMENT ON VIEW job_statistics IS 'dashboard';
+         ALTER VIEW active_jobs_progress SET (security_barrier = true);"
+    ))
+    .await;
+    let kept = |db: &TestDb| {
+        // SET ROLE needs membership; that part of the check is the tests' own, so as the superuser.
+        let (db_url, columns, lead) = (db.super_url.clone(), columns.clone(), lead.clone());
+        async move {
+            let mut c = PgConnection::connect(&db_url).await.unwrap();
+            let privileges: (bool, bool, bool, bool, bool, bool, bool) = sqlx::query_as(
+                "SELECT has_column_privilege($1, 'job_progress', 'job_id', 'SELECT'),
+                        has_column_privilege($1, 'job_progress', 'bucket', 'SELECT'),
+                        has_table_privilege($1, 'job_progress', 'SELECT'),
+                        has_table_privilege($2, 'job_progress', 'SELECT WITH GRANT OPTION'),
+                        has_table_privilege($2, 'job_statistics', 'SELECT WITH GRANT OPTION'),
+                        has_column_privilege($2, 'active_jobs_progress', 'bucket', 'SELECT WITH GRANT OPTION'),
+                        has_function_privilege($2, 'refresh_job_progress()', 'EXECUTE WITH GRANT OPTION')",
+            )
+            .bind(&columns)
+            .bind(&lead)
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+            let described: (Option<String>, Option<String>, Option<String>, Vec<String>) = sqlx::query_as(
+                "SELECT obj_description('job_progress'::regclass, 'pg_class'),
+                        col_description('job_progress'::regclass,
+                                        (SELECT attnum FROM pg_attribute WHERE attrelid = 'job_progress'::regclass
+                                            AND attname = 'total_objects')::int),
+                        obj_description('job_statistics'::regclass, 'pg_class'),
+                        (SELECT coalesce(reloptions, '{}') FROM pg_class WHERE oid = 'active_jobs_progress'::regclass)",
+            )
+            .fetch_one(&mut c)
+            .await
+            .unwrap();
+            // The column grant really reads, and only those columns.
+            c.execute(sqlx::AssertSqlSafe(format!("SET ROLE {columns}"))).await.unwrap();
+            let total: i64 = sqlx::query_scalar("SELECT sum(total_objects)::bigint FROM job_progress")
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+            let denied = sqlx::query("SELECT bucket FROM job_progress").fetch_all(&mut c).await.is_err();
+            c.close().await.unwrap();
+            (privileges, described, total, denied)
+        }
+    };
+    let at_002 = kept(&db).await;
+    let expected = (
+        (true, false, false, true, true, true, true),
+        (
+            Some("read by the status API".to_string()),
+            Some("objects listed".to_string()),
+            Some("dashboard".to_string()),
+            vec!["security_barrier=true".to_string()],
+        ),
+        at_002.2,
+        true,
+    );
+    assert_eq!(at_002, expected, "at 002");
+    assert!(at_002.2 > 0, "the seed has objects");
+    let run = migrator(&db.url, &["migrate"]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+    assert_eq!(kept(&db).await, expected, "at 003");
+    let run = migrator(&db.url, &["rollback", "--to", &v_matview().to_string()]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+    db.exec("SELECT refresh_job_progress()").await;
+    assert_eq!(kept(&db).await, expected, "after the rollback");
+    db.exec_super(&format!("DROP OWNED BY {columns}, {lead}; DROP ROLE {columns}; DROP ROLE {lead}")).await;
+}
+
+#[tokio::test]
+async fn a_users_index_on_job_progress_stops_003_before_anything_changes() {
+    let db = TestDb::new().await;
+    migrator(&db.url, &["migrate", "--target", &v_matview().to_string()]).await;
+    db.exec("CREATE INDEX my_bucket_idx ON job_progress (bucket)").await;
+    let at_002 = db.fingerprint().await;
+    let run = migrator(&db.url, &["migrate"]).await;
+    assert_eq!(run.code, 1, "{:#}", run.json);
+    assert!(run.error_message().contains("index my_bucket_idx on job_progress"), "{}", run.error_message());
+    assert_eq!(db.history().await, versions(0, v_matview()));
+    assert_eq!(db.fingerprint().await, at_002, "nothing of 003 was left behind");
+    let kind: String = db.scalar("SELECT relkind::text FROM pg_class WHERE oid = 'job_progress'::regclass").await;
+    assert_eq!(kind, "m", "job_progress is still 002's materialized view");
+    db.exec("DROP INDEX my_bucket_idx").await;
+    let run = migrator(&db.url, &["migrate"]).await;
+    assert_eq!(run.versions("applied"), versions(v_matview() + 1, latest()));
+}
+
+#[tokio::test]
 async fn a_view_of_the_users_over_job_progress_stops_003_before_anything_changes() {
     let db = TestDb::new().await;
     migrator(&db.url, &["migrate", "--target", &v_matview().to_string()]).await;
@@ -424,4 +526,21 @@ async fn a_view_of_the_users_over_job_progress_stops_003_before_anything_changes
     assert_eq!(db.fingerprint().await, at_002, "nothing of 003 was left behind");
     let run = migrator(&db.url, &["migrate"]).await;
     assert_eq!(run.versions("applied"), versions(v_matview() + 1, latest()));
+}
+
+#[tokio::test]
+async fn a_view_option_of_the_users_on_job_progress_stops_the_rollback_of_003_before_its_swap() {
+    let db = TestDb::new().await;
+    migrator(&db.url, &["migrate", "--target", &v_incremental().to_string()]).await;
+    db.exec("ALTER VIEW job_progress SET (security_barrier = true)").await;
+    let run = migrator(&db.url, &["rollback", "--to", &v_matview().to_string()]).await;
+    assert_eq!(run.code, 1, "{:#}", run.json);
+    assert!(run.error_message().contains("options (security_barrier=true) on job_progress"), "{}", run.error_message());
+    assert_eq!(db.history().await, versions(0, v_incremental()));
+    let kind: String = db.scalar("SELECT relkind::text FROM pg_class WHERE oid = 'job_progress'::regclass").await;
+    assert_eq!(kind, "v", "job_progress is still 003's view");
+    assert!(db.scalar::<bool>("SELECT to_regclass('job_progress_002') IS NULL").await, "nothing built beside it");
+    db.exec("ALTER VIEW job_progress RESET (security_barrier)").await;
+    let run = migrator(&db.url, &["rollback", "--to", &v_matview().to_string()]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
 }
