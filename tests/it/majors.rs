@@ -69,10 +69,12 @@ async fn a_database_that_applied_the_first_003_keeps_working_with_the_new_one() 
     let old_dir = old.path().to_str().unwrap();
     let first = migrator(&db.url, &["--migrations-dir", old_dir, "migrate"]).await;
     if major(&db).await < 14 {
-        // Why 003 changed: its first text cannot run on 13, and stops before changing anything of 003.
+        // Why 003 changed: its first text cannot run on 13; it stops at its first trigger, recorded as
+        // partly applied (a no-transaction file), which the new 003 completes.
         assert_eq!(first.error_type(), "MigrationFailed", "{:#}", first.json);
         assert!(first.error_message().contains("TRIGGER"), "{}", first.error_message());
-        assert_eq!(db.history().await, vec![0, 1, 2]);
+        let states = db.history_states().await;
+        assert_eq!(states.last(), Some(&(3, "applying".to_string())), "{states:?}");
         let run = migrator(&db.url, &["migrate"]).await;
         assert_eq!(run.code, 0, "the new 003 completes what the first left: {:#}", run.json);
         assert_eq!(checksum_of(&db, 3).await, new_003);
