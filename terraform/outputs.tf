@@ -87,6 +87,11 @@ output "alarm_arns" {
   }
 }
 
+output "dashboard_url" {
+  description = "The CloudWatch dashboard in the console; null with create_dashboard = false."
+  value       = var.create_dashboard ? "https://${local.console_host}/cloudwatch/home?region=${local.region}#dashboards/dashboard/${aws_cloudwatch_dashboard.this[0].dashboard_name}" : null
+}
+
 output "invoke_command" {
   description = "How to run a command by hand (status, plan, verify, migrate, rollback with a target). AWS_MAX_ATTEMPTS=1 and the 900 s read timeout keep the CLI from invoking a long migration a second time."
   value       = "AWS_MAX_ATTEMPTS=1 aws lambda invoke --function-name ${aws_lambda_function.migrate.function_name} --cli-binary-format raw-in-base64-out --cli-read-timeout 900 --cli-connect-timeout 10 --payload '{\"command\":\"status\"}' /dev/stdout"
