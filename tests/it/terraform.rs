@@ -700,7 +700,7 @@ fn dashboard_metrics(module: &Module) -> (Vec<Drawn>, Vec<String>) {
                     let Expression::Array(items) = row else { panic!("{title}: a metric row {}", text(row)) };
                     let items: Vec<&Expression> =
                         items.iter().filter(|i| !matches!(i, Expression::Object(_))).collect();
-                    assert!(items.len() >= 2 && items.len() % 2 == 0, "{title}: {}", text(row));
+                    assert!(items.len() >= 2 && items.len().is_multiple_of(2), "{title}: {}", text(row));
                     let dimensions = items[2..]
                         .chunks(2)
                         .map(|pair| {
@@ -761,9 +761,9 @@ fn dashboard_draws_the_metrics_the_binary_emits_as_it_emits_them() {
     for name in ["Errors", "Throttles", "Duration"] {
         for handler in HANDLER_NAMES {
             assert!(
-                drawn.iter().any(|d| d.namespace == "AWS/Lambda"
-                    && d.name == name
-                    && d.dimensions[0].1 == function(handler)),
+                drawn
+                    .iter()
+                    .any(|d| d.namespace == "AWS/Lambda" && d.name == name && d.dimensions[0].1 == function(handler)),
                 "{handler}'s {name} not drawn"
             );
         }
