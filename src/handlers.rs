@@ -174,8 +174,18 @@ pub async fn handle_migrate(
         ));
     }
     tracing::info!(step = "start", command = command.name(), "invocation");
-    let report = app.migrate(command, request_id, deadline).await?;
-    if matches!(command, Command::Migrate { .. }) {
+    let is_migrate = matches!(command, Command::Migrate { .. });
+    let report = match app.migrate(command, request_id, deadline).await {
+        Ok(report) => report,
+        Err(err) => {
+            // A failed migrate shows in the metrics as well as in the logs, so the dashboard and an alarm can count it.
+            if is_migrate {
+                println!("{}", metrics::emf(function, now_ms(), &[(metrics::MIGRATE_FAILED, Some(1.0))]));
+            }
+            return Err(err);
+        }
+    };
+    if is_migrate {
         let applied = report.applied.len() as f64;
         println!(
             "{}",
@@ -183,9 +193,10 @@ pub async fn handle_migrate(
                 function,
                 now_ms(),
                 &[
-                    ("MigrationDuration", "Milliseconds", Some(report.duration_ms as f64)),
-                    ("MigrationsApplied", "Count", Some(applied)),
-                    ("MigrationsPending", "Count", Some(report.pending.len() as f64)),
+                    (metrics::MIGRATION_DURATION, Some(report.duration_ms as f64)),
+                    (metrics::MIGRATIONS_APPLIED, Some(applied)),
+                    (metrics::MIGRATIONS_PENDING, Some(report.pending.len() as f64)),
+                    (metrics::MIGRATE_FAILED, Some(0.0)),
                 ]
             )
         );
@@ -212,7 +223,7 @@ pub async fn handle_refresh(
         Ok(report) => report,
         Err(err) => {
             // A failing refresh shows in the metrics as well as in the logs, so an alarm can count it.
-            println!("{}", metrics::emf(function, now_ms(), &[("RefreshFailed", "Count", Some(1.0))]));
+            println!("{}", metrics::emf(function, now_ms(), &[(metrics::REFRESH_FAILED, Some(1.0))]));
             return Err(err);
         }
     };
@@ -223,11 +234,11 @@ pub async fn handle_refresh(
             function,
             now_ms(),
             &[
-                ("RefreshDuration", "Milliseconds", (!skipped).then_some(report.refresh_ms as f64)),
-                ("Staleness", "Seconds", report.staleness_after_s),
-                ("DeltaRowsFolded", "Count", report.delta_rows.map(|n| n as f64)),
-                ("Skipped", "Count", Some(if skipped { 1.0 } else { 0.0 })),
-                ("RefreshFailed", "Count", Some(0.0)),
+                (metrics::REFRESH_DURATION, (!skipped).then_some(report.refresh_ms as f64)),
+                (metrics::STALENESS, report.staleness_after_s),
+                (metrics::DELTA_ROWS_FOLDED, report.delta_rows.map(|n| n as f64)),
+                (metrics::SKIPPED, Some(if skipped { 1.0 } else { 0.0 })),
+                (metrics::REFRESH_FAILED, Some(0.0)),
             ]
         )
     );

@@ -87,6 +87,11 @@ output "alarm_arns" {
   }
 }
 
+output "dashboard_url" {
+  description = "The CloudWatch dashboard in the console; null with create_dashboard = false."
+  value       = var.create_dashboard ? "https://${local.console_host}/cloudwatch/home?region=${local.region}#dashboards/dashboard/${aws_cloudwatch_dashboard.this[0].dashboard_name}" : null
+}
+
 output "invoke_command" {
   description = "How to run a command by hand (status, plan, verify, migrate, rollback with a target), with AWS CLI v1 or v2: the payload is read from stdin as raw bytes (fileb://), which both take as given. AWS_MAX_ATTEMPTS=1 and the 900 s read timeout keep the CLI from invoking a long migration a second time."
   value       = "echo '{\"command\":\"status\"}' | AWS_MAX_ATTEMPTS=1 aws lambda invoke --function-name ${aws_lambda_function.migrate.function_name} --cli-read-timeout 900 --cli-connect-timeout 10 --payload fileb:///dev/stdin /dev/stdout"

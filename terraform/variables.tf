@@ -353,6 +353,12 @@ variable "create_alarms" {
   default     = true
 }
 
+variable "create_dashboard" {
+  description = "Create a CloudWatch dashboard named name_prefix: migrations (applied, pending, duration, failures), the refresh (duration, delta rows folded, skips, failures, staleness), both functions' Lambda errors, throttles and durations, the dead-letter queue's depth and the alarms' states. Its address is the dashboard_url output."
+  type        = bool
+  default     = true
+}
+
 variable "alarm_sns_topic_arn" {
   description = "SNS topic the alarms notify, on alarm and on recovery. Null: the alarms only change state (visible in the console and to anything watching them)."
   type        = string

@@ -158,6 +158,11 @@ async fn the_migrate_handler_end_to_end() {
         .find(|l| l["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"] == "MigrationDuration")
         .expect("an EMF line");
     assert_eq!(emf["MigrationsApplied"], all_versions().len() as f64);
+    assert_eq!(emf["MigrateFailed"], 0.0, "a finished migrate counts as not failed");
+    // Only migrate runs are counted: status, plan, verify and rollback emit nothing; the refused payloads
+    // never ran a migrate.
+    let migrate_lines = lines.iter().filter(|l| l.get("_aws").is_some()).count();
+    assert_eq!(migrate_lines, 3, "one metric line per migrate run (two, and Terraform's create)");
 }
 
 #[tokio::test]
@@ -191,6 +196,19 @@ async fn a_failing_migration_is_a_function_error_with_its_type() {
     let logs = f.stop().await;
     assert!(logs.contains("MigrationFailed"), "the error is logged too");
     secrets::assert_absent("function logs", &logs);
+    // ... and counted in the metrics, under the function's name.
+    let emf: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|l| l.get("_aws").is_some())
+        .collect();
+    assert_eq!(emf.len(), 1, "one metric line: {logs}");
+    assert_eq!(emf[0]["MigrateFailed"], 1.0);
+    let defs = &emf[0]["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(defs["Namespace"], "ScannerMigrator");
+    assert_eq!(defs["Metrics"], json!([{"Name": "MigrateFailed", "Unit": "Count"}]));
+    assert_eq!(defs["Dimensions"], json!([["FunctionName"]]));
+    assert_eq!(emf[0]["FunctionName"], "scanner-migrator-migrate");
 }
 
 #[tokio::test]

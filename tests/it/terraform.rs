@@ -15,6 +15,7 @@ use scanner_migrator::{
     config::{ENV_VARS, Settings},
     credentials::AWS_ACTIONS,
     handlers::{HANDLER_NAMES, MigrateRequest, parse_migrate_event, parse_refresh_event},
+    metrics::{self, EMITTED},
     runner::Command,
 };
 use serde_json::{Value, json};
@@ -633,4 +634,153 @@ fn users_tags_win_over_the_modules_defaults() {
             other => panic!("{other:?}"),
         };
     assert!(defaults.contains_key("app"), "{defaults:?}");
+}
+
+/// AWS's own metrics the dashboard may draw: namespace, name, dimension, unit (as CloudWatch documents them).
+const AWS_METRICS: &[(&str, &str, &str, &str)] = &[
+    ("AWS/Lambda", "Errors", "FunctionName", "Count"),
+    ("AWS/Lambda", "Throttles", "FunctionName", "Count"),
+    ("AWS/Lambda", "Duration", "FunctionName", "Milliseconds"),
+    ("AWS/SQS", "ApproximateNumberOfMessagesVisible", "QueueName", "Count"),
+];
+
+type Object = hcl::Object<ObjectKey, Expression>;
+
+fn field<'a>(o: &'a Object, name: &str) -> Option<&'a Expression> {
+    o.iter().find(|(k, _)| key(k) == name).map(|(_, v)| v)
+}
+
+/// The widgets (objects with a `type`) in a dashboard body, through concat() and conditionals.
+fn widgets<'a>(e: &'a Expression, out: &mut Vec<&'a Object>) {
+    match e {
+        Expression::Object(o) if field(o, "type").is_some() => out.push(o),
+        Expression::Object(o) => o.values().for_each(|v| widgets(v, out)),
+        Expression::Array(items) => items.iter().for_each(|v| widgets(v, out)),
+        Expression::FuncCall(call) => call.args.iter().for_each(|v| widgets(v, out)),
+        Expression::Conditional(c) => {
+            widgets(&c.true_expr, out);
+            widgets(&c.false_expr, out);
+        }
+        Expression::Parenthesis(inner) => widgets(inner, out),
+        _ => {}
+    }
+}
+
+/// One metric a dashboard graph draws.
+#[derive(Debug)]
+struct Drawn {
+    namespace: String,
+    name: String,
+    /// (dimension, the Terraform reference giving its value)
+    dimensions: Vec<(String, String)>,
+    /// The unit the graph's axis is labelled with.
+    axis: String,
+}
+
+/// Every metric the dashboard draws, from the `jsonencode(...)` of its body in the HCL.
+fn dashboard_metrics(module: &Module) -> (Vec<Drawn>, Vec<String>) {
+    let dashboard = module.block("resource", &["aws_cloudwatch_dashboard", "this"]).body();
+    let body = attr(dashboard, "dashboard_body").expect("dashboard_body");
+    let Expression::FuncCall(call) = body else { panic!("dashboard_body = jsonencode(...), found {}", text(body)) };
+    assert_eq!(call.name.name.as_str(), "jsonencode");
+    let mut found = Vec::new();
+    widgets(&call.args[0], &mut found);
+    let (mut drawn, mut alarms) = (Vec::new(), Vec::new());
+    for widget in found {
+        let kind = string(field(widget, "type").unwrap());
+        let Some(Expression::Object(props)) = field(widget, "properties") else { panic!("{kind}: no properties") };
+        match kind.as_str() {
+            "metric" => {
+                let title = field(props, "title").map(string).unwrap_or_default();
+                assert_eq!(field(props, "region").and_then(path).as_deref(), Some("local.region"), "{title}");
+                let axis = match field(props, "yAxis") {
+                    Some(Expression::Object(y)) => match field(y, "left") {
+                        Some(Expression::Object(left)) => field(left, "label").map(string),
+                        _ => None,
+                    },
+                    _ => None,
+                };
+                let axis = axis.unwrap_or_else(|| panic!("{title}: no yAxis.left.label naming the unit"));
+                let Some(Expression::Array(rows)) = field(props, "metrics") else { panic!("{title}: metrics") };
+                for row in rows {
+                    let Expression::Array(items) = row else { panic!("{title}: a metric row {}", text(row)) };
+                    let items: Vec<&Expression> =
+                        items.iter().filter(|i| !matches!(i, Expression::Object(_))).collect();
+                    assert!(items.len() >= 2 && items.len().is_multiple_of(2), "{title}: {}", text(row));
+                    let dimensions = items[2..]
+                        .chunks(2)
+                        .map(|pair| {
+                            let value = path(pair[1]).unwrap_or_else(|| panic!("{title}: {}", text(pair[1])));
+                            (string(pair[0]), value)
+                        })
+                        .collect();
+                    drawn.push(Drawn {
+                        namespace: string(items[0]),
+                        name: string(items[1]),
+                        dimensions,
+                        axis: axis.clone(),
+                    });
+                }
+            }
+            "alarm" => alarms.push(text(field(props, "alarms").expect("alarms"))),
+            "text" => {}
+            other => panic!("unexpected widget type {other}"),
+        }
+    }
+    (drawn, alarms)
+}
+
+#[test]
+fn dashboard_draws_the_metrics_the_binary_emits_as_it_emits_them() {
+    let module = module();
+    assert_eq!(text(module.default("create_dashboard")), "true");
+    let (drawn, alarms) = dashboard_metrics(&module);
+    let function = |handler: &str| format!("aws_lambda_function.{handler}.function_name");
+    for d in &drawn {
+        if d.namespace == metrics::NAMESPACE {
+            // Ours: a metric the binary emits, under the dimension it emits it with, of the function that emits it.
+            let m = EMITTED
+                .iter()
+                .find(|m| m.name == d.name)
+                .unwrap_or_else(|| panic!("the dashboard draws {}, which the binary never emits", d.name));
+            let dims: Vec<&str> = d.dimensions.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(dims, metrics::DIMENSIONS, "{}", d.name);
+            assert_eq!(d.dimensions[0].1, function(m.handler), "{} is emitted by the {} function", d.name, m.handler);
+            assert_eq!(d.axis, m.unit, "{} is emitted in {}, drawn on an axis of {}", d.name, m.unit, d.axis);
+        } else {
+            let (_, _, dimension, unit) = AWS_METRICS
+                .iter()
+                .find(|(ns, name, _, _)| *ns == d.namespace && *name == d.name)
+                .unwrap_or_else(|| panic!("unexpected metric {d:?}"));
+            assert_eq!(d.dimensions.len(), 1, "{d:?}");
+            assert_eq!(d.dimensions[0].0, *dimension, "{d:?}");
+            assert_eq!(d.axis, *unit, "{d:?}");
+            let value = d.dimensions[0].1.as_str();
+            let ours = HANDLER_NAMES.iter().map(|h| function(h)).chain(["aws_sqs_queue.refresh_dlq.name".into()]);
+            assert!(ours.clone().any(|v| v == value), "{} of {value}, not one of this module's", d.name);
+        }
+    }
+    // Everything the binary emits is drawn; both functions' errors, throttles and durations; the queue's depth.
+    for m in EMITTED {
+        assert!(drawn.iter().any(|d| d.namespace == metrics::NAMESPACE && d.name == m.name), "{} not drawn", m.name);
+    }
+    for name in ["Errors", "Throttles", "Duration"] {
+        for handler in HANDLER_NAMES {
+            assert!(
+                drawn
+                    .iter()
+                    .any(|d| d.namespace == "AWS/Lambda" && d.name == name && d.dimensions[0].1 == function(handler)),
+                "{handler}'s {name} not drawn"
+            );
+        }
+    }
+    assert!(drawn.iter().any(|d| d.name == "ApproximateNumberOfMessagesVisible"), "the queue's depth is not drawn");
+    // The alarms' states: every alarm the module creates.
+    assert_eq!(alarms.len(), 1, "one alarm widget: {alarms:?}");
+    for alarm in module.blocks("resource", &["aws_cloudwatch_metric_alarm"]) {
+        let reference = format!("aws_cloudwatch_metric_alarm.{}", alarm.labels()[1].as_str());
+        assert!(alarms[0].contains(&reference), "the alarm widget lacks {reference}: {}", alarms[0]);
+    }
+    let url = text(attr(module.block("output", &["dashboard_url"]).body(), "value").unwrap());
+    assert!(url.contains("aws_cloudwatch_dashboard.this[0].dashboard_name") && url.contains("var.create_dashboard"));
 }

@@ -109,6 +109,7 @@ module "scanner_migrator" {
 
 output "migration_result" { value = module.scanner_migrator.migration_result }
 output "refresh_login" { value = module.scanner_migrator.refresh_login }
+output "dashboard_url" { value = module.scanner_migrator.dashboard_url }
 "#;
 
 /// Module resources the inputs above switch off, with the input that does.
@@ -295,6 +296,16 @@ async fn terraform_apply_migrates_reinvokes_on_change_fails_with_the_migrators_e
     assert_eq!(result["status"], "applied");
     assert_eq!(result["schema_version"], json!(crate::support::all_versions().last().unwrap()));
     assert_eq!(result["applied"].as_array().unwrap().len() as i64, files);
+
+    // The dashboard, as the provider read it back from CloudWatch, draws the new failure metric; the output
+    // links to it.
+    let out = stack.ws.terraform("root", &["output", "-json", "dashboard_url"]).await;
+    let url: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
+    assert!(url.as_str().unwrap().ends_with("?region=us-east-1#dashboards/dashboard/tfit"), "{url}");
+    let dashboard = "module.scanner_migrator.aws_cloudwatch_dashboard.this[0]";
+    let out = stack.ws.terraform("root", &["state", "show", "-no-color", dashboard]).await;
+    let shown = text(&out);
+    assert!(shown.contains("MigrateFailed") && shown.contains("tfit-refresh-errors"), "{shown}");
 
     // The refresh login has a secret of its own, with a generated password that Terraform never stored.
     let out = stack.ws.terraform("root", &["output", "-json", "refresh_login"]).await;

@@ -27,3 +27,8 @@ output "refresh_dead_letter_queue_url" {
   description = "Refresh invocations the scheduler could not deliver."
   value       = module.scanner_migrator.refresh_dead_letter_queue_url
 }
+
+output "dashboard_url" {
+  description = "The module's CloudWatch dashboard in the console."
+  value       = module.scanner_migrator.dashboard_url
+}

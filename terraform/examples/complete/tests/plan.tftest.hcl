@@ -47,6 +47,11 @@ run "complete_example_plans_from_nothing" {
     condition     = output.migrate_function_name == "scanner-migrator-migrate" && output.refresh_function_name == "scanner-migrator-refresh"
     error_message = "the example names its functions after var.name"
   }
+
+  assert {
+    condition     = endswith(output.dashboard_url, "#dashboards/dashboard/scanner-migrator")
+    error_message = "the example links to the module's dashboard"
+  }
 }
 
 run "module_wires_what_the_binary_needs" {
@@ -127,6 +132,13 @@ run "module_wires_what_the_binary_needs" {
   assert {
     condition     = length(aws_cloudwatch_metric_alarm.refresh_errors) == 1 && length(aws_cloudwatch_metric_alarm.refresh_dlq) == 1
     error_message = "refresh failures raise alarms"
+  }
+
+  # Its body holds the alarms' ARNs, known only after the apply: what it draws is checked by
+  # tests/it/terraform.rs (against the binary) and the apply against moto (tests/it/tf_apply.rs).
+  assert {
+    condition     = length(aws_cloudwatch_dashboard.this) == 1 && aws_cloudwatch_dashboard.this[0].dashboard_name == "scanner-migrator"
+    error_message = "the module makes a dashboard by default, named name_prefix"
   }
 
   assert {
