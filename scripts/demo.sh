@@ -83,8 +83,9 @@ say "what the status API reads now"
 psql "$db_url" -c "SELECT bucket, total_objects, queued_count, processing_count, succeeded_count, failed_count FROM job_progress"
 
 # The proof that production's path was taken: the refresh connected as scanner_refresh, not as the master.
-grep -o '"target":"scanner_refresh@[^"]*"' "$work/refresh.log" | head -n 1 | grep . \
+grep -o -m 1 '"target":"scanner_refresh@[^"]*"' "$work/refresh.log" \
   || { echo "the refresh did not log in as scanner_refresh:" >&2; cat "$work/refresh.log" >&2; exit 1; }
 
 say "the function's JSON log lines (the first few)"
-grep -v '^---' "$work/migrate.log" | head -n 8
+# (awk, not grep | head: under pipefail a head that stops reading fails the demo with SIGPIPE)
+awk '!/^---/ && shown++ < 8' "$work/migrate.log"
