@@ -237,12 +237,7 @@ pub async fn change_stamp(conn: &mut PgConnection) -> Result<String> {
     .fetch_one(&mut *conn)
     .await
     .map_err(|e| Error::db(ctx, e))?;
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(HISTORY_TABLE)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| Error::db(ctx, e))?;
-    if !exists {
+    if !history_exists(conn).await.map_err(|e| Error::db(ctx, e))? {
         return Ok(catalog);
     }
     let sql = format!("SELECT md5(coalesce(string_agg(xmin::text, ',' ORDER BY version), '')) FROM {HISTORY_TABLE}");
@@ -454,15 +449,15 @@ async fn history_has_state(conn: &mut PgConnection) -> std::result::Result<bool,
     .await
 }
 
+/// Whether the history table exists yet (it does once a migrate or rollback has run).
+async fn history_exists(conn: &mut PgConnection) -> std::result::Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(HISTORY_TABLE).fetch_one(conn).await
+}
+
 /// The history, oldest first; empty when the table does not exist yet.
 pub async fn history(conn: &mut PgConnection) -> Result<Vec<Applied>> {
     let ctx = "reading the migration history";
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(HISTORY_TABLE)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| Error::db(ctx, e))?;
-    if !exists {
+    if !history_exists(conn).await.map_err(|e| Error::db(ctx, e))? {
         return Ok(Vec::new());
     }
     let has_state = history_has_state(conn).await.map_err(|e| Error::db(ctx, e))?;

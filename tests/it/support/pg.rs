@@ -177,12 +177,7 @@ impl TestDb {
 
     /// Runs SQL as the real superuser (the tests' own setup: what no product path may need).
     pub async fn exec_super(&self, sql: &str) {
-        let mut c = PgConnection::connect(&self.super_url).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-            .execute(&mut c)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        c.close().await.unwrap();
+        exec_at(&self.super_url, sql).await
     }
 
     /// A connection of the test's own, as the master.
@@ -192,12 +187,7 @@ impl TestDb {
 
     /// Runs SQL (several statements allowed).
     pub async fn exec(&self, sql: &str) {
-        let mut c = self.conn().await;
-        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
-            .execute(&mut c)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        c.close().await.unwrap();
+        exec_at(&self.url, sql).await
     }
 
     /// One value, read as the real superuser (what only a superuser may read, such as pg_authid).
@@ -205,13 +195,7 @@ impl TestDb {
     where
         T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
     {
-        let mut c = PgConnection::connect(&self.super_url).await.unwrap();
-        let v = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
-            .fetch_one(&mut c)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        c.close().await.unwrap();
-        v
+        scalar_at(&self.super_url, sql).await
     }
 
     /// One value.
@@ -219,13 +203,7 @@ impl TestDb {
     where
         T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
     {
-        let mut c = self.conn().await;
-        let v = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
-            .fetch_one(&mut c)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        c.close().await.unwrap();
-        v
+        scalar_at(&self.url, sql).await
     }
 
     /// Everything about the public schema except the history table, as sorted text: two
@@ -292,4 +270,25 @@ impl TestDb {
     pub async fn advisory_locks(&self) -> i64 {
         self.scalar("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database())").await
     }
+}
+
+/// Runs SQL (several statements allowed) on a connection of its own to `url`.
+async fn exec_at(url: &str, sql: &str) {
+    let mut c = PgConnection::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut c).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    c.close().await.unwrap();
+}
+
+/// One value, on a connection of its own to `url`.
+async fn scalar_at<T>(url: &str, sql: &str) -> T
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Postgres> + sqlx::Type<sqlx::Postgres> + Send + Unpin,
+{
+    let mut c = PgConnection::connect(url).await.unwrap();
+    let v = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&mut c)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    c.close().await.unwrap();
+    v
 }
