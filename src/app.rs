@@ -47,9 +47,13 @@ impl App {
 
     /// Runs a migration command on a fresh dedicated connection, closed afterwards.
     pub async fn migrate(&self, command: Command, applied_by: &str, deadline: Deadline) -> Result<Report> {
-        let (mut conn, target) =
-            connection::open(&self.settings, self.aws.as_ref(), &app_name(command.name(), applied_by), deadline)
-                .await?;
+        let (mut conn, target, opts) = connection::open_with_options(
+            &self.settings,
+            self.aws.as_ref(),
+            &app_name(command.name(), applied_by),
+            deadline,
+        )
+        .await?;
         let run = RunSettings {
             lock_timeout: self.settings.lock_timeout,
             lock_retries: self.settings.lock_retries,
@@ -58,6 +62,8 @@ impl App {
             index_build_rows_per_s: self.settings.index_build_rows_per_s,
             deadline,
             applied_by: applied_by.to_string(),
+            // Only an invocation with a deadline hands a build to a detached session; the command line waits for it.
+            detach: deadline.remaining().is_some().then(|| crate::detached::DetachTo(opts)),
         };
         let snapshot_db = match (&self.settings.db, &self.aws) {
             (DbSource::Secret(s), Some(aws)) if self.settings.snapshot_before_migrate => Some((s, aws)),

@@ -1,6 +1,6 @@
 //! From settings to one open, dedicated connection.
 
-use sqlx::PgConnection;
+use sqlx::{PgConnection, postgres::PgConnectOptions};
 
 use crate::{
     config::{Auth, DbSource, Settings},
@@ -20,10 +20,21 @@ pub async fn open(
     application_name: &str,
     deadline: Deadline,
 ) -> Result<(PgConnection, Target)> {
-    let (mut conn, mut target) = connect(settings, aws, application_name, deadline).await?;
+    open_with_options(settings, aws, application_name, deadline).await.map(|(conn, target, _)| (conn, target))
+}
+
+/// As [`open`], with the options it connected with (for a second session to the same database:
+/// the detached build). They hold the password: never print them.
+pub async fn open_with_options(
+    settings: &Settings,
+    aws: Option<&Aws>,
+    application_name: &str,
+    deadline: Deadline,
+) -> Result<(PgConnection, Target, PgConnectOptions)> {
+    let (mut conn, mut target, opts) = connect(settings, aws, application_name, deadline).await?;
     target.tls = Some(negotiated_tls(&mut conn).await?);
     tracing::info!(step = "connect", target = %target, tls = target.tls.as_deref().unwrap_or(""), "connected");
-    Ok((conn, target))
+    Ok((conn, target, opts))
 }
 
 /// The session's TLS as the server sees it: protocol and cipher, or `none` for plaintext.
@@ -46,13 +57,13 @@ async fn connect(
     aws: Option<&Aws>,
     application_name: &str,
     deadline: Deadline,
-) -> Result<(PgConnection, Target)> {
+) -> Result<(PgConnection, Target, PgConnectOptions)> {
     tracing::info!(step = "resolve", "resolving the database connection");
     match &settings.db {
         DbSource::Url(opts) => {
             let opts = opts.as_ref().clone().application_name(application_name);
             let conn = db::connect(&opts, settings.connect_timeout, deadline).await?;
-            Ok((conn, Target::of(&opts)))
+            Ok((conn, Target::of(&opts), opts))
         }
         DbSource::Secret(s) => {
             let aws = aws.ok_or_else(|| Error::Config {
@@ -70,10 +81,10 @@ async fn connect(
                     );
                     let opts = credentials::resolve(s, aws, application_name, deadline).await?;
                     let conn = db::connect(&opts, settings.connect_timeout, deadline).await?;
-                    Ok((conn, Target::of(&opts)))
+                    Ok((conn, Target::of(&opts), opts))
                 }
                 Err(e) => Err(e),
-                Ok(conn) => Ok((conn, target)),
+                Ok(conn) => Ok((conn, target, opts)),
             }
         }
     }

@@ -193,9 +193,32 @@ pub async fn set_limits(
         .map(|_| ())
 }
 
+/// The most memory an index build is given, whatever the instance allows.
+pub const BUILD_MEMORY_CAP: &str = "1GB";
+
+/// What a DBA gives an index build, for this session: `maintenance_work_mem` raised to
+/// min(1 GB, half of `shared_buffers`) when that is more than it has, and up to 4 parallel
+/// workers within `max_parallel_workers` and `max_worker_processes`. Returns (kB, workers).
+pub async fn tune_build(conn: &mut PgConnection) -> std::result::Result<(i64, i32), sqlx::Error> {
+    sqlx::query_as(
+        "WITH s AS (
+            SELECT greatest(pg_size_bytes(current_setting('maintenance_work_mem')),
+                            least(pg_size_bytes($1), pg_size_bytes(current_setting('shared_buffers')) / 2)) / 1024 AS kb,
+                   greatest(0, least(4, current_setting('max_parallel_workers')::int,
+                                     current_setting('max_worker_processes')::int - 1)) AS workers)
+         SELECT kb, workers FROM s
+          WHERE set_config('maintenance_work_mem', kb || 'kB', false) IS NOT NULL
+            AND set_config('max_parallel_maintenance_workers', workers::text, false) IS NOT NULL",
+    )
+    .bind(BUILD_MEMORY_CAP)
+    .fetch_one(conn)
+    .await
+}
+
 /// Back to the server's defaults.
 pub async fn reset_limits(conn: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
-    exec(conn, "RESET statement_timeout; RESET lock_timeout").await
+    exec(conn, "RESET statement_timeout; RESET lock_timeout; RESET maintenance_work_mem; RESET max_parallel_maintenance_workers")
+        .await
 }
 
 /// The schema unqualified names are created in (where the history table and the migrations' objects are).

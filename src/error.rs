@@ -112,6 +112,11 @@ pub enum Error {
     #[error("{0}")]
     DeadlineTooShort(String),
 
+    /// A statement was handed to a detached session that finishes it without us (not a failure:
+    /// the runner turns it into an `in_progress` report).
+    #[error("{}", .0.message)]
+    InProgress(Box<crate::detached::InProgress>),
+
     /// An existing object stands where a migration creates one, and cannot be converged.
     #[error("adopting the existing schema: {0}")]
     AdoptionFailed(String),
@@ -175,6 +180,7 @@ impl Error {
             Error::VerifyFailed(_) => "VerifyFailed",
             Error::DeadlineReached { .. } => "DeadlineReached",
             Error::DeadlineTooShort(_) => "DeadlineTooShort",
+            Error::InProgress(_) => "InProgress",
             Error::RollbackNotAllowed(_) => "RollbackNotAllowed",
             Error::AdoptionFailed(_) => "AdoptionFailed",
             Error::InsufficientPrivilege { .. } => "InsufficientPrivilege",
@@ -216,6 +222,7 @@ impl Error {
             e @ (Error::DeadlineReached { .. }
             | Error::MigrationFailed(_)
             | Error::DeadlineTooShort(_)
+            | Error::InProgress(_)
             | Error::AfterApplied { .. }) => e,
             cause => Error::AfterApplied { applied, cause: Box::new(cause) },
         }

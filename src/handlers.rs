@@ -185,6 +185,17 @@ pub async fn handle_migrate(
             return Err(err);
         }
     };
+    // A detached build's progress, each time a run finds it (migrate or status).
+    if let Some(p) = &report.in_progress {
+        println!(
+            "{}",
+            metrics::emf(
+                function,
+                now_ms(),
+                &[(metrics::BUILD_PERCENT_DONE, p.percent), (metrics::BUILD_ROWS_PER_SECOND, p.rows_per_s)]
+            )
+        );
+    }
     if is_migrate {
         let applied = report.applied.len() as f64;
         println!(

@@ -11,6 +11,7 @@ pub mod credentials;
 pub mod data_check;
 pub mod db;
 pub mod deadline;
+pub mod detached;
 pub mod error;
 pub mod handlers;
 pub mod metrics;

@@ -27,6 +27,11 @@ pub const MIGRATIONS_APPLIED: Metric = Metric { name: "MigrationsApplied", unit:
 pub const MIGRATIONS_PENDING: Metric = Metric { name: "MigrationsPending", unit: "Count", handler: "migrate" };
 /// 1 for a migrate run that failed, 0 for one that finished.
 pub const MIGRATE_FAILED: Metric = Metric { name: "MigrateFailed", unit: "Count", handler: "migrate" };
+/// How far a detached build's current phase is, 0-100 (a migrate or status run that found it running).
+pub const BUILD_PERCENT_DONE: Metric = Metric { name: "BuildPercentDone", unit: "Percent", handler: "migrate" };
+/// A detached build's rows per second so far.
+pub const BUILD_ROWS_PER_SECOND: Metric =
+    Metric { name: "BuildRowsPerSecond", unit: "Count/Second", handler: "migrate" };
 /// How long a refresh took, in milliseconds (not emitted for a skipped one).
 pub const REFRESH_DURATION: Metric = Metric { name: "RefreshDuration", unit: "Milliseconds", handler: "refresh" };
 /// How old job_progress's data is after a refresh, in seconds.
@@ -45,6 +50,8 @@ pub const EMITTED: &[Metric] = &[
     MIGRATIONS_APPLIED,
     MIGRATIONS_PENDING,
     MIGRATE_FAILED,
+    BUILD_PERCENT_DONE,
+    BUILD_ROWS_PER_SECOND,
     REFRESH_DURATION,
     STALENESS,
     DELTA_ROWS_FOLDED,

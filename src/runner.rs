@@ -12,6 +12,7 @@ use crate::{
     adopt::{self, Adoption, Decision, Step},
     db::{self, Target},
     deadline::Deadline,
+    detached,
     error::{Error, Result},
     migrations::{Migration, Migrations, Script},
     plan::{self, Applied, State},
@@ -36,6 +37,9 @@ pub struct RunSettings {
     pub deadline: Deadline,
     /// Recorded in the history: the Lambda request id or the CLI user.
     pub applied_by: String,
+    /// Where an index build too large for the time left is started detached; without it (the
+    /// command line, which has no deadline) such a build is refused with `DeadlineTooShort`.
+    pub detach: Option<crate::detached::DetachTo>,
 }
 
 impl Default for RunSettings {
@@ -48,6 +52,7 @@ impl Default for RunSettings {
             index_build_rows_per_s: 250_000.0,
             deadline: Deadline::NONE,
             applied_by: "unknown".into(),
+            detach: None,
         }
     }
 }
@@ -71,7 +76,7 @@ pub type BeforeChange<'a> = &'a (dyn Fn(String) -> BoxFuture<'a, Result<String>>
 /// The outcome of a command: the JSON Terraform and `aws lambda invoke` print.
 #[derive(Debug, Serialize)]
 pub struct Report {
-    /// applied | up_to_date | pending | planned | verified | rolled_back
+    /// applied | up_to_date | pending | planned | verified | rolled_back | in_progress
     pub status: &'static str,
     /// The command that ran.
     pub command: &'static str,
@@ -101,6 +106,9 @@ pub struct Report {
     pub snapshot: Option<String>,
     /// Where this ran.
     pub database: Option<Target>,
+    /// A statement running detached in the database (status `in_progress`): what, how far, what next.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_progress: Option<crate::detached::InProgress>,
     /// How long the advisory lock took to get.
     pub lock_wait_ms: u64,
     /// Wall time of the whole command.
@@ -176,17 +184,30 @@ pub async fn run(
         history: None,
         snapshot: None,
         database: None,
+        in_progress: None,
         lock_wait_ms: 0,
         duration_ms: 0,
     };
     db::check_server_version(conn).await?;
     if command.changes_schema() {
-        let wait = settings.deadline.cap_wait(settings.advisory_wait);
-        report.lock_wait_ms = db::lock(conn, wait).await?.as_millis() as u64;
+        let waited = match acquire(conn, migrations, settings).await? {
+            Ok(waited) => waited,
+            Err(running) => {
+                // Our own detached build holds the lock: its progress is the answer, nothing runs twice.
+                report.in_progress = Some(running);
+                return in_progress(conn, migrations, report, started).await;
+            }
+        };
+        report.lock_wait_ms = waited.as_millis() as u64;
         tracing::info!(step = "lock", wait_ms = report.lock_wait_ms, "migration lock taken");
-        let outcome = locked(conn, migrations, command, settings, before_change, &mut report)
-            .await
-            .map_err(|e| e.after_applying(applied_labels(&report)));
+        let outcome = match locked(conn, migrations, command, settings, before_change, &mut report).await {
+            Err(Error::InProgress(running)) => {
+                // The lock went to the detached session with the build.
+                report.in_progress = Some(*running);
+                return in_progress(conn, migrations, report, started).await;
+            }
+            outcome => outcome.map_err(|e| e.after_applying(applied_labels(&report))),
+        };
         // Release even when the work failed; if this fails too, closing the connection frees it.
         let released = db::unlock(conn).await;
         outcome?;
@@ -214,10 +235,88 @@ pub async fn run(
         };
         if command == Command::Status {
             report.history = Some(history);
+            if let Some(session) = detached::find(conn, |v| label_of(migrations, v)).await?
+                && session.active
+            {
+                log_progress(&session.progress);
+                report.status = "in_progress";
+                report.in_progress = Some(session.progress);
+            }
         }
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
     Ok(report)
+}
+
+/// `002_optimize_for_scale` for a version this binary knows, else `002`.
+fn label_of(migrations: &Migrations, version: i64) -> String {
+    migrations.get(version).map_or_else(|| format!("{version:03}"), Migration::label)
+}
+
+fn log_progress(p: &detached::InProgress) {
+    tracing::info!(step = "detached", migration = %p.migration, index = %p.index, pid = p.pid, phase = %p.phase,
+        percent = p.percent, rows_per_s = p.rows_per_s, eta_s = p.eta_s, running_s = p.running_s, "{}", p.message);
+}
+
+/// The `in_progress` answer: the detached statement's progress with where the history stands.
+async fn in_progress(
+    conn: &mut PgConnection,
+    migrations: &Migrations,
+    mut report: Report,
+    started: Instant,
+) -> Result<Report> {
+    if let Some(p) = &report.in_progress {
+        log_progress(p);
+    }
+    report.status = "in_progress";
+    let history = db::history(conn).await?;
+    report.schema_version = history.iter().filter(|a| a.state == State::Applied).map(|a| a.version).max();
+    report.pending = plan::plan(migrations, &history, None)?.pending.iter().map(|m| Pending::of(m)).collect();
+    report.duration_ms = started.elapsed().as_millis() as u64;
+    Ok(report)
+}
+
+/// How often a run waiting for our detached build looks at it again.
+const DETACHED_POLL: Duration = Duration::from_secs(1);
+
+/// Takes the migration lock. Held by our detached build: waits for it while the time allows
+/// (then `Err(progress)`); held by its session once the build is done: ends that session; held by
+/// anyone else: waits `advisory_wait` (cut to the deadline), then `LockTimeout` naming the holder.
+async fn acquire(
+    conn: &mut PgConnection,
+    migrations: &Migrations,
+    settings: &RunSettings,
+) -> Result<std::result::Result<Duration, detached::InProgress>> {
+    let started = Instant::now();
+    let wait = settings.deadline.cap_wait(settings.advisory_wait);
+    let mut pause = Duration::from_millis(50);
+    let mut logged: Option<Instant> = None;
+    loop {
+        if db::try_lock(conn).await? {
+            return Ok(Ok(started.elapsed()));
+        }
+        match detached::find(conn, |v| label_of(migrations, v)).await? {
+            Some(session) if session.active => {
+                if !settings.deadline.has(DETACHED_POLL + MIN_TIME_TO_START) {
+                    return Ok(Err(session.progress));
+                }
+                if logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(10)) {
+                    log_progress(&session.progress);
+                    logged = Some(Instant::now());
+                }
+                tokio::time::sleep(DETACHED_POLL).await;
+                continue;
+            }
+            Some(session) if detached::end_if_finished(conn, &session).await? => continue,
+            _ => {}
+        }
+        let left = wait.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return db::lock(conn, Duration::ZERO).await.map(Ok);
+        }
+        tokio::time::sleep(pause.min(left)).await;
+        pause = (pause * 2).min(Duration::from_millis(1000));
+    }
 }
 
 /// The migrations wholly applied according to the history, oldest first: what the expected
@@ -450,7 +549,7 @@ async fn run_step(
             result = Err(match f {
                 BuildFailure::Statement(StatementFailure::Deadline(during)) => Err(deadline(during)),
                 BuildFailure::Statement(StatementFailure::Db(e)) => Ok((sql.as_str(), e)),
-                BuildFailure::TooLarge(e) => Err(e),
+                BuildFailure::TooLarge(e, _) => Err(e),
             });
             break;
         }
@@ -473,8 +572,8 @@ async fn run_step(
 /// Why an index build did not finish.
 enum BuildFailure {
     Statement(StatementFailure),
-    /// It was not started: it could not finish in the time left.
-    TooLarge(Error),
+    /// It was not started: it could not finish in the time left. With the INVALID indexes dropped first.
+    TooLarge(Error, Vec<String>),
 }
 
 /// One `CREATE INDEX CONCURRENTLY`, as every build runs (a migration's and adoption's): each
@@ -508,9 +607,10 @@ async fn build_index(
             estimated = true;
             let rows = db::estimated_rows(conn, &build.table).await.map_err(db_failure)?.unwrap_or(0.0);
             if let Some(err) = too_large(rows, left_now) {
-                return Err(BuildFailure::TooLarge(err));
+                return Err(BuildFailure::TooLarge(err, dropped));
             }
         }
+        db::tune_build(conn).await.map_err(db_failure)?;
         if attempt_statement(conn, sql, settings, retries).await.map_err(BuildFailure::Statement)? {
             return Ok(dropped);
         }
@@ -862,7 +962,32 @@ async fn apply_statements(
         let dropped = match build_index(conn, &stmt.sql, &build, settings, &mut step.lock_retries, too_large).await {
             Ok(dropped) => dropped,
             Err(BuildFailure::Statement(f)) => return Err(failure(f)),
-            Err(BuildFailure::TooLarge(err)) => {
+            Err(BuildFailure::TooLarge(_, dropped)) if settings.detach.is_some() && direction == Direction::Up => {
+                let to = settings.detach.as_ref().expect("checked above");
+                let pid = detached::start(to, conn, m.version, &build.name, &stmt.sql, settings.deadline).await?;
+                let label = |v: i64| if v == m.version { m.label() } else { format!("{v:03}") };
+                let mut running = match detached::find(conn, label).await? {
+                    Some(session) if session.pid == pid => session.progress,
+                    _ => {
+                        return Err(Error::Database {
+                            context: format!("starting the detached build of {} for {}", build.name, m.label()),
+                            cause: format!("its session (pid {pid}) is gone: see the log lines of the detached build"),
+                        });
+                    }
+                };
+                if !dropped.is_empty() {
+                    tracing::warn!(step = "repair", indexes = %dropped.join(", "),
+                        "dropped INVALID indexes of an interrupted build before building detached");
+                    running.repaired = dropped;
+                    running.message = format!(
+                        "{}. Dropped first, left INVALID by an interrupted build: {}",
+                        running.message,
+                        running.repaired.join(", ")
+                    );
+                }
+                return Err(Error::InProgress(Box::new(running)));
+            }
+            Err(BuildFailure::TooLarge(err, _)) => {
                 // Refused before it started: if it was the script's first step, nothing changed.
                 if let (true, Some(before)) = (nothing_changed, &before) {
                     db::unmark_applying(conn, m.version, before.as_deref()).await.map_err(|e| {

@@ -59,6 +59,26 @@ resource "aws_cloudwatch_dashboard" "this" {
       {
         type = "metric", width = 8, height = 6,
         properties = {
+          title = "Detached index build: share of the current phase done", view = "timeSeries", region = local.region, period = 60,
+          yAxis = { left = { label = "Percent", min = 0, max = 100 } },
+          metrics = [
+            ["ScannerMigrator", "BuildPercentDone", "FunctionName", aws_lambda_function.migrate.function_name, { stat = "Maximum", label = "percent done" }],
+          ]
+        }
+      },
+      {
+        type = "metric", width = 8, height = 6,
+        properties = {
+          title = "Detached index build: rows per second", view = "timeSeries", region = local.region, period = 60,
+          yAxis = { left = { label = "Count/Second", min = 0 } },
+          metrics = [
+            ["ScannerMigrator", "BuildRowsPerSecond", "FunctionName", aws_lambda_function.migrate.function_name, { stat = "Average", label = "rows/s so far" }],
+          ]
+        }
+      },
+      {
+        type = "metric", width = 8, height = 6,
+        properties = {
           title = "Refresh duration", view = "timeSeries", region = local.region, period = 300,
           yAxis = { left = { label = "Milliseconds", min = 0 } },
           metrics = [

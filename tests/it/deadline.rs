@@ -160,33 +160,6 @@ async fn an_index_build_behind_a_readers_snapshot_answers_in_time_and_is_rebuilt
     f.stop().await;
 }
 
-#[tokio::test]
-async fn an_index_too_large_for_the_time_left_is_refused_before_it_starts() {
-    let fx = Fixture::rotation().await;
-    assert_eq!(fx.cli(&[], &["migrate", "--target", "1"]).await.code, 0);
-    fx.db.exec("INSERT INTO jobs (bucket) VALUES ('b'); INSERT INTO job_objects (job_id, bucket, key) SELECT job_id, 'b', 'k' || g FROM jobs, generate_series(1, 5000) g; ANALYZE job_objects;").await;
-    // 5000 rows at an assumed 100 rows/s: 50 s, in an invocation of 10.
-    let (api, f) = function("migrate", &fx.env_with(&[("INDEX_BUILD_ROWS_PER_S", "100")])).await;
-    let (kind, msg) = api.invoke(json!({}), Duration::from_secs(10)).await.err();
-    assert_eq!(kind, "DeadlineTooShort", "{msg}");
-    assert!(
-        msg.contains("idx_job_objects_job_status on job_objects (~5000 rows)")
-            && msg.contains("~50 s")
-            && msg.contains("An index too large for Lambda"),
-        "{msg}"
-    );
-    assert_eq!(
-        fx.db.scalar::<i64>("SELECT count(*) FROM pg_index WHERE NOT indisvalid").await,
-        0,
-        "nothing was started"
-    );
-    assert_eq!(fx.db.history().await, vec![0, 1]);
-    f.stop().await;
-    // The command-line path has no deadline and applies it.
-    let run = fx.cli(&[("INDEX_BUILD_ROWS_PER_S", "100")], &["migrate"]).await;
-    assert_eq!(run.status(), "applied", "{:#}", run.json);
-}
-
 /// A socket that accepts connections and never answers: only a timeout ends the wait.
 fn black_hole() -> (std::net::TcpListener, u16) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -4,6 +4,7 @@ mod adoption;
 mod cli_flags;
 mod deadline;
 mod definer;
+mod detached;
 mod engine;
 mod hardening;
 mod history;
