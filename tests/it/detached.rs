@@ -181,3 +181,29 @@ async fn a_detached_build_terminated_mid_way_is_repaired_and_built_again() {
     assert_eq!(r["verification"]["ok"], true, "{r:#}");
     assert_eq!(fx.db.scalar::<i64>("SELECT count(*) FROM pg_index WHERE NOT indisvalid").await, 0);
 }
+
+#[tokio::test]
+async fn a_finished_detached_session_still_holding_the_lock_is_ended_by_the_next_run() {
+    // What a frozen client leaves on PostgreSQL 13 (no idle_session_timeout): our detached session,
+    // its statement done, idle and holding the migration lock.
+    let fx = fixture().await;
+    let mut frozen = fx.db.conn().await;
+    frozen
+        .execute(sqlx::AssertSqlSafe(format!("SET application_name = '{APP}'; SELECT pg_advisory_lock(1396916558, 1);")))
+        .await
+        .unwrap();
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut frozen).await.unwrap();
+    assert_eq!(fx.db.advisory_locks().await, 1);
+    let run = fx.cli(&[], &["migrate"]).await;
+    assert_eq!(run.status(), "applied", "{:#}", run.json);
+    let gone: i64 = fx.db.scalar(&format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}")).await;
+    assert_eq!(gone, 0, "our idle detached session was ended");
+    assert!(run.stderr.contains("our detached build is done; ending its idle session"), "{}", run.stderr);
+
+    // Anyone else's idle session holding the lock is not ours to end: LockTimeout names it.
+    let mut other = fx.db.conn().await;
+    other.execute("SET application_name = 'someone'; SELECT pg_advisory_lock(1396916558, 1);").await.unwrap();
+    let run = fx.cli(&[("ADVISORY_LOCK_WAIT_S", "1")], &["migrate"]).await;
+    assert_eq!(run.error_type(), "LockTimeout", "{:#}", run.json);
+    assert!(run.json["errorMessage"].as_str().unwrap().contains("application_name 'someone'"), "{:#}", run.json);
+}
