@@ -42,6 +42,7 @@ resource "aws_lambda_function" "migrate" {
         DB_SECRET_ARN           = local.db_secret_arn
         DB_AUTH                 = var.db_auth
         SNAPSHOT_BEFORE_MIGRATE = tostring(var.snapshot_before_migrate)
+        INDEX_BUILD_ROWS_PER_S  = tostring(var.index_build_rows_per_s)
       },
       local.refresh_iam ? {} : { REFRESH_SECRET_ARN = local.refresh_secret_arn },
     )

@@ -210,6 +210,17 @@ variable "migrate_memory_mb" {
   }
 }
 
+variable "index_build_rows_per_s" {
+  description = "The index build speed assumed (rows per second) to decide, from a table's row estimate, whether an index build fits the invocation's time; one that does not runs detached in the database and migrate answers in_progress (INDEX_BUILD_ROWS_PER_S)."
+  type        = number
+  default     = 250000
+
+  validation {
+    condition     = var.index_build_rows_per_s >= 1
+    error_message = "index_build_rows_per_s must be at least 1."
+  }
+}
+
 variable "migrate_timeout_s" {
   description = "Timeout of the migrate function, in seconds. statement_timeout is derived from it, so PostgreSQL cancels a statement before Lambda stops the process."
   type        = number

@@ -83,6 +83,10 @@ variable "db_port" { type = number }
 variable "db_name" { type = string }
 variable "lambda_zip_path" { type = string }
 variable "migrations_dir" { type = string }
+variable "index_build_rows_per_s" {
+  type    = number
+  default = 250000
+}
 
 resource "aws_kms_key" "dlq" {
   description = "the refresh dead-letter queue's key"
@@ -100,6 +104,7 @@ module "scanner_migrator" {
   db_name                = var.db_name
   lambda_zip_path        = var.lambda_zip_path
   migrations_dir         = var.migrations_dir
+  index_build_rows_per_s = var.index_build_rows_per_s
   create_vpc_endpoints   = true
   dlq_kms_key_arn        = aws_kms_key.dlq.arn
   alarm_sns_topic_arn    = "arn:aws:sns:us-east-1:123456789012:ops"
@@ -410,7 +415,58 @@ async fn terraform_apply_migrates_reinvokes_on_change_fails_with_the_migrators_e
     assert_eq!(stack.standin.invocations().last().unwrap().outcome.ok()["status"], "applied");
     assert_eq!(history_rows(&db2).await, files);
 
-    // 7. terraform destroy sends delete, which leaves the schema as it is.
+    // 7. A build longer than the invocation (issue 17): the function starts it detached and answers
+    //    in_progress; the apply fails with the migrator's words (what runs, that it continues by itself, that the
+    //    next apply waits for it) and leaves the invocation tainted; once the build is done, the next apply
+    //    finishes the migration and passes. (Another database, 001 applied, its build held back by a reader.)
+    let db3 = TestDb::new().await;
+    let run = crate::support::cli::cli(&["--database-url", &db3.url, "migrate", "--target", "1"], &[]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+    db3.exec(
+        "INSERT INTO jobs (bucket) VALUES ('b');
+         INSERT INTO job_objects (job_id, bucket, key) SELECT job_id, 'b', 'k' || g FROM jobs, generate_series(1, 5000) g;
+         ANALYZE job_objects;",
+    )
+    .await;
+    let mut reader = db3.conn().await;
+    sqlx::Executor::execute(&mut reader, "BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM jobs;")
+        .await
+        .unwrap();
+    stack.set("db_name", json!(db3.name));
+    stack.set("index_build_rows_per_s", json!(1));
+    let before = stack.standin.invocations().len();
+    let (ok, out) = stack.apply().await;
+    assert!(!ok, "an in_progress result passed as a migration:\n{out}");
+    assert_eq!(stack.actions_since(before), ["delete", "create"]);
+    let answer = stack.standin.invocations().last().unwrap().outcome.ok().clone();
+    assert_eq!(answer["status"], "in_progress", "{answer:#}");
+    let flat = out.split_whitespace().collect::<Vec<_>>().join(" ");
+    for words in [
+        "outlasts its invocation",
+        "builds index idx_job_objects_job_status",
+        "continues without anyone",
+        "Run terraform apply again: it waits for the build",
+    ] {
+        assert!(flat.contains(words), "the apply does not say {words:?}:\n{out}");
+    }
+    let (ok, plan) = stack.run(&["plan", "-no-color"]).await;
+    assert!(ok && plan.contains("aws_lambda_invocation.migrate is tainted, so must be replaced"), "{plan}");
+    sqlx::Executor::execute(&mut reader, "COMMIT").await.unwrap();
+    let started = std::time::Instant::now();
+    while db3.scalar::<i64>("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'scanner-migrator detached %'").await > 0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the detached build did not finish");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    // Back to the real speed: 002's second index fits the invocation.
+    stack.set("index_build_rows_per_s", json!(250000));
+    let before = stack.standin.invocations().len();
+    let (ok, out) = stack.apply().await;
+    assert!(ok, "{out}");
+    assert_eq!(stack.actions_since(before), ["delete", "create"]);
+    assert_eq!(stack.standin.invocations().last().unwrap().outcome.ok()["status"], "applied");
+    assert_eq!(history_rows(&db3).await, files);
+
+    // 8. terraform destroy sends delete, which leaves the schema as it is.
     let before = stack.standin.invocations().len();
     let (ok, out) = stack.run(&["destroy", "-auto-approve", "-no-color"]).await;
     assert!(ok, "{out}");
