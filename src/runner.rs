@@ -790,8 +790,9 @@ async fn apply(
     Ok(step)
 }
 
-/// An index build that cannot finish in the time left, refused before it starts: Lambda would
-/// cancel it at the deadline, leave it INVALID, and every retry would start over. `what` names
+/// An index build that cannot finish in the time left, refused before it starts (adoption's, and a
+/// migration's where no detached session can be opened): Lambda would cancel it at the deadline,
+/// leave it INVALID, and every retry would start over. `what` names
 /// the work (`migration 002_optimize_for_scale`).
 fn too_large(
     what: &str,
@@ -807,8 +808,8 @@ fn too_large(
             "{} would build index {} on {} (~{rows:.0} rows): at the assumed {rows_per_s:.0} rows/s \
              (INDEX_BUILD_ROWS_PER_S) that takes ~{needed:.0} s, more than the {:.0} s this invocation has left. \
              Lambda would cancel it at the deadline and every retry would start over, so it was not started. Apply \
-             this migration from the command line (README, runbook: \"An index too large for Lambda\"); the Lambda \
-             then finds it applied{}",
+             this migration once from the command line, which has no deadline (README, runbook: DeadlineTooShort); \
+             the Lambda then finds it applied{}",
             what,
             build.name,
             build.table,

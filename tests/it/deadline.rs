@@ -218,7 +218,7 @@ async fn an_adoption_index_build_too_large_for_the_time_left_is_refused_before_i
     assert!(
         msg.contains("before migration 002_optimize_for_scale would build index")
             && msg.contains(r#""idx_job_objects_job_status__scm_new" on "job_objects" (~6120 rows)"#)
-            && msg.contains("An index too large for Lambda"),
+            && msg.contains("runbook: DeadlineTooShort"),
         "{msg}"
     );
     assert_eq!(

@@ -420,7 +420,7 @@ async fn terraform_apply_migrates_reinvokes_on_change_fails_with_the_migrators_e
     //    next apply waits for it) and leaves the invocation tainted; once the build is done, the next apply
     //    finishes the migration and passes. (Another database, 001 applied, its build held back by a reader.)
     let db3 = TestDb::new().await;
-    let run = crate::support::cli::cli(&["--database-url", &db3.url, "migrate", "--target", "1"], &[]).await;
+    let run = crate::support::cli::migrator(&db3.url, &["migrate", "--target", "1"]).await;
     assert_eq!(run.code, 0, "{:#}", run.json);
     db3.exec(
         "INSERT INTO jobs (bucket) VALUES ('b');
