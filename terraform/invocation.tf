@@ -57,11 +57,9 @@ resource "aws_lambda_invocation" "migrate" {
 
   lifecycle {
     postcondition {
-      condition     = contains(local.migrate_finished_statuses, try(jsondecode(self.result).status, "unreadable"))
       # in_progress: a build runs detached in the database; its own words say what runs, how far, and what next.
-      error_message = (try(jsondecode(self.result).status, "") == "in_progress"
-        ? "The migrate function started a statement that outlasts its invocation; the database finishes it by itself: ${try(jsondecode(self.result).in_progress.message, self.result)}. Run terraform apply again: it waits for the build (within the function's timeout), then finishes the migration and passes."
-      : "The migrate function did not finish the migration: ${self.result}")
+      condition     = contains(local.migrate_finished_statuses, try(jsondecode(self.result).status, "unreadable"))
+      error_message = try(jsondecode(self.result).status, "") == "in_progress" ? "The migrate function started a statement that outlasts its invocation; the database finishes it by itself: ${try(jsondecode(self.result).in_progress.message, self.result)}. Run terraform apply again: it waits for the build (within the function's timeout), then finishes the migration and passes." : "The migrate function did not finish the migration: ${self.result}"
     }
   }
 }
