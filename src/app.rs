@@ -63,7 +63,7 @@ impl App {
             deadline,
             applied_by: applied_by.to_string(),
             // Only an invocation with a deadline hands a build to a detached session; the command line waits for it.
-            detach: deadline.remaining().is_some().then(|| crate::detached::DetachTo(opts)),
+            detach: deadline.remaining().is_some().then_some(crate::detached::DetachTo(opts)),
         };
         let snapshot_db = match (&self.settings.db, &self.aws) {
             (DbSource::Secret(s), Some(aws)) if self.settings.snapshot_before_migrate => Some((s, aws)),

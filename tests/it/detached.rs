@@ -189,7 +189,9 @@ async fn a_finished_detached_session_still_holding_the_lock_is_ended_by_the_next
     let fx = fixture().await;
     let mut frozen = fx.db.conn().await;
     frozen
-        .execute(sqlx::AssertSqlSafe(format!("SET application_name = '{APP}'; SELECT pg_advisory_lock(1396916558, 1);")))
+        .execute(sqlx::AssertSqlSafe(format!(
+            "SET application_name = '{APP}'; SELECT pg_advisory_lock(1396916558, 1);"
+        )))
         .await
         .unwrap();
     let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut frozen).await.unwrap();

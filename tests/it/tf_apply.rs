@@ -453,7 +453,13 @@ async fn terraform_apply_migrates_reinvokes_on_change_fails_with_the_migrators_e
     assert!(ok && plan.contains("aws_lambda_invocation.migrate is tainted, so must be replaced"), "{plan}");
     sqlx::Executor::execute(&mut reader, "COMMIT").await.unwrap();
     let started = std::time::Instant::now();
-    while db3.scalar::<i64>("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'scanner-migrator detached %'").await > 0 {
+    while db3
+        .scalar::<i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'scanner-migrator detached %'",
+        )
+        .await
+        > 0
+    {
         assert!(started.elapsed() < std::time::Duration::from_secs(60), "the detached build did not finish");
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
