@@ -277,7 +277,9 @@ pub async fn start(
     let handed = async {
         wait_for(main, pid, "NOT l.granted", Duration::from_secs(5)).await?;
         db::unlock(main).await?;
-        wait_for(main, pid, "l.granted", Duration::from_secs(5)).await
+        Ok::<bool, Error>(
+            wait_for(main, pid, "l.granted", Duration::from_secs(5)).await? && started_statement(main, pid).await?,
+        )
     };
     match handed.await {
         Ok(true) => Ok(pid),
@@ -289,6 +291,26 @@ pub async fn start(
             })
         }
     }
+}
+
+/// Polls (at most 5 s) until backend `pid` has sent the statement after its lock (so that what
+/// `pg_stat_activity` shows of it is the build).
+async fn started_statement(conn: &mut PgConnection, pid: i32) -> Result<bool> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(5) {
+        let sent: Option<bool> = sqlx::query_scalar(
+            "SELECT query NOT LIKE 'SELECT pg_advisory_lock(%' FROM pg_stat_activity WHERE pid = $1",
+        )
+        .bind(pid)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| Error::db("watching the detached session start", e))?;
+        if sent != Some(false) {
+            return Ok(sent.is_some());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(false)
 }
 
 /// Polls until backend `pid`'s advisory lock request satisfies `cond` (over `pg_locks AS l`).
