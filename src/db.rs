@@ -622,16 +622,24 @@ pub async fn lock(conn: &mut PgConnection, wait: Duration) -> Result<Duration> {
         }
         let left = wait.saturating_sub(started.elapsed());
         if left.is_zero() {
-            let holder = lock_holder(conn).await?;
-            return Err(Error::LockTimeout(format!(
-                "the migration lock is still held after waiting {:.1} s: {}",
-                started.elapsed().as_secs_f64(),
-                holder.unwrap_or_else(|| "its holder has just released it; try again".into())
-            )));
+            return Err(still_held(conn, started.elapsed()).await);
         }
         tokio::time::sleep(pause.min(left)).await;
         pause = (pause * 2).min(Duration::from_millis(1000));
     }
+}
+
+/// `LockTimeout` after waiting `waited` for the migration lock, naming its holder.
+pub async fn still_held(conn: &mut PgConnection, waited: Duration) -> Error {
+    let holder = match lock_holder(conn).await {
+        Ok(holder) => holder,
+        Err(e) => return e,
+    };
+    Error::LockTimeout(format!(
+        "the migration lock is still held after waiting {:.1} s: {}",
+        waited.as_secs_f64(),
+        holder.unwrap_or_else(|| "its holder has just released it; try again".into())
+    ))
 }
 
 /// Who holds the advisory lock: pid, application name and for how long, as a sentence.

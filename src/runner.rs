@@ -312,7 +312,7 @@ async fn acquire(
         }
         let left = wait.saturating_sub(started.elapsed());
         if left.is_zero() {
-            return db::lock(conn, Duration::ZERO).await.map(Ok);
+            return Err(db::still_held(conn, started.elapsed()).await);
         }
         tokio::time::sleep(pause.min(left)).await;
         pause = (pause * 2).min(Duration::from_millis(1000));
