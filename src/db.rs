@@ -1,7 +1,7 @@
 //! PostgreSQL specifics: connecting, the history table, the advisory lock, and the checks
 //! behind `verify`.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Serialize;
 use sqlx::{
@@ -610,23 +610,6 @@ pub async fn try_lock(conn: &mut PgConnection) -> Result<bool> {
         .fetch_one(conn)
         .await
         .map_err(|e| Error::db("taking the migration lock", e))
-}
-
-/// Takes the advisory lock, polling until `wait` runs out; then names the holder.
-pub async fn lock(conn: &mut PgConnection, wait: Duration) -> Result<Duration> {
-    let started = Instant::now();
-    let mut pause = Duration::from_millis(50);
-    loop {
-        if try_lock(conn).await? {
-            return Ok(started.elapsed());
-        }
-        let left = wait.saturating_sub(started.elapsed());
-        if left.is_zero() {
-            return Err(still_held(conn, started.elapsed()).await);
-        }
-        tokio::time::sleep(pause.min(left)).await;
-        pause = (pause * 2).min(Duration::from_millis(1000));
-    }
 }
 
 /// `LockTimeout` after waiting `waited` for the migration lock, naming its holder.
