@@ -210,33 +210,54 @@ pub async fn current_schema(conn: &mut PgConnection) -> Result<String> {
         })
 }
 
-/// A digest of every catalog row describing the current schema's objects, and of the history's
-/// rows: a committed change to any of them gives another digest (each new row version has a new
-/// `xmin`; VACUUM and ANALYZE update statistics in place and leave it alone). The history table's
-/// own definition is left out: `migrate` creates or upgrades it before it changes anything else.
-pub async fn change_stamp(conn: &mut PgConnection) -> Result<String> {
-    let ctx = "reading the catalog's row versions";
-    let catalog: String = sqlx::query_scalar(
-        "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()),
-              history AS (SELECT to_regclass($1) AS oid
-                          UNION ALL SELECT indexrelid FROM pg_index WHERE indrelid = to_regclass($1)),
-              rel AS (SELECT c.oid, c.xmin FROM pg_class AS c, ns
-                       WHERE c.relnamespace = ns.oid AND c.oid NOT IN (SELECT oid FROM history WHERE oid IS NOT NULL))
-         SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
-             SELECT 'c' || oid || ':' || xmin FROM rel
+/// A digest of the catalog rows that describe the objects of every schema but PostgreSQL's own:
+/// schemas, relations, the columns of tables and views, defaults, indexes (and their validity),
+/// view rules, constraints, triggers, functions, languages, standalone types and extension
+/// memberships; everything the verification reads, and what it reads through (a type or function
+/// of another schema is printed by name). A committed change to any of them gives another digest:
+/// each new row version has a new `xmin`; VACUUM and ANALYZE update statistics in place and leave it
+/// alone, and index validity, which some majors flip in place, is hashed by value. The migrator's
+/// own tables are left out (`migrate` creates or upgrades them before it changes anything else), as
+/// verification leaves them out.
+pub async fn catalog_stamp(conn: &mut PgConnection) -> std::result::Result<String, sqlx::Error> {
+    // A sum of 64-bit row hashes and a count: independent of the order rows come in, so no sort,
+    // and any added, removed or rewritten row changes it but by a chance of about 2^-64.
+    let sql = format!(
+        r#"WITH ns AS (SELECT oid, xmin FROM pg_namespace
+                      WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+                        AND nspname NOT LIKE 'pg\_temp\_%' AND nspname NOT LIKE 'pg\_toast\_temp\_%'),
+              rel AS (SELECT c.oid, c.xmin, c.relkind FROM pg_class AS c JOIN ns ON ns.oid = c.relnamespace
+                       WHERE c.relname NOT LIKE '{HISTORY_TABLE}%')
+         SELECT count(*) || ':' || coalesce(sum(hashtextextended(x, 0)), 0) FROM (
+             SELECT 'n' || oid || ':' || xmin FROM ns
+             UNION ALL SELECT 'c' || oid || ':' || xmin FROM rel
              UNION ALL SELECT 'a' || a.attrelid || '.' || a.attnum || ':' || a.xmin
                          FROM pg_attribute AS a JOIN rel ON rel.oid = a.attrelid
-             UNION ALL SELECT 'i' || i.indexrelid || ':' || i.xmin FROM pg_index AS i JOIN rel ON rel.oid = i.indexrelid
+                        WHERE a.attnum > 0 AND rel.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+             UNION ALL SELECT 'd' || d.oid || ':' || d.xmin FROM pg_attrdef AS d JOIN rel ON rel.oid = d.adrelid
+             UNION ALL SELECT 'i' || i.indexrelid || ':' || i.xmin || ':' || i.indisvalid || i.indisready || i.indislive
+                         FROM pg_index AS i JOIN rel ON rel.oid = i.indexrelid
+             UNION ALL SELECT 'r' || r.oid || ':' || r.xmin FROM pg_rewrite AS r JOIN rel ON rel.oid = r.ev_class
+             -- Internal triggers (a foreign key's) come and go with their constraint's row.
              UNION ALL SELECT 't' || t.oid || ':' || t.xmin FROM pg_trigger AS t JOIN rel ON rel.oid = t.tgrelid
-             UNION ALL SELECT 'p' || p.oid || ':' || p.xmin FROM pg_proc AS p, ns WHERE p.pronamespace = ns.oid
-             UNION ALL SELECT 'k' || k.oid || ':' || k.xmin FROM pg_constraint AS k, ns WHERE k.connamespace = ns.oid
-             UNION ALL SELECT 'y' || y.oid || ':' || y.xmin FROM pg_type AS y, ns WHERE y.typnamespace = ns.oid
-         ) AS s(x)",
-    )
-    .bind(HISTORY_TABLE)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|e| Error::db(ctx, e))?;
+                        WHERE NOT t.tgisinternal
+             UNION ALL SELECT 'k' || k.oid || ':' || k.xmin FROM pg_constraint AS k JOIN rel ON rel.oid = k.conrelid
+             UNION ALL SELECT 'p' || p.oid || ':' || p.xmin FROM pg_proc AS p JOIN ns ON ns.oid = p.pronamespace
+             UNION ALL SELECT 'l' || l.oid || ':' || l.xmin FROM pg_language AS l
+             -- A relation's row type (and its array) changes with the relation's own row.
+             UNION ALL SELECT 'y' || y.oid || ':' || y.xmin FROM pg_type AS y JOIN ns ON ns.oid = y.typnamespace
+                        WHERE y.typrelid = 0 AND y.typcategory <> 'A'
+             UNION ALL SELECT 'e' || e.classid || '.' || e.objid || ':' || e.xmin FROM pg_depend AS e
+                        WHERE e.deptype = 'e'
+         ) AS s(x)"#
+    );
+    sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(conn).await
+}
+
+/// [`catalog_stamp`] and a digest of the history's rows: what a run changed, if anything.
+pub async fn change_stamp(conn: &mut PgConnection) -> Result<String> {
+    let ctx = "reading the catalog's row versions";
+    let catalog = catalog_stamp(conn).await.map_err(|e| Error::db(ctx, e))?;
     if !history_exists(conn).await.map_err(|e| Error::db(ctx, e))? {
         return Ok(catalog);
     }
@@ -360,20 +381,40 @@ pub async fn ensure_expected_table(conn: &mut PgConnection) {
             versions     bigint[] NOT NULL,
             -- json, not jsonb: read back as the text it was written, with no rendering.
             catalog      json NOT NULL,
-            derived_at   timestamptz NOT NULL DEFAULT now()
-        )"
+            derived_at   timestamptz NOT NULL DEFAULT now(),
+            -- The last comparison that found the live schema matching (a no-op migrate skips an unchanged one).
+            {}
+        )",
+        LIVE_COLUMNS.join(", ")
     );
     let created = async {
-        let exists: bool =
-            sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(EXPECTED_TABLE).fetch_one(&mut *conn).await?;
-        if !exists { exec(conn, &sql).await } else { Ok(()) }
+        let (exists, has_live): (bool, bool) = sqlx::query_as(
+            "SELECT to_regclass($1) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute
+                     WHERE attrelid = to_regclass($1) AND attname = 'live_stamp' AND NOT attisdropped)",
+        )
+        .bind(EXPECTED_TABLE)
+        .fetch_one(&mut *conn)
+        .await?;
+        match (exists, has_live) {
+            (false, _) => exec(conn, &sql).await,
+            (true, true) => Ok(()),
+            // A table an earlier version made: add what this one records (altering needs its owner).
+            (true, false) => {
+                let add: Vec<String> = LIVE_COLUMNS.iter().map(|c| format!("ADD COLUMN IF NOT EXISTS {c}")).collect();
+                exec(conn, &format!("ALTER TABLE {EXPECTED_TABLE} {}", add.join(", "))).await
+            }
+        }
     }
     .await;
     if let Err(e) = created {
         tracing::warn!(table = EXPECTED_TABLE, error = %cause_chain(&e),
-            "cannot create the table of the cached expectation: every migrate derives it afresh");
+            "cannot create or upgrade the table of the cached expectation: migrate derives and compares afresh");
     }
 }
+
+/// The expected table's record of the last comparison that found the live schema matching: the
+/// catalog stamp it was read at, with a digest of the expectation compared ([`live_match`]).
+const LIVE_COLUMNS: [&str; 3] = ["live_stamp text", "live_objects bigint", "live_accepted json"];
 
 /// What a cached expectation was derived from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -426,7 +467,8 @@ pub async fn cache_expectation(
          VALUES ($1, $2, $3, $4, $5, $6::json)
          ON CONFLICT (schema_name) DO UPDATE SET server_major = EXCLUDED.server_major,
              migrations = EXCLUDED.migrations, reader = EXCLUDED.reader, versions = EXCLUDED.versions,
-             catalog = EXCLUDED.catalog, derived_at = now()"
+             catalog = EXCLUDED.catalog, derived_at = now(),
+             live_stamp = NULL, live_objects = NULL, live_accepted = NULL"
     );
     sqlx::query(AssertSqlSafe(sql))
         .bind(&key.schema)
@@ -435,6 +477,77 @@ pub async fn cache_expectation(
         .bind(&key.reader)
         .bind(versions)
         .bind(catalog)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// The digest of the stored expectation's text, as [`expectation_digest`] computes it from the text written.
+const STORED_DIGEST: &str = "encode(sha256(convert_to(catalog::text, 'UTF8')), 'hex')";
+
+/// The digest [`record_live_match`] and [`live_match`] bind a match to: the expectation compared.
+pub fn expectation_digest(catalog_json: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(catalog_json.as_bytes()))
+}
+
+/// What the last comparison that found the live schema matching the expectation reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveMatch {
+    /// How many objects it compared.
+    pub objects: usize,
+    /// The differences it accepted.
+    pub accepted: Vec<String>,
+}
+
+/// The match recorded for this key when the catalog is still at `stamp` ([`catalog_stamp`]) and
+/// the stored expectation is still the one compared (a hand edit of it voids the match).
+pub async fn live_match(
+    conn: &mut PgConnection,
+    key: &ExpectationKey,
+    stamp: &str,
+) -> std::result::Result<Option<LiveMatch>, sqlx::Error> {
+    let sql = format!(
+        "SELECT live_objects, live_accepted::text FROM {EXPECTED_TABLE}
+          WHERE schema_name = $1 AND server_major = $2 AND migrations = $3 AND reader = $4
+            AND live_stamp = $5 || ':' || {STORED_DIGEST}"
+    );
+    let row: Option<(Option<i64>, Option<String>)> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(&key.schema)
+        .bind(key.server_major)
+        .bind(&key.migrations)
+        .bind(&key.reader)
+        .bind(stamp)
+        .fetch_optional(conn)
+        .await?;
+    let Some((Some(objects), Some(accepted))) = row else { return Ok(None) };
+    let accepted = serde_json::from_str(&accepted).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(Some(LiveMatch { objects: objects.try_into().unwrap_or(0), accepted }))
+}
+
+/// Records that the live catalog at `stamp` matched the stored expectation for this key, when that
+/// is still the one compared (`digest`, [`expectation_digest`]); else records nothing.
+pub async fn record_live_match(
+    conn: &mut PgConnection,
+    key: &ExpectationKey,
+    digest: &str,
+    stamp: &str,
+    found: &LiveMatch,
+) -> std::result::Result<(), sqlx::Error> {
+    let sql = format!(
+        "UPDATE {EXPECTED_TABLE} SET live_stamp = $5 || ':' || $6, live_objects = $7, live_accepted = $8::json
+          WHERE schema_name = $1 AND server_major = $2 AND migrations = $3 AND reader = $4 AND {STORED_DIGEST} = $6"
+    );
+    let accepted = serde_json::to_string(&found.accepted).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(&key.schema)
+        .bind(key.server_major)
+        .bind(&key.migrations)
+        .bind(&key.reader)
+        .bind(stamp)
+        .bind(digest)
+        .bind(found.objects as i64)
+        .bind(accepted)
         .execute(conn)
         .await
         .map(|_| ())

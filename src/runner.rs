@@ -306,7 +306,7 @@ async fn locked(
                 done.push(m);
             }
             report.status = if report.applied.is_empty() { "up_to_date" } else { "applied" };
-            let history = db::history(conn).await?;
+            let history = if done.is_empty() { history } else { db::history(conn).await? };
             report.schema_version = history.iter().map(|a| a.version).max();
             report.pending = plan::plan(migrations, &history, None)?.pending.iter().map(|m| Pending::of(m)).collect();
             // The replay's catalog is what verification would derive when the history now lists
@@ -982,21 +982,53 @@ async fn verify_applied(
     report.versions = applied.iter().map(|m| m.version).collect();
     if unknown.is_empty() {
         let schema = db::current_schema(conn).await?;
-        let (expected, from) = expectation(conn, &schema, &applied, source, deadline).await?;
-        report.expectation = from;
-        let live = verify::live(conn, &schema).await?;
-        report.objects_checked = expected.order.len();
-        for d in verify::diff(&expected, &live) {
-            if d.accepted { report.accepted.push(d.to_string()) } else { report.failures.push(d.to_string()) }
-        }
         // The migrations' own definer functions must be safe at the latest version (a failure). Below
         // it (a `--target`, a rollback) a later migration may be what makes them safe: named, not failed,
-        // as is a function of the user's.
+        // as is a function of the user's. Whose a function is, the expectation says.
+        let findings = verify::definer_findings(conn, &schema).await?;
+        let key = match source {
+            Expectation::Fresh => None,
+            _ => Some(expectation_key(conn, &schema, &applied).await?),
+        };
+        let unchanged = match (&source, &key) {
+            (Expectation::Cached, Some(key)) if findings.is_empty() => unchanged_since_match(conn, key).await,
+            _ => None,
+        };
+        let expected = match unchanged {
+            Some(found) => {
+                report.expectation = "cached";
+                report.comparison = "unchanged";
+                report.objects_checked = found.objects;
+                report.accepted = found.accepted;
+                None
+            }
+            None => {
+                let (expected, from, digest) = expectation(conn, key.as_ref(), &applied, source, deadline).await?;
+                report.expectation = from;
+                report.comparison = "deep";
+                let (live, stamp) = verify::live_stamped(conn, &schema).await?;
+                report.objects_checked = expected.order.len();
+                let mut failed = false;
+                for d in verify::diff(&expected, &live) {
+                    failed |= !d.accepted;
+                    if d.accepted { report.accepted.push(d.to_string()) } else { report.failures.push(d.to_string()) }
+                }
+                if let (Some(key), Some(digest), false) = (&key, digest, failed) {
+                    let found = db::LiveMatch { objects: report.objects_checked, accepted: report.accepted.clone() };
+                    if let Err(e) = db::record_live_match(conn, key, &digest, &stamp, &found).await {
+                        tracing::warn!(error = %crate::error::cause_chain(&e),
+                            "cannot record the comparison: the next no-op migrate compares again");
+                    }
+                }
+                Some(expected)
+            }
+        };
         let at_latest = applied.last().map(|m| m.version) >= migrations.latest();
-        for (key, finding) in verify::definer_findings(conn, &schema).await? {
-            if expected.objects.contains_key(&key) && at_latest {
+        let ours = |key: &str| expected.as_ref().is_some_and(|e| e.objects.contains_key(key));
+        for (key, finding) in findings {
+            if ours(&key) && at_latest {
                 report.failures.push(finding);
-            } else if expected.objects.contains_key(&key) {
+            } else if ours(&key) {
                 report.accepted.push(format!("{finding} (below the latest migration: run migrate)"));
             } else {
                 report.accepted.push(format!("{finding} (not a function the migrations create: named, not failed)"));
@@ -1007,6 +1039,7 @@ async fn verify_applied(
     tracing::info!(
         step = "verify",
         expectation = report.expectation,
+        comparison = report.comparison,
         objects = report.objects_checked,
         ok = report.ok,
         accepted = report.accepted.len(),
@@ -1015,32 +1048,50 @@ async fn verify_applied(
     Ok(report)
 }
 
-/// The expected catalog of `applied` and whether it was `derived` or `cached`. A cache that
-/// cannot be read or written only costs time: the log says why, and the run derives.
-async fn expectation(
-    conn: &mut PgConnection,
-    schema: &str,
-    applied: &[&Migration],
-    source: Expectation,
-    deadline: Deadline,
-) -> Result<(verify::Catalog, &'static str)> {
-    let catalog = match source {
-        Expectation::Fresh => return Ok((verify::expected(conn, applied, deadline).await?, "derived")),
-        Expectation::Derived(catalog) => Some(catalog),
-        Expectation::Cached => None,
-    };
-    let key = db::ExpectationKey {
+/// What the cached expectation of `applied` is kept under.
+async fn expectation_key(conn: &mut PgConnection, schema: &str, applied: &[&Migration]) -> Result<db::ExpectationKey> {
+    Ok(db::ExpectationKey {
         schema: schema.to_string(),
         server_major: db::server_major(conn).await?,
         migrations: migrations_digest(applied),
         reader: verify::reader(),
-    };
-    let catalog = match catalog {
-        Some(catalog) => catalog,
-        None => {
-            match db::cached_expectation(conn, &key).await {
+    })
+}
+
+/// What the last comparison found when the catalog has not changed since and the cached
+/// expectation is still the one it compared; `None` (compare again) when anything differs or
+/// cannot be read, which only costs time.
+async fn unchanged_since_match(conn: &mut PgConnection, key: &db::ExpectationKey) -> Option<db::LiveMatch> {
+    let found = async {
+        let stamp = db::catalog_stamp(conn).await?;
+        db::live_match(conn, key, &stamp).await
+    }
+    .await;
+    found.unwrap_or_else(|e| {
+        tracing::warn!(error = %crate::error::cause_chain(&e), "cannot read the last comparison; comparing again");
+        None
+    })
+}
+
+/// The expected catalog of `applied`, whether it was `derived` or `cached`, and the digest of the
+/// text it is cached as (`None` when it is not: `verify`, or a cache that cannot be written). A
+/// cache that cannot be read or written only costs time: the log says why, and the run derives.
+async fn expectation(
+    conn: &mut PgConnection,
+    key: Option<&db::ExpectationKey>,
+    applied: &[&Migration],
+    source: Expectation,
+    deadline: Deadline,
+) -> Result<(verify::Catalog, &'static str, Option<String>)> {
+    let (catalog, key) = match (source, key) {
+        (Expectation::Fresh, _) | (_, None) => {
+            return Ok((verify::expected(conn, applied, deadline).await?, "derived", None));
+        }
+        (Expectation::Derived(catalog), Some(key)) => (catalog, key),
+        (Expectation::Cached, Some(key)) => {
+            match db::cached_expectation(conn, key).await {
                 Ok(Some(json)) => match serde_json::from_str(&json) {
-                    Ok(catalog) => return Ok((catalog, "cached")),
+                    Ok(catalog) => return Ok((catalog, "cached", Some(db::expectation_digest(&json)))),
                     Err(e) => tracing::warn!(error = %e, "the cached expectation does not read back; deriving it"),
                 },
                 Ok(None) => {}
@@ -1048,20 +1099,23 @@ async fn expectation(
                     tracing::warn!(error = %crate::error::cause_chain(&e), "cannot read the cached expectation; deriving it")
                 }
             }
-            verify::expected(conn, applied, deadline).await?
+            (verify::expected(conn, applied, deadline).await?, key)
         }
     };
     let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
     let stored = match serde_json::to_string(&catalog) {
-        Ok(json) => {
-            db::cache_expectation(conn, &key, &versions, &json).await.map_err(|e| crate::error::cause_chain(&e))
-        }
+        Ok(json) => db::cache_expectation(conn, key, &versions, &json)
+            .await
+            .map(|_| db::expectation_digest(&json))
+            .map_err(|e| crate::error::cause_chain(&e)),
         Err(e) => Err(e.to_string()),
     };
-    if let Err(error) = stored {
-        tracing::warn!(%error, "cannot cache the expectation: the next no-op migrate derives it again");
-    }
-    Ok((catalog, "derived"))
+    let digest = stored
+        .inspect_err(
+            |error| tracing::warn!(%error, "cannot cache the expectation: the next no-op migrate derives it again"),
+        )
+        .ok();
+    Ok((catalog, "derived", digest))
 }
 
 /// The part of the cache key that names the applied migrations: versions and checksums, in order.

@@ -142,6 +142,12 @@ pub struct VerifyReport {
     /// these migrations, this server major and this schema). `verify` always derives.
     #[serde(skip_serializing_if = "str::is_empty")]
     pub expectation: &'static str,
+    /// How the live schema was compared with the expectation: `deep` (read and compared object by
+    /// object) or `unchanged` (a no-op `migrate` whose catalog rows are still exactly those an
+    /// earlier run read and found matching this very expectation, so that result stands). `verify`
+    /// always compares deeply.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub comparison: &'static str,
     /// How many objects were compared.
     pub objects_checked: usize,
     /// What does not match.
@@ -331,6 +337,19 @@ pub fn reader() -> String {
 
 /// The catalog of the live schema (where unqualified names resolve).
 pub async fn live(conn: &mut PgConnection, schema: &str) -> Result<Catalog> {
+    Ok(read_live(conn, schema, false).await?.0)
+}
+
+/// The catalog of the live schema and the stamp of the catalog rows it was read from
+/// ([`db::catalog_stamp`]), taken first in the same snapshot. The pg_get_*def functions may see a
+/// change committed after it: then the stamp is older than what was read, and a later run that
+/// finds the catalog at the stamp of now reads and compares again, never the other way round.
+pub async fn live_stamped(conn: &mut PgConnection, schema: &str) -> Result<(Catalog, String)> {
+    let (catalog, stamp) = read_live(conn, schema, true).await?;
+    Ok((catalog, stamp.unwrap_or_default()))
+}
+
+async fn read_live(conn: &mut PgConnection, schema: &str, stamped: bool) -> Result<(Catalog, Option<String>)> {
     let ctx = || format!("reading the catalog of schema {schema}");
     let mut tx = conn.begin().await.map_err(|e| Error::db(ctx(), e))?;
     // One snapshot for all the reads, so they agree on which objects exist (the pg_get_*def
@@ -339,7 +358,8 @@ pub async fn live(conn: &mut PgConnection, schema: &str) -> Result<Catalog> {
         format!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SET LOCAL search_path = {}", quote_ident(schema));
     let read = async {
         db::exec(&mut tx, &set).await?;
-        read(&mut tx, schema).await
+        let stamp = if stamped { Some(db::catalog_stamp(&mut tx).await?) } else { None };
+        Ok((read(&mut tx, schema).await?, stamp))
     }
     .await;
     let _ = tx.rollback().await;
