@@ -44,6 +44,20 @@ pub fn command_line() -> clap::Command {
                 .help(t.help),
         )
     });
+    // `new` writes files and needs no database: the CLI's own, not one of the shared COMMANDS.
+    let cli = cli.subcommand(
+        clap::Command::new(NEW)
+            .about("Write the next migration's pair of files (NNN_name.sql, NNN_name.down.sql) into --migrations-dir")
+            .arg(Arg::new("name").required(true).value_name("NAME").help(
+                "snake_case, e.g. add_widget_index (numbered after the newest file); NNN_name asks for number NNN",
+            ))
+            .arg(
+                Arg::new("no-transaction")
+                    .long("no-transaction")
+                    .action(ArgAction::SetTrue)
+                    .help("Run it statement by statement, outside a transaction (CREATE INDEX CONCURRENTLY)"),
+            ),
+    );
     cli.subcommands(COMMANDS.iter().map(|spec| {
         let sub = clap::Command::new(spec.name).about(spec.about);
         // A CI gate, as dbmate's: `status --exit-code` fails while migrations are pending.
@@ -77,6 +91,12 @@ pub fn command_line() -> clap::Command {
     }))
 }
 
+/// The subcommand that scaffolds a migration.
+const NEW: &str = "new";
+
+/// Where `new` writes without `--migrations-dir`: the repository's folder, from its root.
+const DEFAULT_MIGRATIONS_DIR: &str = "migrations";
+
 /// The exit code of `status --exit-code` while migrations are pending (1 is an error, 2 bad usage).
 pub const PENDING_EXIT_CODE: u8 = 3;
 
@@ -91,9 +111,13 @@ pub async fn main() -> ExitCode {
         let exit_code = sub.try_get_one::<bool>("exit-code").ok().flatten().copied().unwrap_or(false);
         let target = sub.try_get_one::<i64>("target").ok().flatten().copied();
         let data = sub.try_get_one::<bool>("data").ok().flatten().copied().unwrap_or(false);
-        Ok((global, tunables, name.to_string(), target, exit_code, data))
+        let scaffold = (name == NEW).then(|| {
+            let no_tx = sub.try_get_one::<bool>("no-transaction").ok().flatten().copied().unwrap_or(false);
+            (sub.get_one::<String>("name").cloned().unwrap_or_default(), no_tx)
+        });
+        Ok((global, tunables, name.to_string(), target, exit_code, data, scaffold))
     });
-    let (cli, tunables, name, target, exit_code, data) = match parsed {
+    let (cli, tunables, name, target, exit_code, data, scaffold) = match parsed {
         Ok(parsed) => parsed,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             let _ = e.print();
@@ -121,7 +145,17 @@ pub async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match run(cli, tunables, &name, target, data).await {
+    let outcome = match scaffold {
+        Some((new_name, no_transaction)) => {
+            let dir = cli.migrations_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MIGRATIONS_DIR));
+            let today = chrono::Utc::now().date_naive().to_string();
+            crate::scaffold::create(&dir, &new_name, no_transaction, &today).and_then(|s| {
+                serde_json::to_value(s).map_err(|e| Error::BadRequest(format!("serialising the result: {e}")))
+            })
+        }
+        None => run(cli, tunables, &name, target, data).await,
+    };
+    match outcome {
         Ok(value) => {
             print_json(&value);
             if exit_code && value["status"] == "pending" {

@@ -19,6 +19,7 @@ pub mod plan;
 pub mod privileges;
 pub mod refresh;
 pub mod runner;
+pub mod scaffold;
 pub mod snapshot;
 pub mod split;
 pub mod verify;
