@@ -127,7 +127,7 @@ pub fn create(dir: &Path, raw_name: &str, no_transaction: bool, date: &str) -> R
             let _ = std::fs::remove_file(&paths[0]);
         })
     });
-    written.map_err(|(path, e)| Error::BadRequest(format!("cannot write {}: {e}", path)))?;
+    written.map_err(|(path, e)| Error::BadRequest(format!("cannot write {path}: {e}")))?;
     let files: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
     let shown = dir.display();
     let previous = version.checked_sub(1).map_or("0".to_string(), |p| p.to_string());
