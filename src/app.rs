@@ -58,6 +58,8 @@ impl App {
             index_build_rows_per_s: self.settings.index_build_rows_per_s,
             deadline,
             applied_by: applied_by.to_string(),
+            // Set by Lambda only: there standard output is the log, where EMF lines become metrics.
+            metrics_function: std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok(),
         };
         let snapshot_db = match (&self.settings.db, &self.aws) {
             (DbSource::Secret(s), Some(aws)) if self.settings.snapshot_before_migrate => Some((s, aws)),

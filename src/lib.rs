@@ -3,6 +3,7 @@
 
 pub mod adopt;
 pub mod app;
+pub mod batch;
 pub mod cli;
 pub mod command;
 pub mod config;

@@ -1,6 +1,7 @@
 //! Integration tests: everything that crosses a process or a socket, in one test binary.
 
 mod adoption;
+mod batches;
 mod cli_flags;
 mod continuation;
 mod deadline;
