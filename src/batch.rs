@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sqlx::{Connection, PgConnection, Row};
 
-use crate::{db, error::Result as AppResult, error::Error};
+use crate::{db, error::Error, error::Result as AppResult};
 
 /// Where batch progress is kept, beside the history. Its name starts with the history's, so the
 /// catalog readers never take it for one of the migrations' objects.
@@ -53,7 +53,8 @@ pub fn parse_directive(line: usize, rest: &str, left: bool) -> std::result::Resu
     for option in rest.split_whitespace() {
         match option.split_once('=') {
             Some(("pause-ms", ms)) => {
-                let ms: u64 = ms.parse().map_err(|_| format!("`pause-ms={ms}` is not a whole number of milliseconds"))?;
+                let ms: u64 =
+                    ms.parse().map_err(|_| format!("`pause-ms={ms}` is not a whole number of milliseconds"))?;
                 pause = Duration::from_millis(ms);
             }
             _ => return Err(format!("unknown `migrate:batch` option `{option}` (known: pause-ms=N)")),

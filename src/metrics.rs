@@ -108,7 +108,8 @@ mod tests {
         assert_eq!(names.len(), EMITTED.len(), "a metric listed twice");
         for m in EMITTED {
             assert!(crate::handlers::HANDLER_NAMES.contains(&m.handler), "{m:?}");
-            assert!(["Milliseconds", "Seconds", "Count"].contains(&m.unit), "{m:?}");
+            // CloudWatch's own unit names.
+            assert!(["Milliseconds", "Seconds", "Count", "Count/Second", "Percent"].contains(&m.unit), "{m:?}");
         }
     }
 }

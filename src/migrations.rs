@@ -174,7 +174,9 @@ impl Script {
                     no_transaction = true;
                 } else if let Some(rest) = directive.strip_prefix("batch-left") {
                     batch_directives.push(crate::batch::parse_directive(n + 1, rest, true).map_err(invalid)?);
-                } else if let Some(rest) = directive.strip_prefix("batch").filter(|r| r.is_empty() || r.starts_with(' ')) {
+                } else if let Some(rest) =
+                    directive.strip_prefix("batch").filter(|r| r.is_empty() || r.starts_with(' '))
+                {
                     batch_directives.push(crate::batch::parse_directive(n + 1, rest, false).map_err(invalid)?);
                 } else if let Some(old) = directive.strip_prefix("replaces-checksum") {
                     let old = old.trim();

@@ -691,7 +691,8 @@ async fn run_batched(
             let done = crate::batch::percent(done_before + i64::try_from(summary.rows).unwrap_or(i64::MAX), left);
             let now = chrono::Utc::now().timestamp_millis();
             let rate = crate::batch::rate(summary.rows, started.elapsed());
-            let metrics = [(crate::metrics::BATCH_ROWS_PER_SECOND, Some(rate)), (crate::metrics::BATCH_PERCENT_DONE, done)];
+            let metrics =
+                [(crate::metrics::BATCH_ROWS_PER_SECOND, Some(rate)), (crate::metrics::BATCH_PERCENT_DONE, done)];
             println!("{}", crate::metrics::emf(function, now, &metrics));
         }
         tokio::time::sleep(settings.deadline.cap_wait(batch.pause)).await;
@@ -936,7 +937,8 @@ async fn apply_statements(
             StatementFailure::Db(e) => fail(&e),
         };
         if let Some(batch) = script.batch_at(stmt.line) {
-            let (summary, outcome) = run_batched(conn, m.version, batch, &stmt.sql, settings, &mut step.lock_retries).await;
+            let (summary, outcome) =
+                run_batched(conn, m.version, batch, &stmt.sql, settings, &mut step.lock_retries).await;
             let committed = summary.batches > 0;
             step.batched.push(summary);
             if let Err(f) = outcome {

@@ -84,19 +84,15 @@ async fn a_million_rows_changed_in_batches_across_deadlines_each_exactly_once_wi
     let mut progress_seen = Vec::new();
     let applied = loop {
         assert!(cut_short.len() < 200, "no end in sight: {cut_short:?}");
-        let settings = RunSettings {
-            deadline: lambda_deadline(Duration::from_secs(10)),
-            lock_timeout,
-            ..RunSettings::default()
-        };
+        let settings =
+            RunSettings { deadline: lambda_deadline(Duration::from_secs(10)), lock_timeout, ..RunSettings::default() };
         match runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &settings, None).await {
             Ok(report) => break report,
             Err(err) => {
                 assert_eq!(err.kind(), "DeadlineReached", "{err}");
                 cut_short.push(err.to_string());
-                let status = runner::run(&mut conn, &migrations, Command::Status, &RunSettings::default(), None)
-                    .await
-                    .unwrap();
+                let status =
+                    runner::run(&mut conn, &migrations, Command::Status, &RunSettings::default(), None).await.unwrap();
                 progress_seen.push(serde_json::to_value(&status).unwrap()["batches_in_progress"].clone());
             }
         }
@@ -107,7 +103,8 @@ async fn a_million_rows_changed_in_batches_across_deadlines_each_exactly_once_wi
 
     assert!(!cut_short.is_empty(), "the change outlasted an invocation, so it was resumed at least once");
     assert!(
-        cut_short[0].contains("between batches of the batched statement") && cut_short[0].contains("resumes where it stopped"),
+        cut_short[0].contains("between batches of the batched statement")
+            && cut_short[0].contains("resumes where it stopped"),
         "{}",
         cut_short[0]
     );
@@ -133,8 +130,7 @@ async fn a_million_rows_changed_in_batches_across_deadlines_each_exactly_once_wi
     assert!(longest_write < lock_timeout, "a writer waited {longest_write:?}");
 
     // Done: status shows nothing in progress; a later run has nothing to batch.
-    let status =
-        runner::run(&mut conn, &migrations, Command::Status, &RunSettings::default(), None).await.unwrap();
+    let status = runner::run(&mut conn, &migrations, Command::Status, &RunSettings::default(), None).await.unwrap();
     assert!(status.batches_in_progress.is_empty());
     conn.close().await.unwrap();
 }
