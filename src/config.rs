@@ -770,6 +770,20 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_is_taken_as_stored_and_bad_names_are_refused() {
+        let s = settings(&[("DATABASE_URL", "postgres://h/d")]).unwrap();
+        assert_eq!(s.schema, None, "by default the login's current_schema()");
+        for name in ["Scanner", "j", "my schema", "x\"y"] {
+            let s = settings(&[("DATABASE_URL", "postgres://h/d"), ("DB_SCHEMA", name)]).unwrap();
+            assert_eq!(s.schema.as_deref(), Some(name), "case and quotes kept: no folding, no SQL quoting");
+        }
+        for (name, why) in [(&*"s".repeat(64), "63"), ("pg_temp", "reserved"), ("a\0b", "NUL")] {
+            let err = settings(&[("DATABASE_URL", "postgres://h/d"), ("DB_SCHEMA", name)]).unwrap_err().to_string();
+            assert!(err.contains("DB_SCHEMA") && err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
     fn every_variable_read_is_documented() {
         // Every `get("NAME")` / `number(&get, "NAME", ..)` above must be listed in ENV_VARS, and vice versa.
         let src = include_str!("config.rs");

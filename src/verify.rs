@@ -991,6 +991,33 @@ mod tests {
     }
 
     #[test]
+    fn only_the_scratch_schema_is_renamed_and_only_where_it_qualifies_a_name() {
+        let (from, to) = ("scanner_migrator_scratch_42", "\"Scanner\"");
+        assert_eq!(
+            requalify("DELETE FROM scanner_migrator_scratch_42.job_progress_deltas RETURNING *", from, to),
+            "DELETE FROM \"Scanner\".job_progress_deltas RETURNING *"
+        );
+        assert_eq!(
+            requalify("CREATE FUNCTION scanner_migrator_scratch_42.f() ... FROM scanner_migrator_scratch_42.t", from, "j"),
+            "CREATE FUNCTION j.f() ... FROM j.t"
+        );
+        // A live schema named like an alias is never taken out of the text: `j.job_id` stays.
+        let view = "SELECT j.job_id, o.status FROM jobs j JOIN job_objects o ON o.job_id = j.job_id";
+        assert_eq!(requalify(view, from, "j"), view);
+        // Other schemas' names (005's `public.`), longer names and other pids are left alone.
+        for text in [
+            "FROM public.jobs",
+            "FROM xscanner_migrator_scratch_42.t",
+            "FROM scanner_migrator_scratch_421.t",
+            "FROM \"my scanner_migrator_scratch_42\".t",
+            "FROM my_scanner_migrator_scratch_42.t",
+        ] {
+            assert_eq!(requalify(text, from, to), text);
+        }
+        assert_eq!(requalify("", from, to), "");
+    }
+
+    #[test]
     fn text_family_types_are_compatible() {
         assert!(compatible_types("text", "character varying(2048)"));
         assert!(compatible_types("character varying(10)", "text"));
