@@ -678,11 +678,14 @@ fn requalify(text: &str, from: &str, to: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find(&prefix) {
-        // Inside a longer name (`xscanner_migrator_scratch_1.`, `"a b scanner_migrator_scratch_1".`) it is not this schema.
-        let inside = rest[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | '$' | '"'));
+        // The end of a longer name (`my_scanner_migrator_scratch_1.`) is not this schema.
+        let inside =
+            rest[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | '$' | '"'));
         out.push_str(&rest[..at]);
-        out.push_str(if inside { &prefix } else { to });
-        if !inside {
+        if inside {
+            out.push_str(&prefix);
+        } else {
+            out.push_str(to);
             out.push('.');
         }
         rest = &rest[at + prefix.len()..];
@@ -696,7 +699,11 @@ fn requalify(text: &str, from: &str, to: &str) -> String {
 /// qualifies (a function's name in its definition, a body's own qualified names) names the
 /// schema. The scratch catalog is `rename`d into the live schema's name; the live one is never
 /// edited, so a definition is compared as it is.
-async fn read(conn: &mut PgConnection, schema: &str, rename: Option<&Rename>) -> std::result::Result<Catalog, sqlx::Error> {
+async fn read(
+    conn: &mut PgConnection,
+    schema: &str,
+    rename: Option<&Rename>,
+) -> std::result::Result<Catalog, sqlx::Error> {
     let as_live = |s: String| match rename {
         Some(r) => requalify(&s, &r.from, &r.to),
         None => s,
@@ -998,7 +1005,11 @@ mod tests {
             "DELETE FROM \"Scanner\".job_progress_deltas RETURNING *"
         );
         assert_eq!(
-            requalify("CREATE FUNCTION scanner_migrator_scratch_42.f() ... FROM scanner_migrator_scratch_42.t", from, "j"),
+            requalify(
+                "CREATE FUNCTION scanner_migrator_scratch_42.f() ... FROM scanner_migrator_scratch_42.t",
+                from,
+                "j"
+            ),
             "CREATE FUNCTION j.f() ... FROM j.t"
         );
         // A live schema named like an alias is never taken out of the text: `j.job_id` stays.

@@ -220,7 +220,10 @@ async fn a_schema_that_does_not_exist_is_named_and_nothing_is_made() {
     let run = run_in(&db.url, Some("Scanner"), &["migrate"]).await;
     assert_eq!(run.error_type(), "ConfigError", "{:#}", run.json);
     let msg = run.error_message();
-    assert!(msg.contains("DB_SCHEMA") && msg.contains("\"Scanner\" does not exist") && msg.contains("CREATE SCHEMA"), "{msg}");
+    assert!(
+        msg.contains("DB_SCHEMA") && msg.contains("\"Scanner\" does not exist") && msg.contains("CREATE SCHEMA"),
+        "{msg}"
+    );
     assert_eq!(db.fingerprint().await, "", "nothing was made in public instead");
     assert!(db.history().await.is_empty());
 }
