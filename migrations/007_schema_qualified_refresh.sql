@@ -85,7 +85,9 @@ AS $fold$
     END;
     $fold$
 $ddl$, nsp);
-    IF NOT has_schema_privilege('scanner_refresh', current_schema(), 'USAGE') THEN
+    -- Only where 004 made the role (a deployment whose refresh role is made elsewhere grants it there).
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'scanner_refresh')
+       AND NOT has_schema_privilege('scanner_refresh', current_schema(), 'USAGE') THEN
         EXECUTE format('GRANT USAGE ON SCHEMA %s TO scanner_refresh', nsp);
     END IF;
 END

@@ -31,14 +31,21 @@ async fn run_in(url: &str, schema: Option<&str>, args: &[&str]) -> Run {
     cli(&all, &envs).await
 }
 
-/// A login of the test's own whose only privileges are scanner_refresh's (it inherits them): what
-/// the refresh function logs in as. Its URL.
-async fn refresh_login(db: &TestDb) -> String {
+/// A login of the test's own whose only privileges are the refresh role's (it inherits them): what
+/// the refresh function logs in as. The refresh role is the one allowed to run the fold in `schema`
+/// (scanner_refresh, made by 004). Its URL.
+async fn refresh_login(db: &TestDb, schema: &str) -> String {
+    let fold = quote_literal(&format!("{}.refresh_job_progress()", quote_ident(schema)));
+    let role: String = db
+        .scalar(&format!(
+            "SELECT a.grantee::regrole::text FROM pg_proc AS p, aclexplode(p.proacl) AS a
+              WHERE p.oid = to_regprocedure({fold}) AND a.privilege_type = 'EXECUTE' AND a.grantee NOT IN (0, p.proowner)"
+        ))
+        .await;
     let login = format!("{}_refresher", db.name);
     let password = random_password();
     secrets::register(&password);
-    db.exec(&format!("CREATE ROLE {login} LOGIN INHERIT PASSWORD '{password}'; GRANT scanner_refresh TO {login};"))
-        .await;
+    db.exec(&format!("CREATE ROLE {login} LOGIN INHERIT PASSWORD '{password}'; GRANT {role} TO {login};")).await;
     format!("postgres://{login}:{password}@127.0.0.1:{}/{}", server().port, db.name)
 }
 
@@ -119,7 +126,7 @@ async fn the_core_in(schema: &str, setting: Setting) {
     write_objects(&db, schema).await;
     let pending: i64 = db.scalar(&format!("SELECT count(*) FROM {s}.job_progress_deltas")).await;
     assert!(pending > 0, "the capture triggers logged deltas");
-    let login = refresh_login(&db).await;
+    let login = refresh_login(&db, schema).await;
     let run = run_in(&login, schema_setting, &["refresh"]).await;
     assert_eq!(run.status(), "refreshed", "as scanner_refresh: {:#}", run.json);
     assert_eq!(run.json["delta_rows"].as_i64(), Some(pending), "{:#}", run.json);
@@ -199,7 +206,7 @@ async fn a_decoy_of_our_tables_in_public_fools_neither_verify_nor_refresh() {
     let run = run_in(&db.url, Some("scanner"), &["verify"]).await;
     assert_eq!(run.status(), "verified", "the decoys are not ours to check: {:#}", run.json);
     write_objects(&db, "scanner").await;
-    let login = refresh_login(&db).await;
+    let login = refresh_login(&db, "scanner").await;
     let run = run_in(&login, Some("scanner"), &["refresh"]).await;
     assert_eq!(run.status(), "refreshed", "{:#}", run.json);
     assert_eq!(differing_jobs(&db, "scanner").await, 0, "job_progress equals a direct count");
