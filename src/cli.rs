@@ -20,6 +20,9 @@ pub struct Global {
     /// postgres:// URL; without it the DB_SECRET_ARN settings are used, as in Lambda.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// The schema to work in, its name as stored (case-sensitive); default: the login's current_schema().
+    #[arg(long, global = true, env = "DB_SCHEMA")]
+    schema: Option<String>,
     /// Read migrations from this directory instead of the ones built into the binary.
     #[arg(long, global = true)]
     migrations_dir: Option<PathBuf>,
@@ -151,6 +154,9 @@ async fn run(
     let command = Command::parse(name, target).and_then(|c| c.with_data(data)).map_err(Error::BadRequest)?;
     if let Some(url) = cli.database_url.clone() {
         flags.insert("DATABASE_URL", url);
+    }
+    if let Some(schema) = cli.schema.clone() {
+        flags.insert("DB_SCHEMA", schema);
     }
     let settings = Settings::from_lookup(|name| flags.get(name).cloned().or_else(|| std::env::var(name).ok()))?;
     let migrations = match &cli.migrations_dir {

@@ -248,6 +248,12 @@ pub const ENV_VARS: &[EnvVar] = &[
         doc: "migrate only: continuations after which the chain stops and says so (default 96)",
     },
     EnvVar {
+        name: "DB_SCHEMA",
+        required_in_lambda: false,
+        doc: "the schema the migrations, the refresh and verify work in, its name as stored (case-sensitive, \
+              unquoted); default: the login's current_schema(), normally public",
+    },
+    EnvVar {
         name: "REFRESH_MIN_INTERVAL_S",
         required_in_lambda: false,
         doc: "skip a refresh when the view is younger than this (default 60)",
@@ -382,6 +388,8 @@ pub struct Settings {
     pub index_build_rows_per_s: f64,
     /// `REFRESH_SECRET_ARN`: the secret whose password `scanner_refresh` gets after a migrate.
     pub refresh_secret_id: Option<String>,
+    /// `DB_SCHEMA`: the schema every session works in; `None` is the login's `current_schema()`.
+    pub schema: Option<String>,
 }
 
 /// Query parameters a `--database-url` may carry: the ones the driver understands. Anything else
@@ -434,8 +442,25 @@ impl Settings {
             allow_rollback: boolean(&get, "ALLOW_ROLLBACK")?,
             index_build_rows_per_s: number(&get, "INDEX_BUILD_ROWS_PER_S")?.max(1.0),
             refresh_secret_id: get("REFRESH_SECRET_ARN"),
+            schema: get("DB_SCHEMA").map(|s| schema_name(&s)).transpose()?,
         })
     }
+}
+
+/// A schema name as PostgreSQL stores it (taken literally: `Scanner` is the mixed-case schema `"Scanner"`),
+/// or what is wrong with it.
+pub fn schema_name(name: &str) -> Result<String, Error> {
+    let bad = |problem: String| Error::Config { var: "DB_SCHEMA".into(), problem };
+    if name.len() > 63 {
+        return Err(bad(format!("`{name}` is {} bytes long; PostgreSQL names hold at most 63", name.len())));
+    }
+    if name.contains('\0') {
+        return Err(bad("contains a NUL character".into()));
+    }
+    if name.starts_with("pg_") {
+        return Err(bad(format!("`{name}`: names starting with pg_ are reserved for PostgreSQL's own schemas")));
+    }
+    Ok(name.to_string())
 }
 
 /// `DB_SSLMODE` (verify-full by default) and `DB_CA_BUNDLE` (the built-in RDS bundle by default).
@@ -773,6 +798,20 @@ mod tests {
     fn a_bad_url_does_not_echo_the_password() {
         let err = settings(&[("DATABASE_URL", "postgres://u:hunter2@host:notaport/db")]).unwrap_err().to_string();
         assert!(err.contains("DATABASE_URL") && !err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn a_schema_is_taken_as_stored_and_bad_names_are_refused() {
+        let s = settings(&[("DATABASE_URL", "postgres://h/d")]).unwrap();
+        assert_eq!(s.schema, None, "by default the login's current_schema()");
+        for name in ["Scanner", "j", "my schema", "x\"y"] {
+            let s = settings(&[("DATABASE_URL", "postgres://h/d"), ("DB_SCHEMA", name)]).unwrap();
+            assert_eq!(s.schema.as_deref(), Some(name), "case and quotes kept: no folding, no SQL quoting");
+        }
+        for (name, why) in [(&*"s".repeat(64), "63"), ("pg_temp", "reserved"), ("a\0b", "NUL")] {
+            let err = settings(&[("DATABASE_URL", "postgres://h/d"), ("DB_SCHEMA", name)]).unwrap_err().to_string();
+            assert!(err.contains("DB_SCHEMA") && err.contains(why), "{err}");
+        }
     }
 
     #[test]

@@ -210,6 +210,50 @@ pub async fn current_schema(conn: &mut PgConnection) -> Result<String> {
         })
 }
 
+/// Fixes the session's `search_path` to one schema: `configured` (`DB_SCHEMA`), or else the login's
+/// `current_schema()`. Every unqualified name of the migrations, the refresh and verify then
+/// resolves there and nowhere else (a same-named table in another schema of the login's path cannot
+/// stand in for ours), and the catalog readers print definitions the same way for every schema.
+pub async fn pin_schema(conn: &mut PgConnection, configured: Option<&str>) -> Result<String> {
+    let schema = match configured {
+        None => current_schema(conn).await?,
+        Some(name) => {
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| Error::db("looking up the schema DB_SCHEMA names", e))?;
+            if !exists {
+                let database: String = sqlx::query_scalar("SELECT current_database()::text")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| Error::db("looking up the schema DB_SCHEMA names", e))?;
+                return Err(Error::Config {
+                    var: "DB_SCHEMA".into(),
+                    problem: format!(
+                        "schema {} does not exist in database {database} (the name is taken as stored, \
+                         case-sensitive); create it first: CREATE SCHEMA {}",
+                        quote_ident(name),
+                        quote_ident(name)
+                    ),
+                });
+            }
+            name.to_string()
+        }
+    };
+    sqlx::query("SELECT set_config('search_path', quote_ident($1), false)")
+        .bind(&schema)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::db(format!("setting search_path to schema {}", quote_ident(&schema)), e))?;
+    Ok(schema)
+}
+
+/// An identifier quoted for SQL, whatever it holds.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
 /// A digest of every catalog row describing the current schema's objects, and of the history's
 /// rows: a committed change to any of them gives another digest (each new row version has a new
 /// `xmin`; VACUUM and ANALYZE update statistics in place and leave it alone). The history table's
@@ -683,7 +727,7 @@ pub async fn definer_functions(
                 (SELECT substr(c, length('search_path=') + 1) FROM unnest(p.proconfig) AS c
                   WHERE c LIKE 'search\\_path=%') AS path
            FROM pg_proc AS p
-          WHERE p.pronamespace = $1::regnamespace AND p.prosecdef
+          WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND p.prosecdef
           ORDER BY 1",
     )
     .bind(schema)

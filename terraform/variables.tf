@@ -148,6 +148,17 @@ variable "db_name" {
   default     = null
 }
 
+variable "db_schema" {
+  description = "The schema both functions work in (DB_SCHEMA): its name as stored, case-sensitive and unquoted (\"Scanner\" is the mixed-case schema). It must exist before the first migrate. Default: the login's current_schema(), normally public."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.db_schema == null ? true : (length(var.db_schema) > 0 && length(var.db_schema) <= 63 && !startswith(var.db_schema, "pg_"))
+    error_message = "db_schema must be 1-63 characters and must not start with pg_ (PostgreSQL's own schemas)."
+  }
+}
+
 variable "db_secret_arn" {
   description = "ARN of the Secrets Manager secret with the database username and password: the RDS-managed master secret (aws_db_instance.master_user_secret[0].secret_arn) or a rotation secret. Null: the database's RDS-managed master secret, looked up (look_up_database). Only the ARN is passed to the functions; they read the secret on every invocation."
   type        = string

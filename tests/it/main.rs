@@ -17,6 +17,7 @@ mod make;
 mod privileges;
 mod refresh;
 mod refresh_role;
+mod schemas;
 mod snapshot;
 mod split_corpus;
 mod support;
