@@ -118,7 +118,7 @@ async fn real_locks(url: &str, sql: &str, live: &[String]) -> BTreeMap<String, S
     out.into_iter().map(|(rel, rank)| (rel, names[rank].to_string())).collect()
 }
 
-fn pending<'a>(run: &'a Run, version: i64) -> &'a Value {
+fn pending(run: &Run, version: i64) -> &Value {
     run.json["pending"]
         .as_array()
         .unwrap()
