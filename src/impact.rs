@@ -944,6 +944,36 @@ mod tests {
     }
 
     #[test]
+    fn a_statement_is_read_from_the_scratch_before_and_after_it() {
+        let rel = |k: &str, node: i64, scans: i64| (k.to_string(), node, scans);
+        let mut before = State::default();
+        before.relations.insert("jobs".into(), rel("r", 10, 1));
+        before.relations.insert("objs".into(), rel("r", 20, 0));
+        before.relations.insert("idx".into(), rel("i", 30, 0));
+        before.index_tables.insert("idx".into(), "objs".into());
+        before.locks.insert(("jobs".into(), AccessExclusive));
+        let mut after = State::default();
+        after.relations.insert("jobs".into(), rel("r", 11, 2));
+        after.relations.insert("objs".into(), rel("r", 20, 1));
+        after.relations.insert("fresh".into(), rel("r", 40, 0));
+        after.locks = before.locks.clone();
+        after.locks.insert(("objs".into(), ShareUpdateExclusive));
+        after.locks.insert(("fresh".into(), AccessExclusive));
+        let seen = compare(&before, &after);
+        assert_eq!(seen.rewritten, ["jobs"], "relfilenode changed");
+        assert_eq!(seen.scanned, ["objs"], "seq_scan moved, not rewritten");
+        assert_eq!(seen.created, ["fresh"]);
+        assert_eq!(seen.dropped, ["idx"]);
+        assert_eq!(seen.new_locks, [("objs".to_string(), ShareUpdateExclusive)], "only relations that existed");
+        let locks = locks_of("SELECT 1", &seen);
+        let got: Vec<(&str, LockMode)> = locks.iter().map(|l| (l.relation.as_str(), l.mode)).collect();
+        // The rewrite and the drop (the index's table too) mean ACCESS EXCLUSIVE, whatever pg_locks could show.
+        assert_eq!(got, [("idx", AccessExclusive), ("jobs", AccessExclusive), ("objs", AccessExclusive)]);
+        assert_eq!(relation_name("public.\"Odd\"\"Name\"(a)"), "Odd\"Name");
+        assert_eq!(relation_name("Public.Jobs"), "jobs");
+    }
+
+    #[test]
     fn risk_names_the_worst_and_the_blockers() {
         let s = |effect: &str, mode: LockMode| StatementImpact {
             line: 3,
