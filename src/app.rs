@@ -56,6 +56,8 @@ impl App {
             advisory_wait: self.settings.advisory_wait,
             statement_timeout: self.settings.statement_timeout,
             index_build_rows_per_s: self.settings.index_build_rows_per_s,
+            table_rewrite_rows_per_s: self.settings.table_rewrite_rows_per_s,
+            table_scan_rows_per_s: self.settings.table_scan_rows_per_s,
             deadline,
             applied_by: applied_by.to_string(),
             // Set by Lambda only: there standard output is the log, where EMF lines become metrics.

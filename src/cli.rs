@@ -57,6 +57,14 @@ pub fn command_line() -> clap::Command {
                     .action(ArgAction::SetTrue)
                     .help(format!("Exit with {PENDING_EXIT_CODE} when migrations are pending (for CI gates)")),
             )
+        } else if spec.name == "plan" {
+            sub.arg(
+                Arg::new("output")
+                    .long("output")
+                    .value_parser(["json", "text"])
+                    .default_value("json")
+                    .help("json (the contract, as the Lambda returns it) or text (a readable table per migration)"),
+            )
         } else if spec.name == "verify" {
             sub.arg(Arg::new("data").long("data").action(ArgAction::SetTrue).help(
                 "Also compare job_progress with a direct count per job (reads whole tables) and name the jobs that differ",
@@ -94,9 +102,10 @@ pub async fn main() -> ExitCode {
         let exit_code = sub.try_get_one::<bool>("exit-code").ok().flatten().copied().unwrap_or(false);
         let target = sub.try_get_one::<i64>("target").ok().flatten().copied();
         let data = sub.try_get_one::<bool>("data").ok().flatten().copied().unwrap_or(false);
-        Ok((global, tunables, name.to_string(), target, exit_code, data))
+        let text = sub.try_get_one::<String>("output").ok().flatten().is_some_and(|o| o == "text");
+        Ok((global, tunables, name.to_string(), target, exit_code, data, text))
     });
-    let (cli, tunables, name, target, exit_code, data) = match parsed {
+    let (cli, tunables, name, target, exit_code, data, text) = match parsed {
         Ok(parsed) => parsed,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             let _ = e.print();
@@ -126,7 +135,11 @@ pub async fn main() -> ExitCode {
         .init();
     match run(cli, tunables, &name, target, data).await {
         Ok(value) => {
-            print_json(&value);
+            if text {
+                print!("{}", crate::impact::render_text(&value));
+            } else {
+                print_json(&value);
+            }
             if exit_code && value["status"] == "pending" {
                 return ExitCode::from(PENDING_EXIT_CODE);
             }

@@ -114,6 +114,20 @@ pub const TUNABLES: &[Tunable] = &[
         kind: Kind::Seconds,
         help: "Rows per second an index build is assumed to manage, to refuse one that cannot finish in time",
     },
+    Tunable {
+        flag: "table-rewrite-rows-per-s",
+        var: "TABLE_REWRITE_ROWS_PER_S",
+        default: "100000",
+        kind: Kind::Seconds,
+        help: "Rows per second a table rewrite is assumed to manage (plan's estimate)",
+    },
+    Tunable {
+        flag: "table-scan-rows-per-s",
+        var: "TABLE_SCAN_ROWS_PER_S",
+        default: "1000000",
+        kind: Kind::Seconds,
+        help: "Rows per second a whole-table scan (SET NOT NULL, VALIDATE CONSTRAINT) is assumed to manage (plan's estimate)",
+    },
 ];
 
 /// Every environment variable the binary reads (besides the runtime's own `_HANDLER`,
@@ -209,6 +223,16 @@ pub const ENV_VARS: &[EnvVar] = &[
         required_in_lambda: false,
         doc: "rows per second an index build is assumed to manage, to refuse builds that cannot finish \
               before the Lambda deadline (default 250000)",
+    },
+    EnvVar {
+        name: "TABLE_REWRITE_ROWS_PER_S",
+        required_in_lambda: false,
+        doc: "rows per second a table rewrite is assumed to manage, for plan's estimates (default 100000)",
+    },
+    EnvVar {
+        name: "TABLE_SCAN_ROWS_PER_S",
+        required_in_lambda: false,
+        doc: "rows per second a whole-table scan is assumed to manage, for plan's estimates (default 1000000)",
     },
     EnvVar {
         name: "REFRESH_SECRET_ARN",
@@ -386,6 +410,10 @@ pub struct Settings {
     pub allow_rollback: bool,
     /// Assumed index build speed, to refuse a build that cannot finish before the deadline.
     pub index_build_rows_per_s: f64,
+    /// Assumed table rewrite speed (plan's estimates).
+    pub table_rewrite_rows_per_s: f64,
+    /// Assumed whole-table scan speed (plan's estimates).
+    pub table_scan_rows_per_s: f64,
     /// `REFRESH_SECRET_ARN`: the secret whose password `scanner_refresh` gets after a migrate.
     pub refresh_secret_id: Option<String>,
     /// `DB_SCHEMA`: the schema every session works in; `None` is the login's `current_schema()`.
@@ -441,6 +469,8 @@ impl Settings {
             refresh_min_interval: Duration::from_secs_f64(number(&get, "REFRESH_MIN_INTERVAL_S")?),
             allow_rollback: boolean(&get, "ALLOW_ROLLBACK")?,
             index_build_rows_per_s: number(&get, "INDEX_BUILD_ROWS_PER_S")?.max(1.0),
+            table_rewrite_rows_per_s: number(&get, "TABLE_REWRITE_ROWS_PER_S")?.max(1.0),
+            table_scan_rows_per_s: number(&get, "TABLE_SCAN_ROWS_PER_S")?.max(1.0),
             refresh_secret_id: get("REFRESH_SECRET_ARN"),
             schema: get("DB_SCHEMA").map(|s| schema_name(&s)).transpose()?,
         })

@@ -15,6 +15,7 @@ pub mod db;
 pub mod deadline;
 pub mod error;
 pub mod handlers;
+pub mod impact;
 pub mod metrics;
 pub mod migrations;
 pub mod plan;

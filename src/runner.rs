@@ -32,6 +32,10 @@ pub struct RunSettings {
     pub statement_timeout: Option<Duration>,
     /// Assumed index build speed, to refuse a build that cannot finish before the deadline.
     pub index_build_rows_per_s: f64,
+    /// Assumed table rewrite speed (plan's estimates).
+    pub table_rewrite_rows_per_s: f64,
+    /// Assumed whole-table scan speed (plan's estimates).
+    pub table_scan_rows_per_s: f64,
     /// When work must be finished (Lambda's deadline less a margin).
     pub deadline: Deadline,
     /// Recorded in the history: the Lambda request id or the CLI user.
@@ -49,6 +53,8 @@ impl Default for RunSettings {
             advisory_wait: Duration::from_secs(60),
             statement_timeout: None,
             index_build_rows_per_s: 250_000.0,
+            table_rewrite_rows_per_s: 100_000.0,
+            table_scan_rows_per_s: 1_000_000.0,
             deadline: Deadline::NONE,
             applied_by: "unknown".into(),
             metrics_function: None,
@@ -148,6 +154,10 @@ pub struct Pending {
     pub statements: usize,
     /// Its checksum.
     pub checksum: String,
+    /// For `plan`: what each statement will do to production (locks, rewrite or scan, size,
+    /// estimate, blockers) and a one-line risk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impact: Option<crate::impact::MigrationImpact>,
 }
 
 impl Pending {
@@ -158,6 +168,7 @@ impl Pending {
             mode: if m.up.no_transaction { "no-transaction" } else { "transaction" },
             statements: m.up.statements().len(),
             checksum: m.up.checksum.clone(),
+            impact: None,
         }
     }
 }
@@ -210,7 +221,21 @@ pub async fn run(
         report.pending = plan.pending.iter().map(|m| Pending::of(m)).collect();
         report.unknown_versions = plan.unknown.iter().map(|a| a.version).collect();
         report.status = match command {
-            Command::Plan { .. } => "planned",
+            Command::Plan { .. } => {
+                if !plan.pending.is_empty() {
+                    let speeds = crate::impact::Speeds {
+                        index_build_rows_per_s: settings.index_build_rows_per_s,
+                        rewrite_rows_per_s: settings.table_rewrite_rows_per_s,
+                        scan_rows_per_s: settings.table_scan_rows_per_s,
+                    };
+                    let base = applied_migrations(migrations, &history);
+                    let impacts = crate::impact::assess(conn, &base, &plan.pending, &speeds, settings.deadline).await?;
+                    for (p, impact) in report.pending.iter_mut().zip(impacts) {
+                        p.impact = Some(impact);
+                    }
+                }
+                "planned"
+            }
             Command::Verify { data } => {
                 let mut verification =
                     verify_applied(conn, migrations, &history, Expectation::Fresh, settings.deadline).await?;

@@ -455,12 +455,26 @@ pub async fn replay(
 }
 
 /// The longest the scratch replay waits for a lock another session holds.
-const SCRATCH_LOCK_WAIT: Duration = Duration::from_secs(30);
+pub const SCRATCH_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// One migration's statements in the scratch schema (`CONCURRENTLY` cannot run in its transaction).
 /// A statement PostgreSQL refuses to `user` (SQLSTATE 42501) is a missing privilege, named with its fix.
-async fn apply_to_scratch(conn: &mut PgConnection, m: &Migration, user: &str, deadline: Deadline) -> Result<()> {
+pub async fn apply_to_scratch(conn: &mut PgConnection, m: &Migration, user: &str, deadline: Deadline) -> Result<()> {
     for stmt in m.up.statements() {
+        scratch_statement(conn, m, &stmt, user, deadline).await?;
+    }
+    Ok(())
+}
+
+/// One statement of `m` in the scratch schema, its errors named as [`apply_to_scratch`] names them.
+pub async fn scratch_statement(
+    conn: &mut PgConnection,
+    m: &Migration,
+    stmt: &crate::split::Statement,
+    user: &str,
+    deadline: Deadline,
+) -> Result<()> {
+    {
         if let Err(e) = db::exec(conn, &stmt.without_concurrently()).await {
             if db::is_query_canceled(&e) {
                 return Err(Error::DeadlineReached {

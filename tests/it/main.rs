@@ -14,6 +14,7 @@ mod job_progress;
 mod lambda;
 mod majors;
 mod make;
+mod plan;
 mod privileges;
 mod refresh;
 mod refresh_role;
