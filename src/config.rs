@@ -442,8 +442,8 @@ fn refresh_role(get: &impl Fn(&str) -> Option<String>) -> Result<String, Error> 
                         at most 63 characters"));
     }
     // pg_ names are reserved by PostgreSQL, rds_ ones by RDS; public is not a role.
-    if role.starts_with("pg_") || role.starts_with("rds") || role == "public" {
-        return Err(bad("is reserved (pg_*, rds*, public); choose another name"));
+    if role.starts_with("pg_") || role.starts_with("rds_") || role == "rdsadmin" || role == "public" {
+        return Err(bad("is reserved (pg_*, rds_*, rdsadmin, public); choose another name"));
     }
     Ok(role)
 }
