@@ -400,6 +400,13 @@ async fn adopt_existing(
         return Ok(());
     }
     let mut live = verify::live(conn, schema).await?;
+    // The whole migration is checked for refusals before any object is converged: a later object that
+    // must be refused (what a swap cannot carry, a table where a view belongs) stops the migration with
+    // nothing converged. Deciding reads and changes nothing; each object is decided again below, against
+    // the catalog as the conversions before it left it.
+    for key in new {
+        adopt::decide(conn, key, after, &live).await?;
+    }
     for key in new {
         match adopt::decide(conn, key, after, &live).await? {
             Decision::Absent | Decision::Leave => {}
