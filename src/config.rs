@@ -229,6 +229,37 @@ pub const ENV_VARS: &[EnvVar] = &[
               member of rds_iam); default password with REFRESH_SECRET_ARN, iam without",
     },
     EnvVar {
+        name: "CONTINUATION_ROLE_ARN",
+        required_in_lambda: false,
+        doc: "migrate only: the role EventBridge Scheduler assumes to invoke the function again when work is \
+              left at the deadline (unset: the answer only says to invoke again)",
+    },
+    EnvVar {
+        name: "CONTINUATION_SCHEDULE",
+        required_in_lambda: false,
+        doc: "migrate only: the name of its one-time continuation schedule (default <function name>-continue)",
+    },
+    EnvVar {
+        name: "CONTINUATION_SCHEDULE_GROUP",
+        required_in_lambda: false,
+        doc: "migrate only: the continuation schedule's group (default `default`)",
+    },
+    EnvVar {
+        name: "CONTINUATION_DLQ_ARN",
+        required_in_lambda: false,
+        doc: "migrate only: the SQS queue for a continuation the Scheduler could not deliver",
+    },
+    EnvVar {
+        name: "CONTINUATION_DELAY_S",
+        required_in_lambda: false,
+        doc: "migrate only: seconds from an answer with work left to the invocation it schedules (default 60)",
+    },
+    EnvVar {
+        name: "CONTINUATION_MAX_STEPS",
+        required_in_lambda: false,
+        doc: "migrate only: continuations after which the chain stops and says so (default 96)",
+    },
+    EnvVar {
         name: "REFRESH_MIN_INTERVAL_S",
         required_in_lambda: false,
         doc: "skip a refresh when the view is younger than this (default 60)",
@@ -829,13 +860,15 @@ mod tests {
     #[test]
     fn every_variable_read_is_documented() {
         // Every `get("NAME")` / `number(&get, "NAME", ..)` above must be listed in ENV_VARS, and vice versa.
-        let src = include_str!("config.rs");
-        let code = &src[..src.find("#[cfg(test)]").unwrap()];
+        // The continuation's settings are read where they are used (src/continuation.rs).
         let mut read: Vec<&str> = Vec::new();
-        for pat in ["get(\"", "&get, \"", "(get, \""] {
-            for (i, _) in code.match_indices(pat) {
-                let rest = &code[i + pat.len()..];
-                read.push(&rest[..rest.find('"').unwrap()]);
+        for src in [include_str!("config.rs"), include_str!("continuation.rs")] {
+            let code = &src[..src.find("#[cfg(test)]").unwrap()];
+            for pat in ["get(\"", "&get, \"", "(get, \"", "number(\""] {
+                for (i, _) in code.match_indices(pat) {
+                    let rest = &code[i + pat.len()..];
+                    read.push(&rest[..rest.find('"').unwrap()]);
+                }
             }
         }
         read.sort();

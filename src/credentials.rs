@@ -23,6 +23,12 @@ pub const AWS_ACTIONS: &[&str] = &[
     "rds:DescribeDBClusterSnapshots",
     "rds:AddTagsToResource",
     "rds-db:connect",
+    // The migrate function's continuation (src/continuation.rs); creating or updating a schedule
+    // passes the scheduler role to the Scheduler.
+    "scheduler:CreateSchedule",
+    "scheduler:UpdateSchedule",
+    "scheduler:DeleteSchedule",
+    "iam:PassRole",
 ];
 
 /// The AWS clients, built once per process (in Lambda: at cold start).
@@ -34,6 +40,8 @@ pub struct Aws {
     pub secrets: aws_sdk_secretsmanager::Client,
     /// RDS control plane.
     pub rds: aws_sdk_rds::Client,
+    /// EventBridge Scheduler: the migrate function's continuation (src/continuation.rs).
+    pub scheduler: aws_sdk_scheduler::Client,
 }
 
 impl Aws {
@@ -50,7 +58,12 @@ impl Aws {
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
             .load()
             .await;
-        Aws { secrets: aws_sdk_secretsmanager::Client::new(&sdk), rds: aws_sdk_rds::Client::new(&sdk), sdk }
+        Aws {
+            secrets: aws_sdk_secretsmanager::Client::new(&sdk),
+            rds: aws_sdk_rds::Client::new(&sdk),
+            scheduler: aws_sdk_scheduler::Client::new(&sdk),
+            sdk,
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod command;
 pub mod config;
 pub mod connection;
+pub mod continuation;
 pub mod credentials;
 pub mod data_check;
 pub mod db;

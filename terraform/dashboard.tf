@@ -129,7 +129,7 @@ resource "aws_cloudwatch_dashboard" "this" {
           type = "alarm", width = 24, height = 2,
           properties = {
             title  = "Alarms"
-            alarms = concat(aws_cloudwatch_metric_alarm.refresh_errors[*].arn, aws_cloudwatch_metric_alarm.refresh_dlq[*].arn)
+            alarms = concat(aws_cloudwatch_metric_alarm.refresh_errors[*].arn, aws_cloudwatch_metric_alarm.refresh_dlq[*].arn, aws_cloudwatch_metric_alarm.migrate_failed[*].arn)
           }
         },
     ] : [])

@@ -78,11 +78,12 @@ output "refresh_dead_letter_queue_arn" {
 }
 
 output "alarm_arns" {
-  description = "The CloudWatch alarms (refresh errors, dead-letter queue depth); empty with create_alarms = false."
+  description = "The CloudWatch alarms (refresh errors, dead-letter queue depth, failed migrates); empty with create_alarms = false."
   value = {
     for name, alarm in {
       refresh_errors = one(aws_cloudwatch_metric_alarm.refresh_errors[*].arn)
       refresh_dlq    = one(aws_cloudwatch_metric_alarm.refresh_dlq[*].arn)
+      migrate_failed = one(aws_cloudwatch_metric_alarm.migrate_failed[*].arn)
     } : name => alarm if alarm != null
   }
 }

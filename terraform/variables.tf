@@ -40,9 +40,26 @@ variable "subnet_ids" {
 }
 
 variable "create_vpc_endpoints" {
-  description = "Create interface VPC endpoints for Secrets Manager and the RDS API, with private DNS. Private DNS changes what those services' names resolve to for EVERY workload in the VPC, so the endpoints admit vpc_endpoint_allowed_cidrs (default: the VPC's CIDR) on 443, and a VPC can hold only one private-DNS endpoint per service: leave this false (the default) in a VPC the module did not make, which already has endpoints or a NAT gateway. The complete example, whose VPC is its own, sets it true."
+  description = "Create interface VPC endpoints for Secrets Manager, the RDS API and (with continue_long_work) EventBridge Scheduler, with private DNS. Private DNS changes what those services' names resolve to for EVERY workload in the VPC, so the endpoints admit vpc_endpoint_allowed_cidrs (default: the VPC's CIDR) on 443, and a VPC can hold only one private-DNS endpoint per service: leave this false (the default) in a VPC the module did not make, which already has endpoints or a NAT gateway. The complete example, whose VPC is its own, sets it true."
   type        = bool
   default     = false
+}
+
+variable "continue_long_work" {
+  description = "When a migrate stops at its deadline with work left (or a snapshot still being made), the function schedules its own next invocation with a one-time EventBridge Scheduler schedule (<name_prefix>-migrate-continue, deleted after it fires), until the work is done or fails (the migrate_failed alarm). Needs the functions to reach the Scheduler API (an interface endpoint, create_vpc_endpoints, or a NAT gateway). False: such a migrate only says to invoke again."
+  type        = bool
+  default     = true
+}
+
+variable "continuation_delay_s" {
+  description = "With continue_long_work: seconds between a migrate's answer and the next invocation it schedules."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.continuation_delay_s >= 1 && var.continuation_delay_s <= 3600
+    error_message = "continuation_delay_s must be between 1 and 3600 seconds."
+  }
 }
 
 variable "vpc_endpoint_allowed_cidrs" {
@@ -348,7 +365,7 @@ variable "dlq_kms_key_arn" {
 # --- Alarms -------------------------------------------------------------------
 
 variable "create_alarms" {
-  description = "Create the CloudWatch alarms on the refresh function's errors and on the refresh dead-letter queue's depth."
+  description = "Create the CloudWatch alarms on the refresh function's errors, on the dead-letter queue's depth, and on a failed migrate (MigrateFailed: a failure, or a chain of continuations that ended in one)."
   type        = bool
   default     = true
 }

@@ -2,6 +2,7 @@
 
 mod adoption;
 mod cli_flags;
+mod continuation;
 mod deadline;
 mod definer;
 mod engine;

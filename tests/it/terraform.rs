@@ -485,7 +485,11 @@ fn iam_allows_exactly_the_calls_the_code_makes() {
     for snapshot in ["rds:CreateDBSnapshot", "rds:CreateDBClusterSnapshot", "rds:AddTagsToResource"] {
         assert!(migrate.contains(snapshot) && !refresh.contains(snapshot), "{snapshot}");
     }
-    // The scheduler may invoke the refresh function and nothing else.
+    // Only migrate continues itself.
+    for continuation in ["scheduler:CreateSchedule", "iam:PassRole"] {
+        assert!(migrate.contains(continuation) && !refresh.contains(continuation), "{continuation}");
+    }
+    // The scheduler may invoke the refresh function on its schedule, and migrate to continue, nothing else.
     let scheduler = module.block("data", &["aws_iam_policy_document", "scheduler"]).body();
     let invoke = scheduler
         .blocks()

@@ -115,8 +115,13 @@ run "module_wires_what_the_binary_needs" {
   }
 
   assert {
-    condition     = length(aws_vpc_endpoint.this) == 2 && alltrue([for e in aws_vpc_endpoint.this : e.private_dns_enabled])
-    error_message = "the example's own VPC gets the Secrets Manager and RDS endpoints"
+    condition     = toset(keys(aws_vpc_endpoint.this)) == toset(["secretsmanager", "rds", "scheduler"]) && alltrue([for e in aws_vpc_endpoint.this : e.private_dns_enabled])
+    error_message = "the example's own VPC gets the Secrets Manager, RDS and Scheduler (the continuation) endpoints"
+  }
+
+  assert {
+    condition     = aws_lambda_function.migrate.environment[0].variables["CONTINUATION_SCHEDULE"] == "scanner-migrator-migrate-continue" && contains(keys(aws_lambda_function.migrate.environment[0].variables), "CONTINUATION_ROLE_ARN") && contains(keys(aws_lambda_function.migrate.environment[0].variables), "CONTINUATION_DLQ_ARN") && !contains(keys(aws_lambda_function.refresh.environment[0].variables), "CONTINUATION_ROLE_ARN")
+    error_message = "migrate continues work left at its deadline with its own schedule; refresh does not"
   }
 
   assert {
@@ -130,8 +135,8 @@ run "module_wires_what_the_binary_needs" {
   }
 
   assert {
-    condition     = length(aws_cloudwatch_metric_alarm.refresh_errors) == 1 && length(aws_cloudwatch_metric_alarm.refresh_dlq) == 1
-    error_message = "refresh failures raise alarms"
+    condition     = length(aws_cloudwatch_metric_alarm.refresh_errors) == 1 && length(aws_cloudwatch_metric_alarm.refresh_dlq) == 1 && length(aws_cloudwatch_metric_alarm.migrate_failed) == 1
+    error_message = "refresh failures and failed migrates (a chain of continuations ending in an error among them) raise alarms"
   }
 
   # Its body holds the alarms' ARNs, known only after the apply: what it draws is checked by
