@@ -11,7 +11,7 @@ cd "$root"
 # server runs. The rest (Lambda, Terraform, secrets, CLI flags) does not depend on the server's major.
 # definer:: and privileges:: run what differs between majors in roles (CREATEROLE and ADMIN OPTION from 16)
 # and in the SECURITY DEFINER fold. schemas:: runs the core in another schema (007, the catalog readers).
-filters=(engine:: job_progress:: verify:: adoption:: refresh:: deadline:: majors:: definer:: privileges:: schemas:: plan::)
+filters=(engine:: job_progress:: verify:: adoption:: refresh:: deadline:: majors:: definer:: privileges:: schemas:: plan:: refresh_role::)
 supported=${PG_MATRIX_MAJORS:-13 14 15 16 17 18}
 unsupported=12
 logs=$root/.tmp/pg-matrix

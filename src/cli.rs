@@ -26,6 +26,12 @@ pub struct Global {
     /// Read migrations from this directory instead of the ones built into the binary.
     #[arg(long, global = true)]
     migrations_dir: Option<PathBuf>,
+    /// The refresh function's own role in this database, which migrate creates and grants (default scanner_refresh).
+    #[arg(long, global = true, env = "REFRESH_ROLE")]
+    refresh_role: Option<String>,
+    /// How the refresh role logs in: iam (a member of rds_iam) or password (never one).
+    #[arg(long, global = true, env = "REFRESH_DB_AUTH")]
+    refresh_db_auth: Option<String>,
 }
 
 /// The command line: the global options, and one subcommand per entry of [`COMMANDS`].
@@ -165,8 +171,14 @@ async fn run(
     data: bool,
 ) -> Result<serde_json::Value, Error> {
     let command = Command::parse(name, target).and_then(|c| c.with_data(data)).map_err(Error::BadRequest)?;
-    if let Some(url) = cli.database_url.clone() {
-        flags.insert("DATABASE_URL", url);
+    for (var, value) in [
+        ("DATABASE_URL", &cli.database_url),
+        ("REFRESH_ROLE", &cli.refresh_role),
+        ("REFRESH_DB_AUTH", &cli.refresh_db_auth),
+    ] {
+        if let Some(value) = value {
+            flags.insert(var, value.clone());
+        }
     }
     if let Some(schema) = cli.schema.clone() {
         flags.insert("DB_SCHEMA", schema);

@@ -238,7 +238,19 @@ pub const ENV_VARS: &[EnvVar] = &[
         name: "REFRESH_SECRET_ARN",
         required_in_lambda: false,
         doc: "migrate only, without IAM database authentication: the secret whose password the migrator gives \
-              the scanner_refresh role after migrating",
+              the refresh role (REFRESH_ROLE) after migrating",
+    },
+    EnvVar {
+        name: "REFRESH_ROLE",
+        required_in_lambda: false,
+        doc: "migrate only: the refresh function's own database role in this database (default scanner_refresh); \
+              give each database on one server its own",
+    },
+    EnvVar {
+        name: "REFRESH_DB_AUTH",
+        required_in_lambda: false,
+        doc: "migrate only: how the refresh role logs in, `iam` (a member of rds_iam) or `password` (never a \
+              member of rds_iam); default password with REFRESH_SECRET_ARN, iam without",
     },
     EnvVar {
         name: "CONTINUATION_ROLE_ARN",
@@ -414,11 +426,19 @@ pub struct Settings {
     pub table_rewrite_rows_per_s: f64,
     /// Assumed whole-table scan speed (plan's estimates).
     pub table_scan_rows_per_s: f64,
-    /// `REFRESH_SECRET_ARN`: the secret whose password `scanner_refresh` gets after a migrate.
+    /// `REFRESH_SECRET_ARN`: the secret whose password the refresh role gets after a migrate.
     pub refresh_secret_id: Option<String>,
     /// `DB_SCHEMA`: the schema every session works in; `None` is the login's `current_schema()`.
     pub schema: Option<String>,
+    /// `REFRESH_ROLE`: the refresh function's own role in this database.
+    pub refresh_role: String,
+    /// `REFRESH_DB_AUTH`: how the refresh role logs in.
+    pub refresh_auth: Auth,
 }
+
+/// The refresh role of a database whose settings name none: what migration 004 created before roles
+/// were configurable.
+pub const DEFAULT_REFRESH_ROLE: &str = "scanner_refresh";
 
 /// Query parameters a `--database-url` may carry: the ones the driver understands. Anything else
 /// is refused before the driver sees it (it would log the value, which may be a password).
@@ -473,6 +493,8 @@ impl Settings {
             table_scan_rows_per_s: number(&get, "TABLE_SCAN_ROWS_PER_S")?.max(1.0),
             refresh_secret_id: get("REFRESH_SECRET_ARN"),
             schema: get("DB_SCHEMA").map(|s| schema_name(&s)).transpose()?,
+            refresh_role: refresh_role(&get)?,
+            refresh_auth: refresh_auth(&get)?,
         })
     }
 }
@@ -491,6 +513,46 @@ pub fn schema_name(name: &str) -> Result<String, Error> {
         return Err(bad(format!("`{name}`: names starting with pg_ are reserved for PostgreSQL's own schemas")));
     }
     Ok(name.to_string())
+}
+
+/// `REFRESH_ROLE`: a role name the module can also put into an IAM `rds-db:connect` ARN unquoted.
+fn refresh_role(get: &impl Fn(&str) -> Option<String>) -> Result<String, Error> {
+    let Some(role) = get("REFRESH_ROLE") else { return Ok(DEFAULT_REFRESH_ROLE.to_string()) };
+    let bad = |problem: &str| Error::Config { var: "REFRESH_ROLE".into(), problem: format!("`{role}` {problem}") };
+    // 63 bytes: PostgreSQL's NAMEDATALEN - 1; a longer name would be truncated, and then be another role.
+    if role.len() > 63
+        || !role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        || !role.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(bad("is not a role name of lower-case letters, digits and _, starting with a letter or _, \
+                        at most 63 characters"));
+    }
+    // pg_ names are reserved by PostgreSQL, rds_ ones by RDS; public is not a role.
+    if role.starts_with("pg_") || role.starts_with("rds_") || role == "rdsadmin" || role == "public" {
+        return Err(bad("is reserved (pg_*, rds_*, rdsadmin, public); choose another name"));
+    }
+    Ok(role)
+}
+
+/// `REFRESH_DB_AUTH`: iam or password; unset, password when the migrator sets a password
+/// (`REFRESH_SECRET_ARN`), iam otherwise. On RDS a member of rds_iam cannot log in with a password.
+fn refresh_auth(get: &impl Fn(&str) -> Option<String>) -> Result<Auth, Error> {
+    let with_secret = get("REFRESH_SECRET_ARN").is_some();
+    match (get("REFRESH_DB_AUTH").as_deref(), with_secret) {
+        (None, true) | (Some("password"), _) => Ok(Auth::Password),
+        (None, false) => Ok(Auth::Iam),
+        (Some("iam"), false) => Ok(Auth::Iam),
+        (Some("iam"), true) => Err(Error::Config {
+            var: "REFRESH_DB_AUTH".into(),
+            problem: "`iam` with REFRESH_SECRET_ARN set: a role that logs in with an IAM token has no password; \
+                      unset REFRESH_SECRET_ARN, or set REFRESH_DB_AUTH=password"
+                .into(),
+        }),
+        (Some(other), _) => Err(Error::Config {
+            var: "REFRESH_DB_AUTH".into(),
+            problem: format!("`{other}` is not one of: iam, password"),
+        }),
+    }
 }
 
 /// `DB_SSLMODE` (verify-full by default) and `DB_CA_BUNDLE` (the built-in RDS bundle by default).
@@ -842,6 +904,26 @@ mod tests {
             let err = settings(&[("DATABASE_URL", "postgres://h/d"), ("DB_SCHEMA", name)]).unwrap_err().to_string();
             assert!(err.contains("DB_SCHEMA") && err.contains(why), "{err}");
         }
+    }
+
+    #[test]
+    fn the_refresh_role_and_its_auth_are_checked() {
+        let url = ("DATABASE_URL", "postgres://h/d");
+        let s = settings(&[url]).unwrap();
+        assert_eq!((s.refresh_role.as_str(), s.refresh_auth), ("scanner_refresh", Auth::Iam));
+        let s = settings(&[url, ("REFRESH_SECRET_ARN", "arn:r")]).unwrap();
+        assert_eq!(s.refresh_auth, Auth::Password, "a password to set means password auth");
+        let s = settings(&[url, ("REFRESH_ROLE", "staging_refresh"), ("REFRESH_DB_AUTH", "password")]).unwrap();
+        assert_eq!((s.refresh_role.as_str(), s.refresh_auth), ("staging_refresh", Auth::Password));
+        for bad in ["Staging", "a-b", "1x", "pg_x", "rds_iam", "public", &"x".repeat(64)] {
+            let err = settings(&[url, ("REFRESH_ROLE", bad)]).unwrap_err().to_string();
+            assert!(err.contains("REFRESH_ROLE") && err.contains(bad), "{err}");
+        }
+        let err =
+            settings(&[url, ("REFRESH_SECRET_ARN", "arn:r"), ("REFRESH_DB_AUTH", "iam")]).unwrap_err().to_string();
+        assert!(err.contains("REFRESH_DB_AUTH") && err.contains("REFRESH_SECRET_ARN"), "{err}");
+        let err = settings(&[url, ("REFRESH_DB_AUTH", "token")]).unwrap_err().to_string();
+        assert!(err.contains("`token` is not one of: iam, password"), "{err}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub mod migrations;
 pub mod plan;
 pub mod privileges;
 pub mod refresh;
+pub mod refresh_role;
 pub mod runner;
 pub mod snapshot;
 pub mod split;

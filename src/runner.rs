@@ -114,10 +114,26 @@ pub struct Report {
     pub snapshot: Option<String>,
     /// Where this ran.
     pub database: Option<Target>,
+    /// `migrate`: the refresh function's role in this database and what was changed to give it what it needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_role: Option<RefreshRoleReport>,
     /// How long the advisory lock took to get.
     pub lock_wait_ms: u64,
     /// Wall time of the whole command.
     pub duration_ms: u64,
+}
+
+/// The refresh role after a `migrate` (see `refresh_role`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RefreshRoleReport {
+    /// Its name (`REFRESH_ROLE`).
+    pub role: String,
+    /// `iam` or `password`.
+    pub auth: &'static str,
+    /// What this run changed, in words (empty when it had what it needs).
+    pub changed: Vec<String>,
+    /// Whether its password was set from `REFRESH_SECRET_ARN`.
+    pub password_set: bool,
 }
 
 /// One migration applied or rolled back by this run.
@@ -198,6 +214,7 @@ pub async fn run(
         batches_in_progress: Vec::new(),
         snapshot: None,
         database: None,
+        refresh_role: None,
         lock_wait_ms: 0,
         duration_ms: 0,
     };
@@ -292,7 +309,10 @@ async fn locked(
             let schema = db::current_schema(conn).await?;
             let base = applied_migrations(migrations, &history);
             if !plan.pending.is_empty() {
-                crate::privileges::before_migrate(&db::role_facts(conn, &schema).await?)?;
+                // before_migrate reads none of the refresh role's facts.
+                crate::privileges::before_migrate(
+                    &db::role_facts(conn, &schema, crate::config::DEFAULT_REFRESH_ROLE).await?,
+                )?;
             }
             // One replay for the whole run: the catalog after each pending migration that creates
             // an object the live schema has already (adoption), and after all of them (verification).
@@ -418,6 +438,13 @@ async fn adopt_existing(
         return Ok(());
     }
     let mut live = verify::live(conn, schema).await?;
+    // The whole migration is checked for refusals before any object is converged: a later object that
+    // must be refused (what a swap cannot carry, a table where a view belongs) stops the migration with
+    // nothing converged. Deciding reads and changes nothing; each object is decided again below, against
+    // the catalog as the conversions before it left it.
+    for key in new {
+        adopt::decide(conn, key, after, &live).await?;
+    }
     for key in new {
         match adopt::decide(conn, key, after, &live).await? {
             Decision::Absent | Decision::Leave => {}

@@ -61,7 +61,7 @@ data "aws_iam_policy_document" "db_access" {
   }
 }
 
-# What refresh needs: its own login only. With IAM: rds-db:connect as scanner_refresh on this database and
+# What refresh needs: its own login only. With IAM: rds-db:connect as refresh_db_user on this database and
 # no secret at all; with a password: its own secret, never the master's.
 data "aws_iam_policy_document" "refresh_db_access" {
   dynamic "statement" {

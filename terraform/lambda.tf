@@ -35,13 +35,16 @@ resource "aws_lambda_function" "migrate" {
   reserved_concurrent_executions = coalesce(var.reserved_concurrency, -1)
 
   environment {
-    # The master login (it owns the schema); with a refresh password, the secret whose password it sets.
+    # The master login (it owns the schema); the refresh role it creates and grants after migrating, how that
+    # role logs in, and with a refresh password the secret whose password it sets.
     variables = merge(
       local.common_environment,
       {
         DB_SECRET_ARN           = local.db_secret_arn
         DB_AUTH                 = var.db_auth
         SNAPSHOT_BEFORE_MIGRATE = tostring(var.snapshot_before_migrate)
+        REFRESH_ROLE            = local.refresh_db_user
+        REFRESH_DB_AUTH         = var.refresh_db_auth
       },
       local.refresh_iam ? {} : { REFRESH_SECRET_ARN = local.refresh_secret_arn },
       # Work left at the deadline continues by itself (src/continuation.rs, README "Long work").

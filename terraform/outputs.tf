@@ -33,7 +33,7 @@ output "role_arns" {
 }
 
 output "refresh_login" {
-  description = "How the refresh function logs in: the database user (scanner_refresh), the auth (iam or password), and with password the ARN of its own secret (null with iam)."
+  description = "How the refresh function logs in: the database user (refresh_db_user: scanner_refresh_<name_prefix> unless set), the auth (iam or password), and with password the ARN of its own secret (null with iam)."
   value = {
     user       = local.refresh_db_user
     auth       = var.refresh_db_auth
