@@ -12,7 +12,13 @@ use std::{
 
 use scanner_migrator::migrations::Migrations;
 
-use super::{Config, Ctx, R, Results, drop_db, exec, fmt_time, median, synthetic};
+use crate::{
+    config::{Config, Ctx, R},
+    dataset::{drop_db, exec},
+    report::Results,
+    stats::{fmt_time, median},
+    synthetic,
+};
 
 /// How many synthetic migrations follow the embedded ones, in the full run and the smoke run.
 const COUNTS: [usize; 4] = [25, 50, 100, 200];
