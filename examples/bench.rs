@@ -28,6 +28,8 @@ mod config;
 mod dataset;
 #[path = "bench/load.rs"]
 mod load;
+#[path = "bench/plots.rs"]
+mod plots;
 #[path = "bench/report.rs"]
 mod report;
 #[path = "bench/stats.rs"]
@@ -76,9 +78,10 @@ async fn run(cfg: &Config) -> R<Results> {
         return Ok(res);
     }
     eprintln!("building the dataset");
-    let data = build_dataset(cfg).await?;
+    let data = build_dataset(cfg, TEMPLATE).await?;
     eprintln!("  {} rows in {:.1} s", with_commas(data.total), data.build_s);
     environment(cfg, Some(&data), &mut res).await?;
+    res.plots.objects = with_commas(data.total);
     if run("1") || run("2") || run("5") {
         status_read::case1(cfg, &mut res).await?;
     }
@@ -120,7 +123,18 @@ async fn main() -> ExitCode {
     };
     let started = Instant::now();
     match run(&cfg).await {
-        Ok(res) => {
+        Ok(mut res) => {
+            // The plots go beside the report: bench/ in the full run, the smoke run's temporary directory.
+            if let Some(dir) = cfg.out.as_ref().and_then(|o| o.parent()) {
+                let _ = std::fs::create_dir_all(dir);
+                match plots::draw(dir, &res.plots) {
+                    Ok(figures) => res.figures = figures,
+                    Err(e) => {
+                        eprintln!("bench: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                }
+            }
             let title = if cfg.smoke {
                 "make bench (smoke run: tiny sizes, the numbers mean nothing)"
             } else {
@@ -129,9 +143,6 @@ async fn main() -> ExitCode {
             let md = res.markdown(title);
             println!("{md}");
             if let Some(out) = &cfg.out {
-                if let Some(dir) = out.parent() {
-                    let _ = std::fs::create_dir_all(dir);
-                }
                 // Sections measured by other runs (the zip, the 10M case) follow KEEP_MARKER and survive.
                 let kept = std::fs::read_to_string(out)
                     .ok()

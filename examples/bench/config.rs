@@ -23,6 +23,7 @@ pub const BUCKET: &str = "bench-bucket";
 
 /// The server, from DATABASE_URL. The password only ever goes to connections and child
 /// environments, never to output.
+#[derive(Clone)]
 pub struct Server {
     pub user: String,
     pub password: String,
@@ -69,6 +70,7 @@ impl Server {
     }
 }
 
+#[derive(Clone)]
 pub struct Config {
     pub server: Server,
     pub smoke: bool,

@@ -68,12 +68,12 @@ pub struct Dataset {
 }
 
 /// The template: 000 and 001 applied by our runner, then the deterministic objects, vacuumed.
-pub async fn build_dataset(cfg: &Config) -> R<Dataset> {
+pub async fn build_dataset(cfg: &Config, name: &str) -> R<Dataset> {
     let started = Instant::now();
     let mut admin = cfg.server.connect("postgres").await?;
-    exec(&mut admin, &format!("DROP DATABASE IF EXISTS {TEMPLATE} WITH (FORCE)")).await?;
-    exec(&mut admin, &format!("CREATE DATABASE {TEMPLATE}")).await?;
-    let mut c = cfg.server.connect(TEMPLATE).await?;
+    exec(&mut admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
+    exec(&mut admin, &format!("CREATE DATABASE {name}")).await?;
+    let mut c = cfg.server.connect(name).await?;
     migrate(&mut c, Some(1)).await?;
     // No autovacuum in the middle of a measurement: each pass sees exactly the state it describes.
     exec(&mut c, "ALTER TABLE job_objects SET (autovacuum_enabled = off)").await?;

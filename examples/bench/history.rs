@@ -15,6 +15,7 @@ use scanner_migrator::migrations::Migrations;
 use crate::{
     config::{Config, Ctx, R},
     dataset::{drop_db, exec},
+    plots::HistoryPoint,
     report::Results,
     stats::{fmt_time, median},
     synthetic,
@@ -139,6 +140,13 @@ pub async fn case8(cfg: &Config, res: &mut Results) -> R<()> {
                 ("faster", "slower"),
             );
         }
+        res.plots.history.push(HistoryPoint {
+            migrations: n,
+            first_ours: measured_apply.then(|| median(&ours)),
+            first_psql: measured_apply.then(|| median(&psql)),
+            noop: median(&noop),
+            noop_inside: median(&noop_inside),
+        });
         let m = format!("no-op migrate with {n} migrations applied ({count} synthetic)");
         let (base, inside) = match count {
             NOOP_BASE => (None, None),

@@ -2,8 +2,9 @@
 
 use crate::{
     config::{BUCKET, Config, Ctx, R, job_id},
-    dataset::{copy_dataset, drop_db, exec, migrate, v_incremental, v_matview},
-    load::{Read, Writes, check_view, longest_gap, spawn_reader, spawn_writer, timed_read},
+    dataset::{build_dataset, copy_dataset, drop_db, exec, migrate, v_incremental, v_matview},
+    load::{Read, Writes, check_view, longest_gap, since, spawn_reader, spawn_writer, timed_read, trace},
+    plots::Trace,
     report::Results,
     stats::{fmt_time, median, pct, ratio_lower, with_commas},
 };
@@ -61,6 +62,9 @@ pub struct Switch {
     pub reader_worst_s: f64,
     pub retries: u32,
     pub before_per_s: f64,
+    /// The writer's commits and the reader's reads (start, latency), for the plot.
+    pub trace: Trace,
+    pub reads: Vec<(f64, f64)>,
 }
 
 /// 003 applied to a copy at 002 while a writer and a reader run.
@@ -100,6 +104,8 @@ pub async fn case7_switch(cfg: &Config, name: &str) -> R<Switch> {
         reader_worst_s: worst,
         retries: report.applied.iter().map(|s| s.lock_retries).sum(),
         before_per_s: before / (t0 - warm_from).as_secs_f64(),
+        trace: trace("ours: 003 (triggers, per-job backfill, one-transaction swap)", &commits, t0, t1, cfg.settle),
+        reads: reads.iter().map(|(s, lat)| (since(t0, *s), *lat)).collect(),
     })
 }
 
@@ -152,6 +158,7 @@ pub async fn case7(cfg: &Config, res: &mut Results) -> R<()> {
     // 7a: the switch, under a writer and a reader.
     eprintln!("  the switch to 003 under a steady write load");
     let sw = case7_switch(cfg, new).await?;
+    res.plots.switch = Some((sw.trace.clone(), sw.reads.clone()));
     let mut o = cfg.server.connect(old).await?;
     let mut n = cfg.server.connect(new).await?;
     exec(&mut n, "VACUUM (ANALYZE) job_objects, job_progress_counts, job_progress_deltas").await?;
@@ -324,10 +331,38 @@ pub async fn case7(cfg: &Config, res: &mut Results) -> R<()> {
     }
     check_view(&mut n).await?;
     check_view(&mut o).await.ok();
+
+    // 7d: upkeep against table size, for the plot: these two copies, then smaller datasets.
+    let sizes = upkeep_by_size(cfg, &mut o, &mut n, reps, res).await?;
     let _ = o.close().await;
     let _ = n.close().await;
     drop_db(cfg, old).await?;
     drop_db(cfg, new).await?;
+    let upkeep_changed = res.plots.upkeep_changed;
+    for (total, full, fold) in sizes {
+        let m = format!(
+            "upkeep after {} rows of the active job changed, {} objects in all (the plot's sizes)",
+            with_commas(upkeep_changed),
+            with_commas(total)
+        );
+        res.timing(
+            "7",
+            &m,
+            "002: `refresh_job_progress()` = REFRESH ... CONCURRENTLY",
+            &full,
+            None,
+            ("cheaper", "dearer"),
+        );
+        res.timing(
+            "7",
+            &m,
+            "**003: `refresh_job_progress()` = fold of the log**",
+            &fold,
+            Some(&full),
+            ("cheaper", "dearer"),
+        );
+        res.plots.upkeep.push((total, median(&full), median(&fold)));
+    }
 
     res.headlines.push(format!(
         "003 on {} objects (one active job of {}): {}.",
@@ -364,4 +399,89 @@ pub async fn case7(cfg: &Config, res: &mut Results) -> R<()> {
         cfg.write_rate, reps
     ));
     Ok(())
+}
+
+/// The objects in `c`'s job_objects.
+async fn objects(c: &mut PgConnection) -> R<i64> {
+    sqlx::query_scalar("SELECT count(*) FROM job_objects").fetch_one(&mut *c).await.ctx("counting the objects")
+}
+
+/// Upkeep runs on a copy at 002 (`o`) and one at 003 (`n`) of the same data: each run moves `changed`
+/// keys of the measured job one status on, then refreshes; (002's full refreshes, 003's folds), seconds.
+async fn upkeep_runs(
+    cfg: &Config,
+    o: &mut PgConnection,
+    n: &mut PgConnection,
+    changed: i64,
+    reps: usize,
+) -> R<(Vec<f64>, Vec<f64>)> {
+    let settings = refresh::RefreshSettings {
+        min_interval: Duration::ZERO,
+        statement_timeout: None,
+        deadline: Default::default(),
+    };
+    let (mut full, mut fold) = (Vec::new(), Vec::new());
+    for rep in 0..reps {
+        let ks = changed_keys(cfg, changed as f64 / cfg.rows as f64, 100 + rep as i64);
+        for ours in if rep % 2 == 0 { [false, true] } else { [true, false] } {
+            let c = if ours { &mut *n } else { &mut *o };
+            cycle_status(c, &ks, 1000).await?;
+            let t = Instant::now();
+            let r = refresh::refresh(c, &settings).await.ctx("refresh")?;
+            let d = t.elapsed().as_secs_f64();
+            let want = if ours { "incremental" } else { "concurrent" };
+            if r.mode != Some(want) {
+                return Err(format!("the refresh was {:?}, not {want}", r.mode));
+            }
+            if ours { fold.push(d) } else { full.push(d) }
+        }
+    }
+    check_view(n).await?;
+    Ok((full, fold))
+}
+
+/// Upkeep against table size: the full-size copies `o` (002) and `n` (003), then datasets of 1/8, 1/4
+/// and 1/2 the size built the same way; the same number of rows changes at every size (1% of the
+/// full-size job). Returns (objects, full refreshes, folds) per size, smallest first.
+async fn upkeep_by_size(
+    cfg: &Config,
+    o: &mut PgConnection,
+    n: &mut PgConnection,
+    reps: usize,
+    res: &mut Results,
+) -> R<Vec<(i64, Vec<f64>, Vec<f64>)>> {
+    eprintln!("  upkeep against table size");
+    let changed = (cfg.rows / 100).max(1);
+    res.plots.upkeep_changed = changed;
+    let mut sizes = Vec::new();
+    let (small_old, small_new) = ("bench_c7_size_002", "bench_c7_size_003");
+    for divisor in [8, 4, 2] {
+        let sub = Config { rows: (cfg.rows / divisor).max(changed), bg_rows: cfg.bg_rows / divisor, ..cfg.clone() };
+        build_dataset(&sub, small_old).await?;
+        let mut so = cfg.server.connect(small_old).await?;
+        migrate(&mut so, Some(v_matview()?)).await?;
+        exec(&mut so, "VACUUM (ANALYZE) jobs, job_objects").await?;
+        exec(&mut so, "ANALYZE job_progress").await?;
+        // A file copy needs the source without connections.
+        let _ = so.close().await;
+        copy_from(cfg, small_new, small_old).await?;
+        let mut so = cfg.server.connect(small_old).await?;
+        let mut sn = cfg.server.connect(small_new).await?;
+        migrate(&mut sn, None).await?;
+        exec(&mut sn, "VACUUM (ANALYZE) job_objects, job_progress_counts, job_progress_deltas").await?;
+        let total = objects(&mut so).await?;
+        let (full, fold) = upkeep_runs(&sub, &mut so, &mut sn, changed, reps).await?;
+        sizes.push((total, full, fold));
+        let _ = so.close().await;
+        let _ = sn.close().await;
+        drop_db(cfg, small_new).await?;
+        drop_db(cfg, small_old).await?;
+    }
+    // The full-size copies have been written to by the cases above: vacuumed as the small ones are.
+    exec(o, "VACUUM (ANALYZE) jobs, job_objects").await?;
+    exec(n, "VACUUM (ANALYZE) job_objects, job_progress_counts, job_progress_deltas").await?;
+    let total = objects(o).await?;
+    let (full, fold) = upkeep_runs(cfg, o, n, changed, reps).await?;
+    sizes.push((total, full, fold));
+    Ok(sizes)
 }

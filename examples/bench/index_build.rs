@@ -3,7 +3,8 @@
 use crate::{
     config::{Config, Ctx, R},
     dataset::{copy_dataset, drop_db, exec, migrate, v_matview},
-    load::{Writes, longest_gap, per_second, spawn_writer},
+    load::{Writes, longest_gap, per_second, spawn_writer, trace},
+    plots::Trace,
     report::Results,
     stats::{median, pct, ratio_lower, with_commas},
 };
@@ -28,6 +29,8 @@ pub struct WriteRun {
     pub gap_s: f64,
     pub duration_s: f64,
     pub before_per_s: f64,
+    /// The writer's commits, for the plot.
+    pub trace: Trace,
 }
 
 pub async fn case3_run(cfg: &Config, ours: bool) -> R<WriteRun> {
@@ -72,6 +75,13 @@ pub async fn case3_run(cfg: &Config, ours: bool) -> R<WriteRun> {
         gap_s: longest_gap(&commits, t0, t1),
         duration_s: (t1 - t0).as_secs_f64(),
         before_per_s: before / (t0 - warm_from).as_secs_f64(),
+        trace: trace(
+            if ours { "ours: CONCURRENTLY, statement by statement" } else { "plain CREATE INDEX, one transaction" },
+            &commits,
+            t0,
+            t1,
+            cfg.settle,
+        ),
     })
 }
 
@@ -128,6 +138,14 @@ pub async fn case3(cfg: &Config, res: &mut Results) -> R<()> {
         Some(&pick(&plain, |r| r.duration_s)),
         ("faster", "slower"),
     );
+    // The plot shows one run of each variant: the one with the median longest stall.
+    for runs in [&plain, &ours] {
+        let mut order: Vec<&WriteRun> = runs.iter().collect();
+        order.sort_by(|a, b| a.gap_s.total_cmp(&b.gap_s));
+        if let Some(run) = order.get(order.len() / 2) {
+            res.plots.index_build.push(run.trace.clone());
+        }
+    }
     let steady = median(
         &pick(&plain, |r| r.before_per_s).into_iter().chain(pick(&ours, |r| r.before_per_s)).collect::<Vec<_>>(),
     );

@@ -1,6 +1,7 @@
 //! The scanner's load on the database while something else runs: timed reads, a reader, a writer.
 
 use crate::config::{BUCKET, Config, Ctx, R, job_id};
+use crate::plots::Trace;
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 use std::sync::Arc;
@@ -185,4 +186,21 @@ pub fn per_second(commits: &[Instant], t0: Instant, t1: Instant) -> Vec<usize> {
 /// The longest time between two commits, over the gaps that overlap [t0, t1].
 pub fn longest_gap(commits: &[Instant], t0: Instant, t1: Instant) -> f64 {
     commits.windows(2).filter(|w| w[1] >= t0 && w[0] <= t1).map(|w| (w[1] - w[0]).as_secs_f64()).fold(0.0, f64::max)
+}
+
+/// Seconds from `t0` to `t`, negative before `t0`.
+pub fn since(t0: Instant, t: Instant) -> f64 {
+    if t >= t0 { (t - t0).as_secs_f64() } else { -(t0 - t).as_secs_f64() }
+}
+
+/// The writer's commits around a migration that ran from `t0` to `t1`, `settle` on either side, for a plot.
+pub fn trace(label: &str, commits: &[Instant], t0: Instant, t1: Instant, settle: Duration) -> Trace {
+    let duration = (t1 - t0).as_secs_f64();
+    Trace {
+        label: label.into(),
+        commits: commits.iter().map(|c| since(t0, *c)).collect(),
+        from: -settle.as_secs_f64(),
+        to: duration + settle.as_secs_f64(),
+        duration,
+    }
 }

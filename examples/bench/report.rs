@@ -3,6 +3,7 @@
 use crate::{
     config::{Config, Ctx, R},
     dataset::Dataset,
+    plots,
     stats::{fmt_bytes, fmt_time, median, pct, ratio_lower, with_commas},
 };
 use sqlx::Connection;
@@ -24,6 +25,10 @@ pub struct Results {
     pub headlines: Vec<String>,
     pub notes: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// What the cases leave for the plots.
+    pub plots: plots::Data,
+    /// The plots drawn: (file name beside the report, caption).
+    pub figures: Vec<(String, String)>,
 }
 
 impl Results {
@@ -82,6 +87,12 @@ impl Results {
                 let _ = writeln!(s, "- {h}");
             }
             let _ = writeln!(s);
+        }
+        if !self.figures.is_empty() {
+            let _ = writeln!(s, "## Plots\n");
+            for (file, caption) in &self.figures {
+                let _ = writeln!(s, "![{caption}]({file})\n\n{caption}\n");
+            }
         }
         let _ = writeln!(s, "## Results\n");
         let _ = writeln!(s, "| case | measure | variant | median | p99 | vs baseline | runs |");
