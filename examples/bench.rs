@@ -1,6 +1,7 @@
 //! `make bench`: the migration guide's claims ("status queries on 1M objects: ~5 seconds → ~50ms",
 //! "non-blocking (no downtime)") measured side by side against the obvious alternatives, on a local
-//! PostgreSQL. Prints one Markdown table of ratios; `--out FILE` writes it to FILE as well.
+//! PostgreSQL. Prints one Markdown table of ratios; `--out FILE` writes it to FILE as well, and the
+//! plots (SVG, examples/bench/plots.rs) beside it.
 //!
 //! `DATABASE_URL=postgres://superuser:pw@127.0.0.1:port/postgres bench [--smoke] [--out FILE]`
 //! (`scripts/bench.sh` starts a throwaway server and runs this.)
@@ -11,8 +12,8 @@
 //! often), `BENCH_REFRESH_REPS` (15), `BENCH_MIGRATION_REPS` (5), `BENCH_PROCESS_REPS` (30),
 //! `BENCH_HOLD_S` (how long the long reader of case 4 holds its lock, 5), `BENCH_WRITE_RATE`
 //! (the offered write load of cases 3, 4 and 7, commits per second, 200), `BENCH_CASES` (a comma list
-//! such as `7` or `1,3`: only those cases run; all by default; `8` alone skips building the dataset). `--smoke` makes everything tiny, so
-//! `make test` proves the code still runs; its numbers mean nothing.
+//! such as `7` or `1,3`: only those cases run; all by default; `8` alone skips building the dataset).
+//! `--smoke` makes everything tiny, so `make test` proves the code still runs; its numbers mean nothing.
 
 // The tests use all of it; the benchmark only part.
 #[allow(dead_code)]

@@ -5,8 +5,10 @@ use sqlx::{Connection, PgConnection};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// A result whose error is the message the benchmark prints.
 pub type R<T> = Result<T, String>;
 
+/// Adds what was being done to an error.
 pub trait Ctx<T> {
     fn ctx(self, what: &str) -> R<T>;
 }
@@ -19,6 +21,7 @@ impl<T, E: std::fmt::Display> Ctx<T> for Result<T, E> {
 
 /// The template every dataset copy is made from.
 pub const TEMPLATE: &str = "bench_tpl";
+/// The bucket of every generated object.
 pub const BUCKET: &str = "bench-bucket";
 
 /// The server, from DATABASE_URL. The password only ever goes to connections and child
@@ -32,6 +35,7 @@ pub struct Server {
 }
 
 impl Server {
+    /// From a postgres:// URL with user, password, host and port.
     pub fn parse(url: &str) -> R<Self> {
         let bad = || "DATABASE_URL must look like postgres://user:password@host:port/db".to_string();
         let rest = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")).ok_or_else(bad)?;
@@ -45,6 +49,7 @@ impl Server {
         Ok(Server { user: user.into(), password: password.into(), host: host.into(), port })
     }
 
+    /// Connection options for database `db`, without TLS (the server is local).
     pub fn opts(&self, db: &str) -> PgConnectOptions {
         PgConnectOptions::new()
             .host(&self.host)
@@ -65,6 +70,7 @@ impl Server {
         format!("postgres://{}@{}:{}/{db}?sslmode=disable", self.user, self.host, self.port)
     }
 
+    /// A connection to database `db`.
     pub async fn connect(&self, db: &str) -> R<PgConnection> {
         PgConnection::connect_with(&self.opts(db)).await.ctx(&format!("connecting to database {db}"))
     }
@@ -91,6 +97,7 @@ pub struct Config {
     pub hello: PathBuf,
 }
 
+/// A number from the environment (underscores allowed), or `default` when unset.
 pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> R<T> {
     match std::env::var(name) {
         Ok(v) => v.trim().replace('_', "").parse().map_err(|_| format!("{name}={v} is not a number")),
@@ -99,6 +106,7 @@ pub fn env_num<T: std::str::FromStr>(name: &str, default: T) -> R<T> {
 }
 
 impl Config {
+    /// From the arguments and the environment; checks the binaries the cases run are built.
     pub fn load() -> R<Self> {
         let mut smoke = false;
         let mut out = None;
@@ -151,6 +159,7 @@ impl Config {
         Ok(config)
     }
 
+    /// Objects in all: the measured job and the background.
     pub fn total_rows(&self) -> i64 {
         self.rows + self.bg_rows
     }
@@ -170,6 +179,7 @@ impl Config {
     }
 }
 
+/// The UUID of job number `j` (0 is the measured job).
 pub fn job_id(j: i64) -> String {
     format!("00000000-0000-4000-8000-{j:012}")
 }

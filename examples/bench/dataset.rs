@@ -9,11 +9,13 @@ use scanner_migrator::{db, runner};
 use sqlx::{Connection, PgConnection, Row};
 use std::time::Instant;
 
+/// Runs `sql`; an error names its first words.
 pub async fn exec(c: &mut PgConnection, sql: &str) -> R<()> {
     let short: String = sql.split_whitespace().take(6).collect::<Vec<_>>().join(" ");
     db::exec(c, sql).await.ctx(&short)
 }
 
+/// Drops database `name` if it exists, closing its connections.
 pub async fn drop_db(cfg: &Config, name: &str) -> R<()> {
     let mut admin = cfg.server.connect("postgres").await?;
     exec(&mut admin, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")).await?;
@@ -35,6 +37,7 @@ pub async fn copy_dataset(cfg: &Config, name: &str) -> R<()> {
     Ok(())
 }
 
+/// Our runner's settings, as the benchmark applies migrations.
 pub fn run_settings() -> runner::RunSettings {
     runner::RunSettings { applied_by: "bench".into(), ..Default::default() }
 }
@@ -55,11 +58,13 @@ pub fn v_incremental() -> R<i64> {
     version_of("incremental_job_progress")
 }
 
+/// Our runner: migrate the embedded migrations up to `target` (all when None).
 pub async fn migrate(c: &mut PgConnection, target: Option<i64>) -> R<runner::Report> {
     let migrations = Migrations::embedded().ctx("the embedded migrations")?;
     runner::run(c, &migrations, runner::Command::Migrate { target }, &run_settings(), None).await.ctx("migrate")
 }
 
+/// What the dataset turned out to be, for the environment table.
 pub struct Dataset {
     pub total: i64,
     pub table_bytes: i64,

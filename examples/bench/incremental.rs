@@ -30,6 +30,7 @@ pub fn changed_keys(cfg: &Config, fraction: f64, offset: i64) -> Vec<String> {
     (0..n).map(|k| cfg.measured_key((k * stride + offset) % cfg.rows)).collect()
 }
 
+/// Moves a status one step on (queued → processing → succeeded → failed → queued).
 pub const CYCLE: &str = "CASE status WHEN 'queued' THEN 'processing' WHEN 'processing' THEN 'succeeded' \
                      WHEN 'succeeded' THEN 'failed' ELSE 'queued' END";
 
@@ -52,10 +53,12 @@ pub async fn cycle_status(c: &mut PgConnection, keys: &[String], batch: usize) -
     Ok(n)
 }
 
+/// Delta rows not folded yet.
 pub async fn pending_deltas(c: &mut PgConnection) -> R<i64> {
     sqlx::query_scalar("SELECT count(*) FROM job_progress_deltas").fetch_one(&mut *c).await.ctx("counting deltas")
 }
 
+/// What the switch to 003 did to the writer and the reader.
 pub struct Switch {
     pub duration_s: f64,
     pub gap_s: f64,
@@ -109,6 +112,7 @@ pub async fn case7_switch(cfg: &Config, name: &str) -> R<Switch> {
     })
 }
 
+/// The scanner's two writes.
 pub enum ScannerWrite {
     Upsert,
     Update,
@@ -142,6 +146,7 @@ pub async fn scanner_write(c: &mut PgConnection, what: &ScannerWrite, keys: &[St
     Ok(t.elapsed().as_secs_f64())
 }
 
+/// Measures case 7 (003: the switch, upkeep, reads with deltas pending, the writes) and adds its rows.
 pub async fn case7(cfg: &Config, res: &mut Results) -> R<()> {
     eprintln!("case 7: migration 003, job_progress exact at every read");
     let (old, new) = ("bench_c7_002", "bench_c7_003");

@@ -23,6 +23,7 @@ pub fn plain_002() -> R<String> {
     Ok(format!("BEGIN;\n{}\nCOMMIT;", statements.join("\n")))
 }
 
+/// One application of 002 under the write load.
 pub struct WriteRun {
     pub min_per_s: f64,
     pub zero_s: f64,
@@ -33,6 +34,7 @@ pub struct WriteRun {
     pub trace: Trace,
 }
 
+/// 002 applied to a fresh copy while a writer runs: plain (one transaction) or ours.
 pub async fn case3_run(cfg: &Config, ours: bool) -> R<WriteRun> {
     let name = "bench_c3";
     copy_dataset(cfg, name).await?;
@@ -107,6 +109,7 @@ pub fn count_line(
     res.line("3", measure, variant, format!("{m:.0}"), format!("{worst:.0}"), ratio, xs.len());
 }
 
+/// Measures case 3 and adds its rows.
 pub async fn case3(cfg: &Config, res: &mut Results) -> R<()> {
     eprintln!("case 3: applying 002 under a steady write load");
     let (mut plain, mut ours) = (Vec::new(), Vec::new());

@@ -98,6 +98,7 @@ pub fn deflated(path: &Path) -> R<f64> {
     String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|_| format!("zipping {}: no size", path.display()))
 }
 
+/// Measures case 6 and adds its rows.
 pub async fn case6(cfg: &Config, res: &mut Results) -> R<()> {
     eprintln!("case 6: the Lambda artefact");
     let zip = cfg.root.join("target/lambda/scanner-migrator/bootstrap.zip");

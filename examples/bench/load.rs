@@ -16,6 +16,7 @@ pub enum Read {
     Pk,
 }
 
+/// One read of the measured job, timed.
 pub async fn timed_read(c: &mut PgConnection, read: Read, key: &str) -> R<f64> {
     let job = job_id(0);
     let t = Instant::now();
@@ -100,8 +101,10 @@ pub async fn read_pass(cfg: &Config, conns: &mut [PgConnection], plan: &[(usize,
     Ok(samples)
 }
 
+/// A reader's reads: when each started and how long it took, seconds.
 pub type Reads = Vec<(Instant, f64)>;
 
+/// Reads the measured job's job_progress row every 5 ms until `stop`; fails if the row is ever missing.
 pub fn spawn_reader(opts: PgConnectOptions, stop: Arc<AtomicBool>) -> JoinHandle<R<Reads>> {
     tokio::spawn(async move {
         let mut c = PgConnection::connect_with(&opts).await.ctx("reader connection")?;
@@ -121,6 +124,7 @@ pub fn spawn_reader(opts: PgConnectOptions, stop: Arc<AtomicBool>) -> JoinHandle
     })
 }
 
+/// What a writer writes.
 pub enum Writes {
     /// The scanner: new objects (upserts) and status updates of existing ones.
     Objects(Vec<String>),

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// 001 applied behind a long reader while a writer runs: (longest stall, duration, lock retries).
 pub async fn case4_run(cfg: &Config, ours: bool) -> R<(f64, f64, u32)> {
     let name = "bench_c4";
     drop_db(cfg, name).await?;
@@ -72,6 +73,7 @@ pub async fn case4_run(cfg: &Config, ours: bool) -> R<(f64, f64, u32)> {
     Ok((longest_gap(&commits, t0, t1), (t1 - t0).as_secs_f64(), retries))
 }
 
+/// Measures case 4 and adds its rows.
 pub async fn case4(cfg: &Config, res: &mut Results) -> R<()> {
     eprintln!("case 4: applying 001 behind a long reader");
     let (mut plain, mut ours, mut retries) = (Vec::new(), Vec::new(), Vec::new());

@@ -13,6 +13,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Instant;
 
+/// Measures case 5 and adds its rows.
 pub async fn case5(cfg: &Config, res: &mut Results) -> R<()> {
     eprintln!("case 5: a no-op migrate on an up-to-date database");
     let db_name = "bench_v2";

@@ -200,7 +200,8 @@ fn upkeep(path: &Path, data: &Data) -> R<()> {
         .margin(12)
         .x_label_area_size(48)
         .y_label_area_size(72)
-        .build_cartesian_2d(0.0..x1, (lo / 2.0..hi * 2.0).log_scale())
+        // Room above the lines for the legend.
+        .build_cartesian_2d(0.0..x1, (lo / 2.0..hi * 12.0).log_scale())
         .map_err(e(&title))?;
     chart
         .configure_mesh()
@@ -226,7 +227,7 @@ fn upkeep(path: &Path, data: &Data) -> R<()> {
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::MiddleRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.9))
         .border_style(GREY)
         .label_font((FONT, 14))

@@ -9,6 +9,7 @@ use crate::{
 use sqlx::Connection;
 use std::fmt::Write as _;
 
+/// One row of the table.
 pub struct Line {
     pub case: String,
     pub measure: String,
@@ -72,6 +73,7 @@ impl Results {
         self.line(case, measure, variant, fmt_time(median(xs)), fmt_time(pct(xs, 99.0)), ratio, xs.len());
     }
 
+    /// The whole report, in Markdown, under `title`.
     pub fn markdown(&self, title: &str) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "# {title}\n");
@@ -119,6 +121,7 @@ impl Results {
 
 /// In `bench/RESULTS.md`, what follows this line was measured by other runs and is kept as it is.
 pub const KEEP_MARKER: &str = "<!-- make bench keeps what follows: measured by other runs -->";
+/// What the numbers were measured on: machine, server, settings, dataset, runs.
 pub async fn environment(cfg: &Config, data: Option<&Dataset>, res: &mut Results) -> R<()> {
     let mut c = cfg.server.connect("postgres").await?;
     let version: String = sqlx::query_scalar("SELECT version()").fetch_one(&mut c).await.ctx("version")?;

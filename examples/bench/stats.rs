@@ -1,5 +1,6 @@
 //! Statistics and formatting of the numbers in the tables.
 
+/// The median; NaN for no samples.
 pub fn median(xs: &[f64]) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(f64::total_cmp);
@@ -21,6 +22,7 @@ pub fn pct(xs: &[f64], p: f64) -> f64 {
     v[rank.clamp(1, v.len()) - 1]
 }
 
+/// Seconds as µs, ms or s with three significant digits or so.
 pub fn fmt_time(s: f64) -> String {
     if s.is_nan() {
         "n/a".into()
@@ -37,6 +39,7 @@ pub fn fmt_time(s: f64) -> String {
     }
 }
 
+/// Bytes as KiB, MiB or GiB.
 pub fn fmt_bytes(b: f64) -> String {
     if b >= 1024.0 * 1024.0 * 1024.0 {
         format!("{:.2} GiB", b / 1024.0 / 1024.0 / 1024.0)
@@ -47,6 +50,7 @@ pub fn fmt_bytes(b: f64) -> String {
     }
 }
 
+/// A ratio as "87×" or "1.9×".
 pub fn fmt_factor(r: f64) -> String {
     if r >= 10.0 { format!("{r:.0}×") } else { format!("{r:.1}×") }
 }
@@ -66,6 +70,7 @@ pub fn ratio_lower(base: f64, value: f64, better: &str, worse: &str) -> String {
     }
 }
 
+/// An integer with thousands separators.
 pub fn with_commas(n: i64) -> String {
     let s = n.abs().to_string();
     let mut out = String::new();

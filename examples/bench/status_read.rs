@@ -11,6 +11,7 @@ use scanner_migrator::refresh;
 use sqlx::Connection;
 use std::time::Duration;
 
+/// Measures case 1 and adds its rows.
 pub async fn case1(cfg: &Config, res: &mut Results) -> R<()> {
     eprintln!("case 1: the status read");
     copy_dataset(cfg, "bench_v1").await?;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+/// Measures case 2 and adds its rows.
 pub async fn case2(cfg: &Config, res: &mut Results) -> R<()> {
     eprintln!("case 2: refreshing job_progress");
     let mut c = cfg.server.connect("bench_v2").await?;
