@@ -71,9 +71,10 @@ fn secs(x: &f64) -> String {
     if s == "-0.0" { "0.0".into() } else { s }
 }
 
-/// Commits per second in bins of BIN_S over [from, to): (bin start, rate).
+/// Commits per second in bins of BIN_S over [from, to): (bin start, rate). Whole bins only: a last,
+/// partial one would show a drop that is only the writer stopping.
 fn rate(t: &Trace) -> Vec<(f64, f64)> {
-    let n = ((t.to - t.from) / BIN_S).ceil().max(1.0) as usize;
+    let n = ((t.to - t.from) / BIN_S).floor().max(1.0) as usize;
     let mut bins = vec![0usize; n];
     for c in &t.commits {
         let k = ((c - t.from) / BIN_S).floor();
