@@ -5,7 +5,7 @@ use std::path::Path;
 
 use plotters::{coord::Shift, prelude::*};
 
-use crate::config::R;
+use crate::{config::R, stats::with_commas};
 
 /// The writer's commits during one migration, as seconds from the migration's start.
 #[derive(Clone)]
@@ -190,7 +190,8 @@ fn switch(path: &Path, data: &Data) -> R<()> {
 }
 
 fn upkeep(path: &Path, data: &Data) -> R<()> {
-    let title = format!("job_progress upkeep after {} rows changed, against table size", data.upkeep_changed);
+    let title =
+        format!("job_progress upkeep after {} rows changed, against table size", with_commas(data.upkeep_changed));
     let root = SVGBackend::new(path, (960, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(e(&title))?;
     let x1 = data.upkeep.iter().map(|p| p.0 as f64 / 1e6).fold(0.0, f64::max) * 1.05;
@@ -208,7 +209,7 @@ fn upkeep(path: &Path, data: &Data) -> R<()> {
         .configure_mesh()
         .x_desc("objects in job_objects (millions)")
         .y_desc("one upkeep run (ms, log scale)")
-        .x_label_formatter(&|x| format!("{x}"))
+        .x_label_formatter(&|x| format!("{x:.1}"))
         .y_label_formatter(&|y| if *y >= 1.0 { format!("{y:.0}") } else { format!("{y:.2}") })
         .light_line_style(TRANSPARENT)
         .axis_desc_style((FONT, 15))
