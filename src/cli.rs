@@ -20,9 +20,18 @@ pub struct Global {
     /// postgres:// URL; without it the DB_SECRET_ARN settings are used, as in Lambda.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// The schema to work in, its name as stored (case-sensitive); default: the login's current_schema().
+    #[arg(long, global = true, env = "DB_SCHEMA")]
+    schema: Option<String>,
     /// Read migrations from this directory instead of the ones built into the binary.
     #[arg(long, global = true)]
     migrations_dir: Option<PathBuf>,
+    /// The refresh function's own role in this database, which migrate creates and grants (default scanner_refresh).
+    #[arg(long, global = true, env = "REFRESH_ROLE")]
+    refresh_role: Option<String>,
+    /// How the refresh role logs in: iam (a member of rds_iam) or password (never one).
+    #[arg(long, global = true, env = "REFRESH_DB_AUTH")]
+    refresh_db_auth: Option<String>,
 }
 
 /// The command line: the global options, and one subcommand per entry of [`COMMANDS`].
@@ -67,6 +76,14 @@ pub fn command_line() -> clap::Command {
                     .long("exit-code")
                     .action(ArgAction::SetTrue)
                     .help(format!("Exit with {PENDING_EXIT_CODE} when migrations are pending (for CI gates)")),
+            )
+        } else if spec.name == "plan" {
+            sub.arg(
+                Arg::new("output")
+                    .long("output")
+                    .value_parser(["json", "text"])
+                    .default_value("json")
+                    .help("json (the contract, as the Lambda returns it) or text (a readable table per migration)"),
             )
         } else if spec.name == "verify" {
             sub.arg(Arg::new("data").long("data").action(ArgAction::SetTrue).help(
@@ -115,9 +132,10 @@ pub async fn main() -> ExitCode {
             let no_tx = sub.try_get_one::<bool>("no-transaction").ok().flatten().copied().unwrap_or(false);
             (sub.get_one::<String>("name").cloned().unwrap_or_default(), no_tx)
         });
-        Ok((global, tunables, name.to_string(), target, exit_code, data, scaffold))
+        let text = sub.try_get_one::<String>("output").ok().flatten().is_some_and(|o| o == "text");
+        Ok((global, tunables, name.to_string(), target, exit_code, data, scaffold, text))
     });
-    let (cli, tunables, name, target, exit_code, data, scaffold) = match parsed {
+    let (cli, tunables, name, target, exit_code, data, scaffold, text) = match parsed {
         Ok(parsed) => parsed,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             let _ = e.print();
@@ -157,7 +175,11 @@ pub async fn main() -> ExitCode {
     };
     match outcome {
         Ok(value) => {
-            print_json(&value);
+            if text {
+                print!("{}", crate::impact::render_text(&value));
+            } else {
+                print_json(&value);
+            }
             if exit_code && value["status"] == "pending" {
                 return ExitCode::from(PENDING_EXIT_CODE);
             }
@@ -183,8 +205,17 @@ async fn run(
     data: bool,
 ) -> Result<serde_json::Value, Error> {
     let command = Command::parse(name, target).and_then(|c| c.with_data(data)).map_err(Error::BadRequest)?;
-    if let Some(url) = cli.database_url.clone() {
-        flags.insert("DATABASE_URL", url);
+    for (var, value) in [
+        ("DATABASE_URL", &cli.database_url),
+        ("REFRESH_ROLE", &cli.refresh_role),
+        ("REFRESH_DB_AUTH", &cli.refresh_db_auth),
+    ] {
+        if let Some(value) = value {
+            flags.insert(var, value.clone());
+        }
+    }
+    if let Some(schema) = cli.schema.clone() {
+        flags.insert("DB_SCHEMA", schema);
     }
     let settings = Settings::from_lookup(|name| flags.get(name).cloned().or_else(|| std::env::var(name).ok()))?;
     let migrations = match &cli.migrations_dir {

@@ -210,6 +210,50 @@ pub async fn current_schema(conn: &mut PgConnection) -> Result<String> {
         })
 }
 
+/// Fixes the session's `search_path` to one schema: `configured` (`DB_SCHEMA`), or else the login's
+/// `current_schema()`. Every unqualified name of the migrations, the refresh and verify then
+/// resolves there and nowhere else (a same-named table in another schema of the login's path cannot
+/// stand in for ours), and the catalog readers print definitions the same way for every schema.
+pub async fn pin_schema(conn: &mut PgConnection, configured: Option<&str>) -> Result<String> {
+    let schema = match configured {
+        None => current_schema(conn).await?,
+        Some(name) => {
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| Error::db("looking up the schema DB_SCHEMA names", e))?;
+            if !exists {
+                let database: String = sqlx::query_scalar("SELECT current_database()::text")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| Error::db("looking up the schema DB_SCHEMA names", e))?;
+                return Err(Error::Config {
+                    var: "DB_SCHEMA".into(),
+                    problem: format!(
+                        "schema {} does not exist in database {database} (the name is taken as stored, \
+                         case-sensitive); create it first: CREATE SCHEMA {}",
+                        quote_ident(name),
+                        quote_ident(name)
+                    ),
+                });
+            }
+            name.to_string()
+        }
+    };
+    sqlx::query("SELECT set_config('search_path', quote_ident($1), false)")
+        .bind(&schema)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::db(format!("setting search_path to schema {}", quote_ident(&schema)), e))?;
+    Ok(schema)
+}
+
+/// An identifier quoted for SQL, whatever it holds.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
 /// A digest of the catalog rows that describe the objects of every schema but PostgreSQL's own:
 /// schemas, relations, the columns of tables and views, defaults, indexes (and their validity),
 /// view rules, constraints, triggers, functions, languages, standalone types and extension
@@ -268,22 +312,41 @@ pub async fn change_stamp(conn: &mut PgConnection) -> Result<String> {
 }
 
 /// What the catalog says about the connected user's privileges (see `privileges`).
-pub async fn role_facts(conn: &mut PgConnection, schema: &str) -> Result<crate::privileges::Facts> {
-    let row: (String, String, bool, bool, bool, bool, i32, bool, bool) = sqlx::query_as(
+pub async fn role_facts(conn: &mut PgConnection, schema: &str, refresh_role: &str) -> Result<crate::privileges::Facts> {
+    type Row = (String, String, bool, bool, bool, bool, i32, bool, bool, bool, bool, bool);
+    let row: Row = sqlx::query_as(
         "SELECT current_user::text, current_database()::text, r.rolsuper, r.rolcreaterole,
                 has_database_privilege(current_database(), 'CREATE'), has_schema_privilege($1, 'CREATE'),
                 current_setting('server_version_num')::int,
                 EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2),
                 COALESCE(CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2)
-                              THEN pg_has_role($2, 'MEMBER WITH ADMIN OPTION') END, false)
+                              THEN pg_has_role($2, 'MEMBER WITH ADMIN OPTION') END, false),
+                EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam'),
+                EXISTS (SELECT 1 FROM pg_auth_members AS m JOIN pg_roles AS g ON g.oid = m.roleid
+                          JOIN pg_roles AS u ON u.oid = m.member WHERE g.rolname = 'rds_iam' AND u.rolname = $2),
+                COALESCE(CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam')
+                              THEN pg_has_role('rds_iam', 'MEMBER WITH ADMIN OPTION') END, false)
            FROM pg_roles AS r WHERE r.rolname = current_user",
     )
     .bind(schema)
-    .bind(crate::credentials::REFRESH_ROLE)
+    .bind(refresh_role)
     .fetch_one(conn)
     .await
     .map_err(|e| Error::db("reading the migrator's own privileges", e))?;
-    let (user, database, superuser, createrole, create_on_database, create_on_schema, version, exists, admin) = row;
+    let (
+        user,
+        database,
+        superuser,
+        createrole,
+        create_on_database,
+        create_on_schema,
+        version,
+        exists,
+        admin,
+        rds_iam,
+        in_rds_iam,
+        rds_iam_admin,
+    ) = row;
     Ok(crate::privileges::Facts {
         user,
         database,
@@ -293,8 +356,102 @@ pub async fn role_facts(conn: &mut PgConnection, schema: &str) -> Result<crate::
         create_on_database,
         create_on_schema,
         server_version_num: version,
+        refresh_role: refresh_role.to_string(),
         refresh_role_exists: exists,
         refresh_role_admin: admin,
+        rds_iam_exists: rds_iam,
+        refresh_role_in_rds_iam: in_rds_iam,
+        rds_iam_admin,
+    })
+}
+
+/// `scanner_migrator.refresh_role` for this session: migration 004's down script revokes from that role.
+pub async fn set_refresh_role_setting(conn: &mut PgConnection, role: &str) -> Result<()> {
+    sqlx::query("SELECT set_config('scanner_migrator.refresh_role', $1, false)")
+        .bind(role)
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::db("setting scanner_migrator.refresh_role for this session", e))
+}
+
+/// Runs `statements` in one transaction: all of them, or none.
+pub async fn exec_in_transaction(conn: &mut PgConnection, statements: &[&str]) -> std::result::Result<(), sqlx::Error> {
+    let mut script = String::from("BEGIN;\n");
+    for s in statements {
+        script.push_str(s);
+        script.push_str(";\n");
+    }
+    script.push_str("COMMIT;");
+    // The simple protocol runs the script as one implicit transaction block: an error rolls back all of it.
+    let outcome = exec(conn, &script).await;
+    if outcome.is_err() {
+        let _ = exec(conn, "ROLLBACK").await;
+    }
+    outcome
+}
+
+/// The refresh role `role` in the connected database (see `refresh_role`); `legacy` is the role
+/// migration 004 once granted.
+pub async fn refresh_role_state(
+    conn: &mut PgConnection,
+    role: &str,
+    legacy: &str,
+) -> Result<crate::refresh_role::State> {
+    let row: (String, bool, bool, bool, bool, bool, bool, bool, bool, bool, String, bool) = sqlx::query_as(
+        "WITH f AS (SELECT to_regprocedure('refresh_job_progress()') AS oid),
+              r AS (SELECT oid, rolcanlogin FROM pg_roles WHERE rolname = $1)
+         SELECT current_database()::text,
+                EXISTS (SELECT 1 FROM r),
+                COALESCE((SELECT rolcanlogin FROM r), false),
+                COALESCE((SELECT p.prosecdef FROM pg_proc AS p, f WHERE p.oid = f.oid), false),
+                COALESCE(CASE WHEN EXISTS (SELECT 1 FROM r) THEN
+                    (SELECT has_function_privilege($1, f.oid, 'EXECUTE') FROM f WHERE f.oid IS NOT NULL) END, false),
+                EXISTS (SELECT 1 FROM pg_database AS d, aclexplode(d.datacl) AS a, r
+                         WHERE d.datname = current_database() AND a.grantee = r.oid AND a.privilege_type = 'CONNECT'),
+                has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION'),
+                EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam'),
+                EXISTS (SELECT 1 FROM pg_auth_members AS m JOIN pg_roles AS g ON g.oid = m.roleid, r
+                         WHERE g.rolname = 'rds_iam' AND m.member = r.oid),
+                COALESCE(CASE WHEN $1 <> $2 AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2) THEN
+                    (SELECT has_function_privilege($2, f.oid, 'EXECUTE') FROM f WHERE f.oid IS NOT NULL) END, false),
+                current_schema()::text,
+                -- A role not created yet will have what PUBLIC has.
+                CASE WHEN EXISTS (SELECT 1 FROM r) THEN has_schema_privilege($1, current_schema(), 'USAGE')
+                     ELSE has_schema_privilege('public', current_schema(), 'USAGE') END",
+    )
+    .bind(role)
+    .bind(legacy)
+    .fetch_one(conn)
+    .await
+    .map_err(|e| Error::db(format!("reading what the refresh role {role} may do"), e))?;
+    let (
+        database,
+        exists,
+        login,
+        function_ready,
+        may_execute,
+        connect_granted,
+        may_grant_connect,
+        rds_iam_exists,
+        rds_iam_member,
+        legacy_may_execute,
+        schema,
+        schema_usage,
+    ) = row;
+    Ok(crate::refresh_role::State {
+        database,
+        exists,
+        login,
+        function_ready,
+        may_execute,
+        connect_granted,
+        may_grant_connect,
+        rds_iam_exists,
+        rds_iam_member,
+        legacy_may_execute,
+        schema,
+        schema_usage,
     })
 }
 
@@ -796,7 +953,7 @@ pub async fn definer_functions(
                 (SELECT substr(c, length('search_path=') + 1) FROM unnest(p.proconfig) AS c
                   WHERE c LIKE 'search\\_path=%') AS path
            FROM pg_proc AS p
-          WHERE p.pronamespace = $1::regnamespace AND p.prosecdef
+          WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND p.prosecdef
           ORDER BY 1",
     )
     .bind(schema)

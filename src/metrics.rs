@@ -27,6 +27,11 @@ pub const MIGRATIONS_APPLIED: Metric = Metric { name: "MigrationsApplied", unit:
 pub const MIGRATIONS_PENDING: Metric = Metric { name: "MigrationsPending", unit: "Count", handler: "migrate" };
 /// 1 for a migrate run that failed, 0 for one that finished.
 pub const MIGRATE_FAILED: Metric = Metric { name: "MigrateFailed", unit: "Count", handler: "migrate" };
+/// Rows per second a batched data change (`-- migrate:batch`) manages, one point per batch.
+pub const BATCH_ROWS_PER_SECOND: Metric =
+    Metric { name: "BatchRowsPerSecond", unit: "Count/Second", handler: "migrate" };
+/// How far a batched data change is, in percent, where its migration counts the rows left.
+pub const BATCH_PERCENT_DONE: Metric = Metric { name: "BatchPercentDone", unit: "Percent", handler: "migrate" };
 /// How long a refresh took, in milliseconds (not emitted for a skipped one).
 pub const REFRESH_DURATION: Metric = Metric { name: "RefreshDuration", unit: "Milliseconds", handler: "refresh" };
 /// How old job_progress's data is after a refresh, in seconds.
@@ -45,6 +50,8 @@ pub const EMITTED: &[Metric] = &[
     MIGRATIONS_APPLIED,
     MIGRATIONS_PENDING,
     MIGRATE_FAILED,
+    BATCH_ROWS_PER_SECOND,
+    BATCH_PERCENT_DONE,
     REFRESH_DURATION,
     STALENESS,
     DELTA_ROWS_FOLDED,
@@ -101,7 +108,8 @@ mod tests {
         assert_eq!(names.len(), EMITTED.len(), "a metric listed twice");
         for m in EMITTED {
             assert!(crate::handlers::HANDLER_NAMES.contains(&m.handler), "{m:?}");
-            assert!(["Milliseconds", "Seconds", "Count"].contains(&m.unit), "{m:?}");
+            // CloudWatch's own unit names.
+            assert!(["Milliseconds", "Seconds", "Count", "Count/Second", "Percent"].contains(&m.unit), "{m:?}");
         }
     }
 }
