@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # make bench: the guide's claims measured side by side on a throwaway PostgreSQL (examples/bench.rs).
 #   scripts/bench.sh           the full run (BENCH_ROWS objects in the measured job, default 1,000,000);
-#                              prints the table and writes bench/RESULTS.md
+#                              prints the table and writes bench/RESULTS.md and its plots (bench/*.svg)
 #   scripts/bench.sh --smoke   tiny sizes, so the code cannot rot (make test); fails if any case fails;
-#                              writes nothing into the repository
+#                              writes nothing into the repository (its table and plots go to a temporary directory)
 # BENCH_ROWS=10000000 for 10M objects; BENCH_CASES=7 (or 1,3,...) runs only those cases; BENCH_OUT=FILE
-# writes the table there instead of bench/RESULTS.md; the other knobs are described at the top of examples/bench.rs.
+# writes the table there instead of bench/RESULTS.md, and the plots beside it; the other knobs are described at the top of examples/bench.rs.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"

@@ -45,24 +45,26 @@ moto_pid=$!
 for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/"$moto_port") 2>/dev/null && break; sleep 0.1; done
 export AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_REGION=us-east-1 AWS_ACCESS_KEY_ID=demo AWS_SECRET_ACCESS_KEY=demo
 # Two secrets, as the module makes them with refresh_db_auth = "password": the master's (the rotation shape)
-# for migrate, and scanner_refresh's own (username and password only; the refresh function never sees the
-# master's), whose password migrate gives the role after migrating.
+# for migrate, and the refresh role's own (username and password only; the refresh function never sees the
+# master's), whose password migrate gives the role after migrating. The role is the stack's own, as the
+# module names it (scanner_refresh_<name_prefix>): roles belong to the whole server.
+export REFRESH_ROLE=scanner_refresh_demo
 read -r DB_SECRET_ARN REFRESH_SECRET_ARN < <(PORT="$port" PW="$app_password" .venv/bin/python - <<'PY'
 import json, os, secrets, boto3
 sm = boto3.client("secretsmanager", region_name=os.environ["AWS_REGION"])
 master = {"engine": "postgres", "host": "localhost", "port": os.environ["PORT"], "dbname": "scanner_db",
           "username": "scanner_admin", "password": os.environ["PW"]}
-refresh = {"username": "scanner_refresh", "password": secrets.token_urlsafe(24)}
+refresh = {"username": os.environ["REFRESH_ROLE"], "password": secrets.token_urlsafe(24)}
 print(sm.create_secret(Name="scanner/db", SecretString=json.dumps(master))["ARN"],
       sm.create_secret(Name="scanner/refresh", SecretString=json.dumps(refresh))["ARN"])
 PY
 )
 export DB_CA_BUNDLE="$work/ca.pem" DB_HOST=localhost DB_PORT="$port" DB_NAME=scanner_db
 echo "DB_SECRET_ARN=$DB_SECRET_ARN (migrate; read on every invocation; the password is never printed)"
-echo "REFRESH_SECRET_ARN=$REFRESH_SECRET_ARN (scanner_refresh's own login)"
+echo "REFRESH_SECRET_ARN=$REFRESH_SECRET_ARN ($REFRESH_ROLE's own login)"
 
 say "the migrate function: {} twice (applied, then up_to_date), then status"
-DB_SECRET_ARN="$DB_SECRET_ARN" REFRESH_SECRET_ARN="$REFRESH_SECRET_ARN" \
+DB_SECRET_ARN="$DB_SECRET_ARN" REFRESH_SECRET_ARN="$REFRESH_SECRET_ARN" REFRESH_DB_AUTH=password \
   target/debug/examples/local_lambda --handler migrate '{}' '{}' '{"command":"status"}' 2>"$work/migrate.log"
 
 say "the scanner writes some progress"
@@ -75,16 +77,16 @@ SELECT job_id, 'demo-bucket', 'incoming/object-' || g, g * 1024,
 SQL
 echo "5000 objects in one job"
 
-say "the refresh function, logged in as scanner_refresh with its own secret, invoked as EventBridge Scheduler does"
+say "the refresh function, logged in as $REFRESH_ROLE with its own secret, invoked as EventBridge Scheduler does"
 DB_AUTH=password DB_SECRET_ARN="$REFRESH_SECRET_ARN" target/debug/examples/local_lambda --handler refresh \
   '{"scheduled_time":"2026-11-25T07:00:00Z","execution_id":"demo-1","attempt_number":"1"}' 2>"$work/refresh.log"
 
 say "what the status API reads now"
 psql "$db_url" -c "SELECT bucket, total_objects, queued_count, processing_count, succeeded_count, failed_count FROM job_progress"
 
-# The proof that production's path was taken: the refresh connected as scanner_refresh, not as the master.
-grep -o -m 1 '"target":"scanner_refresh@[^"]*"' "$work/refresh.log" \
-  || { echo "the refresh did not log in as scanner_refresh:" >&2; cat "$work/refresh.log" >&2; exit 1; }
+# The proof that production's path was taken: the refresh connected as its own role, not as the master.
+grep -o -m 1 "\"target\":\"$REFRESH_ROLE@[^\"]*\"" "$work/refresh.log" \
+  || { echo "the refresh did not log in as $REFRESH_ROLE:" >&2; cat "$work/refresh.log" >&2; exit 1; }
 
 say "the function's JSON log lines (the first few)"
 # (awk, not grep | head: under pipefail a head that stops reading fails the demo with SIGPIPE)

@@ -10,8 +10,8 @@ cd "$root"
 # fold, the refresh, adoption and the engine's lock and deadline handling, all of which is SQL the
 # server runs. The rest (Lambda, Terraform, secrets, CLI flags) does not depend on the server's major.
 # definer:: and privileges:: run what differs between majors in roles (CREATEROLE and ADMIN OPTION from 16)
-# and in the SECURITY DEFINER fold.
-filters=(engine:: job_progress:: verify:: adoption:: refresh:: deadline:: detached:: majors:: definer:: privileges::)
+# and in the SECURITY DEFINER fold. schemas:: runs the core in another schema (007, the catalog readers).
+filters=(engine:: job_progress:: verify:: adoption:: refresh:: deadline:: majors:: definer:: privileges:: schemas:: plan:: refresh_role:: detached::)
 supported=${PG_MATRIX_MAJORS:-13 14 15 16 17 18}
 unsupported=12
 logs=$root/.tmp/pg-matrix

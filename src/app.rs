@@ -12,7 +12,7 @@ use crate::{
     error::{Error, Result},
     migrations::Migrations,
     refresh::{self, RefreshReport, RefreshSettings},
-    runner::{self, Report, RunSettings},
+    runner::{self, RefreshRoleReport, Report, RunSettings},
     snapshot,
 };
 
@@ -60,10 +60,14 @@ impl App {
             advisory_wait: self.settings.advisory_wait,
             statement_timeout: self.settings.statement_timeout,
             index_build_rows_per_s: self.settings.index_build_rows_per_s,
+            table_rewrite_rows_per_s: self.settings.table_rewrite_rows_per_s,
+            table_scan_rows_per_s: self.settings.table_scan_rows_per_s,
             deadline,
             applied_by: applied_by.to_string(),
             // Only an invocation with a deadline hands a build to a detached session; the command line waits for it.
             detach: deadline.remaining().is_some().then_some(crate::detached::DetachTo(opts)),
+            // Set by Lambda only: there standard output is the log, where EMF lines become metrics.
+            metrics_function: std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok(),
         };
         let snapshot_db = match (&self.settings.db, &self.aws) {
             (DbSource::Secret(s), Some(aws)) if self.settings.snapshot_before_migrate => Some((s, aws)),
@@ -88,23 +92,18 @@ impl App {
             _ => None,
         };
         let hook_ref: Option<runner::BeforeChange<'_>> = if snapshot_db.is_some() { Some(&hook) } else { None };
-        // Giving the refresh role its password comes after migrating: whether this user may is checked first.
-        let sets_refresh_password = matches!(command, Command::Migrate { .. })
-            && self.settings.refresh_secret_id.is_some()
-            && self.aws.is_some();
-        let outcome = match refresh_password_preflight(&mut conn, sets_refresh_password).await {
+        // The refresh role is brought to what it needs after migrating: whether this user may is checked first.
+        let migrating = matches!(command, Command::Migrate { .. });
+        let outcome = match self.refresh_role_preflight(&mut conn, migrating).await {
             Ok(()) => runner::run(&mut conn, &self.migrations, command, &run, hook_ref).await,
             Err(e) => Err(e),
         };
-        // Without IAM database authentication the refresh role logs in with its own secret's password.
-        let outcome = match (outcome, &self.settings.refresh_secret_id, &self.aws) {
-            (Ok(report), Some(secret), Some(aws)) if matches!(command, Command::Migrate { .. }) => {
-                match credentials::set_refresh_password(&mut conn, aws, secret, deadline).await {
-                    Ok(_) => Ok(report),
-                    Err(e) => Err(e.after_applying(runner::applied_labels(&report))),
-                }
-            }
-            (outcome, ..) => outcome,
+        let outcome = match outcome {
+            Ok(report) if migrating => match self.converge_refresh_role(&mut conn, deadline).await {
+                Ok(refresh_role) => Ok(Report { refresh_role: Some(refresh_role), ..report }),
+                Err(e) => Err(e.after_applying(runner::applied_labels(&report))),
+            },
+            outcome => outcome,
         };
         let taken = taken.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let (Some(taken), Some((_, aws))) = (taken, snapshot_db) {
@@ -130,6 +129,50 @@ impl App {
         Ok(report)
     }
 
+    /// Before a `migrate`: may this user create the refresh role, change its `rds_iam` membership and set its password?
+    async fn refresh_role_preflight(&self, conn: &mut sqlx::PgConnection, migrating: bool) -> Result<()> {
+        // The down script of 004 reads the role from the session (the rollback of the grants it names).
+        crate::db::set_refresh_role_setting(conn, &self.settings.refresh_role).await?;
+        if !migrating {
+            return Ok(());
+        }
+        let schema = crate::db::current_schema(conn).await?;
+        let facts = crate::db::role_facts(conn, &schema, &self.settings.refresh_role).await?;
+        crate::privileges::before_converging_refresh_role(
+            &facts,
+            self.settings.refresh_auth,
+            self.sets_refresh_password(),
+        )
+    }
+
+    fn sets_refresh_password(&self) -> bool {
+        self.settings.refresh_secret_id.is_some() && self.aws.is_some()
+    }
+
+    /// After a `migrate`: the refresh role exists, may connect here and run the refresh, is in `rds_iam` exactly
+    /// with IAM auth, and with `REFRESH_SECRET_ARN` has that secret's password.
+    async fn converge_refresh_role(
+        &self,
+        conn: &mut sqlx::PgConnection,
+        deadline: Deadline,
+    ) -> Result<RefreshRoleReport> {
+        let role = &self.settings.refresh_role;
+        let steps = crate::refresh_role::converge(conn, role, self.settings.refresh_auth).await?;
+        let password_set = match (&self.settings.refresh_secret_id, &self.aws) {
+            (Some(secret), Some(aws)) => credentials::set_refresh_password(conn, aws, secret, role, deadline).await?,
+            _ => false,
+        };
+        Ok(RefreshRoleReport {
+            role: role.clone(),
+            auth: match self.settings.refresh_auth {
+                crate::config::Auth::Iam => "iam",
+                crate::config::Auth::Password => "password",
+            },
+            changed: steps.into_iter().map(|s| s.why).collect(),
+            password_set,
+        })
+    }
+
     /// Brings `job_progress` up to date on a fresh dedicated connection.
     pub async fn refresh(&self, requested_by: &str, deadline: Deadline) -> Result<RefreshReport> {
         let (mut conn, _) =
@@ -143,14 +186,6 @@ impl App {
         close(conn).await;
         outcome
     }
-}
-
-async fn refresh_password_preflight(conn: &mut sqlx::PgConnection, needed: bool) -> Result<()> {
-    if !needed {
-        return Ok(());
-    }
-    let schema = crate::db::current_schema(conn).await?;
-    crate::privileges::before_setting_refresh_password(&crate::db::role_facts(conn, &schema).await?)
 }
 
 /// `scanner-migrator:<what>:<who>`, visible in pg_stat_activity and in LockTimeout errors.

@@ -20,9 +20,18 @@ pub struct Global {
     /// postgres:// URL; without it the DB_SECRET_ARN settings are used, as in Lambda.
     #[arg(long, global = true, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
+    /// The schema to work in, its name as stored (case-sensitive); default: the login's current_schema().
+    #[arg(long, global = true, env = "DB_SCHEMA")]
+    schema: Option<String>,
     /// Read migrations from this directory instead of the ones built into the binary.
     #[arg(long, global = true)]
     migrations_dir: Option<PathBuf>,
+    /// The refresh function's own role in this database, which migrate creates and grants (default scanner_refresh).
+    #[arg(long, global = true, env = "REFRESH_ROLE")]
+    refresh_role: Option<String>,
+    /// How the refresh role logs in: iam (a member of rds_iam) or password (never one).
+    #[arg(long, global = true, env = "REFRESH_DB_AUTH")]
+    refresh_db_auth: Option<String>,
 }
 
 /// The command line: the global options, and one subcommand per entry of [`COMMANDS`].
@@ -44,6 +53,20 @@ pub fn command_line() -> clap::Command {
                 .help(t.help),
         )
     });
+    // `new` writes files and needs no database: the CLI's own, not one of the shared COMMANDS.
+    let cli = cli.subcommand(
+        clap::Command::new(NEW)
+            .about("Write the next migration's pair of files (NNN_name.sql, NNN_name.down.sql) into --migrations-dir")
+            .arg(Arg::new("name").required(true).value_name("NAME").help(
+                "snake_case, e.g. add_widget_index (numbered after the newest file); NNN_name asks for number NNN",
+            ))
+            .arg(
+                Arg::new("no-transaction")
+                    .long("no-transaction")
+                    .action(ArgAction::SetTrue)
+                    .help("Run it statement by statement, outside a transaction (CREATE INDEX CONCURRENTLY)"),
+            ),
+    );
     cli.subcommands(COMMANDS.iter().map(|spec| {
         let sub = clap::Command::new(spec.name).about(spec.about);
         // A CI gate, as dbmate's: `status --exit-code` fails while migrations are pending.
@@ -53,6 +76,14 @@ pub fn command_line() -> clap::Command {
                     .long("exit-code")
                     .action(ArgAction::SetTrue)
                     .help(format!("Exit with {PENDING_EXIT_CODE} when migrations are pending (for CI gates)")),
+            )
+        } else if spec.name == "plan" {
+            sub.arg(
+                Arg::new("output")
+                    .long("output")
+                    .value_parser(["json", "text"])
+                    .default_value("json")
+                    .help("json (the contract, as the Lambda returns it) or text (a readable table per migration)"),
             )
         } else if spec.name == "verify" {
             sub.arg(Arg::new("data").long("data").action(ArgAction::SetTrue).help(
@@ -77,6 +108,12 @@ pub fn command_line() -> clap::Command {
     }))
 }
 
+/// The subcommand that scaffolds a migration.
+const NEW: &str = "new";
+
+/// Where `new` writes without `--migrations-dir`: the repository's folder, from its root.
+const DEFAULT_MIGRATIONS_DIR: &str = "migrations";
+
 /// The exit code of `status --exit-code` while migrations are pending (1 is an error, 2 bad usage).
 pub const PENDING_EXIT_CODE: u8 = 3;
 
@@ -91,9 +128,14 @@ pub async fn main() -> ExitCode {
         let exit_code = sub.try_get_one::<bool>("exit-code").ok().flatten().copied().unwrap_or(false);
         let target = sub.try_get_one::<i64>("target").ok().flatten().copied();
         let data = sub.try_get_one::<bool>("data").ok().flatten().copied().unwrap_or(false);
-        Ok((global, tunables, name.to_string(), target, exit_code, data))
+        let scaffold = (name == NEW).then(|| {
+            let no_tx = sub.try_get_one::<bool>("no-transaction").ok().flatten().copied().unwrap_or(false);
+            (sub.get_one::<String>("name").cloned().unwrap_or_default(), no_tx)
+        });
+        let text = sub.try_get_one::<String>("output").ok().flatten().is_some_and(|o| o == "text");
+        Ok((global, tunables, name.to_string(), target, exit_code, data, scaffold, text))
     });
-    let (cli, tunables, name, target, exit_code, data) = match parsed {
+    let (cli, tunables, name, target, exit_code, data, scaffold, text) = match parsed {
         Ok(parsed) => parsed,
         Err(e) if matches!(e.kind(), clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion) => {
             let _ = e.print();
@@ -121,9 +163,23 @@ pub async fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
-    match run(cli, tunables, &name, target, data).await {
+    let outcome = match scaffold {
+        Some((new_name, no_transaction)) => {
+            let dir = cli.migrations_dir.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_MIGRATIONS_DIR));
+            let today = chrono::Utc::now().date_naive().to_string();
+            crate::scaffold::create(&dir, &new_name, no_transaction, &today).and_then(|s| {
+                serde_json::to_value(s).map_err(|e| Error::BadRequest(format!("serialising the result: {e}")))
+            })
+        }
+        None => run(cli, tunables, &name, target, data).await,
+    };
+    match outcome {
         Ok(value) => {
-            print_json(&value);
+            if text {
+                print!("{}", crate::impact::render_text(&value));
+            } else {
+                print_json(&value);
+            }
             if exit_code && value["status"] == "pending" {
                 return ExitCode::from(PENDING_EXIT_CODE);
             }
@@ -149,8 +205,17 @@ async fn run(
     data: bool,
 ) -> Result<serde_json::Value, Error> {
     let command = Command::parse(name, target).and_then(|c| c.with_data(data)).map_err(Error::BadRequest)?;
-    if let Some(url) = cli.database_url.clone() {
-        flags.insert("DATABASE_URL", url);
+    for (var, value) in [
+        ("DATABASE_URL", &cli.database_url),
+        ("REFRESH_ROLE", &cli.refresh_role),
+        ("REFRESH_DB_AUTH", &cli.refresh_db_auth),
+    ] {
+        if let Some(value) = value {
+            flags.insert(var, value.clone());
+        }
+    }
+    if let Some(schema) = cli.schema.clone() {
+        flags.insert("DB_SCHEMA", schema);
     }
     let settings = Settings::from_lookup(|name| flags.get(name).cloned().or_else(|| std::env::var(name).ok()))?;
     let migrations = match &cli.migrations_dir {

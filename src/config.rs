@@ -114,6 +114,20 @@ pub const TUNABLES: &[Tunable] = &[
         kind: Kind::Seconds,
         help: "Rows per second an index build is assumed to manage, to refuse one that cannot finish in time",
     },
+    Tunable {
+        flag: "table-rewrite-rows-per-s",
+        var: "TABLE_REWRITE_ROWS_PER_S",
+        default: "100000",
+        kind: Kind::Seconds,
+        help: "Rows per second a table rewrite is assumed to manage (plan's estimate)",
+    },
+    Tunable {
+        flag: "table-scan-rows-per-s",
+        var: "TABLE_SCAN_ROWS_PER_S",
+        default: "1000000",
+        kind: Kind::Seconds,
+        help: "Rows per second a whole-table scan (SET NOT NULL, VALIDATE CONSTRAINT) is assumed to manage (plan's estimate)",
+    },
 ];
 
 /// Every environment variable the binary reads (besides the runtime's own `_HANDLER`,
@@ -211,10 +225,69 @@ pub const ENV_VARS: &[EnvVar] = &[
               before the Lambda deadline (default 250000)",
     },
     EnvVar {
+        name: "TABLE_REWRITE_ROWS_PER_S",
+        required_in_lambda: false,
+        doc: "rows per second a table rewrite is assumed to manage, for plan's estimates (default 100000)",
+    },
+    EnvVar {
+        name: "TABLE_SCAN_ROWS_PER_S",
+        required_in_lambda: false,
+        doc: "rows per second a whole-table scan is assumed to manage, for plan's estimates (default 1000000)",
+    },
+    EnvVar {
         name: "REFRESH_SECRET_ARN",
         required_in_lambda: false,
         doc: "migrate only, without IAM database authentication: the secret whose password the migrator gives \
-              the scanner_refresh role after migrating",
+              the refresh role (REFRESH_ROLE) after migrating",
+    },
+    EnvVar {
+        name: "REFRESH_ROLE",
+        required_in_lambda: false,
+        doc: "migrate only: the refresh function's own database role in this database (default scanner_refresh); \
+              give each database on one server its own",
+    },
+    EnvVar {
+        name: "REFRESH_DB_AUTH",
+        required_in_lambda: false,
+        doc: "migrate only: how the refresh role logs in, `iam` (a member of rds_iam) or `password` (never a \
+              member of rds_iam); default password with REFRESH_SECRET_ARN, iam without",
+    },
+    EnvVar {
+        name: "CONTINUATION_ROLE_ARN",
+        required_in_lambda: false,
+        doc: "migrate only: the role EventBridge Scheduler assumes to invoke the function again when work is \
+              left at the deadline (unset: the answer only says to invoke again)",
+    },
+    EnvVar {
+        name: "CONTINUATION_SCHEDULE",
+        required_in_lambda: false,
+        doc: "migrate only: the name of its one-time continuation schedule (default <function name>-continue)",
+    },
+    EnvVar {
+        name: "CONTINUATION_SCHEDULE_GROUP",
+        required_in_lambda: false,
+        doc: "migrate only: the continuation schedule's group (default `default`)",
+    },
+    EnvVar {
+        name: "CONTINUATION_DLQ_ARN",
+        required_in_lambda: false,
+        doc: "migrate only: the SQS queue for a continuation the Scheduler could not deliver",
+    },
+    EnvVar {
+        name: "CONTINUATION_DELAY_S",
+        required_in_lambda: false,
+        doc: "migrate only: seconds from an answer with work left to the invocation it schedules (default 60)",
+    },
+    EnvVar {
+        name: "CONTINUATION_MAX_STEPS",
+        required_in_lambda: false,
+        doc: "migrate only: continuations after which the chain stops and says so (default 96)",
+    },
+    EnvVar {
+        name: "DB_SCHEMA",
+        required_in_lambda: false,
+        doc: "the schema the migrations, the refresh and verify work in, its name as stored (case-sensitive, \
+              unquoted); default: the login's current_schema(), normally public",
     },
     EnvVar {
         name: "REFRESH_MIN_INTERVAL_S",
@@ -349,9 +422,23 @@ pub struct Settings {
     pub allow_rollback: bool,
     /// Assumed index build speed, to refuse a build that cannot finish before the deadline.
     pub index_build_rows_per_s: f64,
-    /// `REFRESH_SECRET_ARN`: the secret whose password `scanner_refresh` gets after a migrate.
+    /// Assumed table rewrite speed (plan's estimates).
+    pub table_rewrite_rows_per_s: f64,
+    /// Assumed whole-table scan speed (plan's estimates).
+    pub table_scan_rows_per_s: f64,
+    /// `REFRESH_SECRET_ARN`: the secret whose password the refresh role gets after a migrate.
     pub refresh_secret_id: Option<String>,
+    /// `DB_SCHEMA`: the schema every session works in; `None` is the login's `current_schema()`.
+    pub schema: Option<String>,
+    /// `REFRESH_ROLE`: the refresh function's own role in this database.
+    pub refresh_role: String,
+    /// `REFRESH_DB_AUTH`: how the refresh role logs in.
+    pub refresh_auth: Auth,
 }
+
+/// The refresh role of a database whose settings name none: what migration 004 created before roles
+/// were configurable.
+pub const DEFAULT_REFRESH_ROLE: &str = "scanner_refresh";
 
 /// Query parameters a `--database-url` may carry: the ones the driver understands. Anything else
 /// is refused before the driver sees it (it would log the value, which may be a password).
@@ -402,8 +489,69 @@ impl Settings {
             refresh_min_interval: Duration::from_secs_f64(number(&get, "REFRESH_MIN_INTERVAL_S")?),
             allow_rollback: boolean(&get, "ALLOW_ROLLBACK")?,
             index_build_rows_per_s: number(&get, "INDEX_BUILD_ROWS_PER_S")?.max(1.0),
+            table_rewrite_rows_per_s: number(&get, "TABLE_REWRITE_ROWS_PER_S")?.max(1.0),
+            table_scan_rows_per_s: number(&get, "TABLE_SCAN_ROWS_PER_S")?.max(1.0),
             refresh_secret_id: get("REFRESH_SECRET_ARN"),
+            schema: get("DB_SCHEMA").map(|s| schema_name(&s)).transpose()?,
+            refresh_role: refresh_role(&get)?,
+            refresh_auth: refresh_auth(&get)?,
         })
+    }
+}
+
+/// A schema name as PostgreSQL stores it (taken literally: `Scanner` is the mixed-case schema `"Scanner"`),
+/// or what is wrong with it.
+pub fn schema_name(name: &str) -> Result<String, Error> {
+    let bad = |problem: String| Error::Config { var: "DB_SCHEMA".into(), problem };
+    if name.len() > 63 {
+        return Err(bad(format!("`{name}` is {} bytes long; PostgreSQL names hold at most 63", name.len())));
+    }
+    if name.contains('\0') {
+        return Err(bad("contains a NUL character".into()));
+    }
+    if name.starts_with("pg_") {
+        return Err(bad(format!("`{name}`: names starting with pg_ are reserved for PostgreSQL's own schemas")));
+    }
+    Ok(name.to_string())
+}
+
+/// `REFRESH_ROLE`: a role name the module can also put into an IAM `rds-db:connect` ARN unquoted.
+fn refresh_role(get: &impl Fn(&str) -> Option<String>) -> Result<String, Error> {
+    let Some(role) = get("REFRESH_ROLE") else { return Ok(DEFAULT_REFRESH_ROLE.to_string()) };
+    let bad = |problem: &str| Error::Config { var: "REFRESH_ROLE".into(), problem: format!("`{role}` {problem}") };
+    // 63 bytes: PostgreSQL's NAMEDATALEN - 1; a longer name would be truncated, and then be another role.
+    if role.len() > 63
+        || !role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        || !role.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+    {
+        return Err(bad("is not a role name of lower-case letters, digits and _, starting with a letter or _, \
+                        at most 63 characters"));
+    }
+    // pg_ names are reserved by PostgreSQL, rds_ ones by RDS; public is not a role.
+    if role.starts_with("pg_") || role.starts_with("rds_") || role == "rdsadmin" || role == "public" {
+        return Err(bad("is reserved (pg_*, rds_*, rdsadmin, public); choose another name"));
+    }
+    Ok(role)
+}
+
+/// `REFRESH_DB_AUTH`: iam or password; unset, password when the migrator sets a password
+/// (`REFRESH_SECRET_ARN`), iam otherwise. On RDS a member of rds_iam cannot log in with a password.
+fn refresh_auth(get: &impl Fn(&str) -> Option<String>) -> Result<Auth, Error> {
+    let with_secret = get("REFRESH_SECRET_ARN").is_some();
+    match (get("REFRESH_DB_AUTH").as_deref(), with_secret) {
+        (None, true) | (Some("password"), _) => Ok(Auth::Password),
+        (None, false) => Ok(Auth::Iam),
+        (Some("iam"), false) => Ok(Auth::Iam),
+        (Some("iam"), true) => Err(Error::Config {
+            var: "REFRESH_DB_AUTH".into(),
+            problem: "`iam` with REFRESH_SECRET_ARN set: a role that logs in with an IAM token has no password; \
+                      unset REFRESH_SECRET_ARN, or set REFRESH_DB_AUTH=password"
+                .into(),
+        }),
+        (Some(other), _) => Err(Error::Config {
+            var: "REFRESH_DB_AUTH".into(),
+            problem: format!("`{other}` is not one of: iam, password"),
+        }),
     }
 }
 
@@ -745,15 +893,51 @@ mod tests {
     }
 
     #[test]
+    fn a_schema_is_taken_as_stored_and_bad_names_are_refused() {
+        let s = settings(&[("DATABASE_URL", "postgres://h/d")]).unwrap();
+        assert_eq!(s.schema, None, "by default the login's current_schema()");
+        for name in ["Scanner", "j", "my schema", "x\"y"] {
+            let s = settings(&[("DATABASE_URL", "postgres://h/d"), ("DB_SCHEMA", name)]).unwrap();
+            assert_eq!(s.schema.as_deref(), Some(name), "case and quotes kept: no folding, no SQL quoting");
+        }
+        for (name, why) in [(&*"s".repeat(64), "63"), ("pg_temp", "reserved"), ("a\0b", "NUL")] {
+            let err = settings(&[("DATABASE_URL", "postgres://h/d"), ("DB_SCHEMA", name)]).unwrap_err().to_string();
+            assert!(err.contains("DB_SCHEMA") && err.contains(why), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_refresh_role_and_its_auth_are_checked() {
+        let url = ("DATABASE_URL", "postgres://h/d");
+        let s = settings(&[url]).unwrap();
+        assert_eq!((s.refresh_role.as_str(), s.refresh_auth), ("scanner_refresh", Auth::Iam));
+        let s = settings(&[url, ("REFRESH_SECRET_ARN", "arn:r")]).unwrap();
+        assert_eq!(s.refresh_auth, Auth::Password, "a password to set means password auth");
+        let s = settings(&[url, ("REFRESH_ROLE", "staging_refresh"), ("REFRESH_DB_AUTH", "password")]).unwrap();
+        assert_eq!((s.refresh_role.as_str(), s.refresh_auth), ("staging_refresh", Auth::Password));
+        for bad in ["Staging", "a-b", "1x", "pg_x", "rds_iam", "public", &"x".repeat(64)] {
+            let err = settings(&[url, ("REFRESH_ROLE", bad)]).unwrap_err().to_string();
+            assert!(err.contains("REFRESH_ROLE") && err.contains(bad), "{err}");
+        }
+        let err =
+            settings(&[url, ("REFRESH_SECRET_ARN", "arn:r"), ("REFRESH_DB_AUTH", "iam")]).unwrap_err().to_string();
+        assert!(err.contains("REFRESH_DB_AUTH") && err.contains("REFRESH_SECRET_ARN"), "{err}");
+        let err = settings(&[url, ("REFRESH_DB_AUTH", "token")]).unwrap_err().to_string();
+        assert!(err.contains("`token` is not one of: iam, password"), "{err}");
+    }
+
+    #[test]
     fn every_variable_read_is_documented() {
         // Every `get("NAME")` / `number(&get, "NAME", ..)` above must be listed in ENV_VARS, and vice versa.
-        let src = include_str!("config.rs");
-        let code = &src[..src.find("#[cfg(test)]").unwrap()];
+        // The continuation's settings are read where they are used (src/continuation.rs).
         let mut read: Vec<&str> = Vec::new();
-        for pat in ["get(\"", "&get, \"", "(get, \""] {
-            for (i, _) in code.match_indices(pat) {
-                let rest = &code[i + pat.len()..];
-                read.push(&rest[..rest.find('"').unwrap()]);
+        for src in [include_str!("config.rs"), include_str!("continuation.rs")] {
+            let code = &src[..src.find("#[cfg(test)]").unwrap()];
+            for pat in ["get(\"", "&get, \"", "(get, \"", "number(\""] {
+                for (i, _) in code.match_indices(pat) {
+                    let rest = &code[i + pat.len()..];
+                    read.push(&rest[..rest.find('"').unwrap()]);
+                }
             }
         }
         read.sort();

@@ -12,7 +12,8 @@ use crate::{
 
 /// Opens the connection the command runs on. With a secret: on an authentication failure
 /// the secret is read once more (it may have rotated since it was read) and the connect retried.
-/// The target says which TLS the session negotiated, not only which mode was configured. Every
+/// The target says which TLS the session negotiated, not only which mode was configured. The
+/// session works in one schema only (`db::pin_schema`). Every
 /// network wait (the AWS calls, the connect, the retry) is cut to the time `deadline` leaves.
 pub async fn open(
     settings: &Settings,
@@ -33,6 +34,7 @@ pub async fn open_with_options(
 ) -> Result<(PgConnection, Target, PgConnectOptions)> {
     let (mut conn, mut target, opts) = connect(settings, aws, application_name, deadline).await?;
     target.tls = Some(negotiated_tls(&mut conn).await?);
+    db::pin_schema(&mut conn, settings.schema.as_deref()).await?;
     tracing::info!(step = "connect", target = %target, tls = target.tls.as_deref().unwrap_or(""), "connected");
     Ok((conn, target, opts))
 }

@@ -23,6 +23,12 @@ pub const AWS_ACTIONS: &[&str] = &[
     "rds:DescribeDBClusterSnapshots",
     "rds:AddTagsToResource",
     "rds-db:connect",
+    // The migrate function's continuation (src/continuation.rs); creating or updating a schedule
+    // passes the scheduler role to the Scheduler.
+    "scheduler:CreateSchedule",
+    "scheduler:UpdateSchedule",
+    "scheduler:DeleteSchedule",
+    "iam:PassRole",
 ];
 
 /// The AWS clients, built once per process (in Lambda: at cold start).
@@ -34,6 +40,8 @@ pub struct Aws {
     pub secrets: aws_sdk_secretsmanager::Client,
     /// RDS control plane.
     pub rds: aws_sdk_rds::Client,
+    /// EventBridge Scheduler: the migrate function's continuation (src/continuation.rs).
+    pub scheduler: aws_sdk_scheduler::Client,
 }
 
 impl Aws {
@@ -50,7 +58,12 @@ impl Aws {
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(2))
             .load()
             .await;
-        Aws { secrets: aws_sdk_secretsmanager::Client::new(&sdk), rds: aws_sdk_rds::Client::new(&sdk), sdk }
+        Aws {
+            secrets: aws_sdk_secretsmanager::Client::new(&sdk),
+            rds: aws_sdk_rds::Client::new(&sdk),
+            scheduler: aws_sdk_scheduler::Client::new(&sdk),
+            sdk,
+        }
     }
 }
 
@@ -248,9 +261,6 @@ async fn iam_token(aws: &Aws, host: &str, port: u16, user: &str, deadline: Deadl
     Ok(SecretString::from(token.as_str().to_string()))
 }
 
-/// The role the scheduled refresh logs in as (migration 004).
-pub const REFRESH_ROLE: &str = "scanner_refresh";
-
 /// PostgreSQL's SCRAM-SHA-256 verifier of `password` (RFC 5802/7677, as `CREATE ROLE ... PASSWORD`
 /// stores it): `SCRAM-SHA-256$<iterations>:<salt>$<StoredKey>:<ServerKey>`. Sent instead of the
 /// password, so the plaintext never reaches the server or its statement log.
@@ -288,31 +298,32 @@ pub fn scram_sha256_verifier(password: &str, salt: &[u8], iterations: u32) -> St
     )
 }
 
-/// After a migrate, without IAM database authentication: gives `scanner_refresh` the password of
+/// After a migrate, without IAM database authentication: gives the refresh role `role` the password of
 /// the secret `secret_id` (`REFRESH_SECRET_ARN`), as a SCRAM verifier. Refuses a secret for any
 /// other user, so the migrator can never be pointed at another role's password. Returns whether
-/// the role existed (it does once migration 004 is applied).
+/// the role existed (it does once migration 004 is applied and the role converged).
 pub async fn set_refresh_password(
     conn: &mut sqlx::PgConnection,
     aws: &Aws,
     secret_id: &str,
+    role: &str,
     deadline: Deadline,
 ) -> Result<bool> {
     let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-        .bind(REFRESH_ROLE)
+        .bind(role)
         .fetch_one(&mut *conn)
         .await
-        .map_err(|e| Error::db(format!("looking up the role {REFRESH_ROLE}"), e))?;
+        .map_err(|e| Error::db(format!("looking up the role {role}"), e))?;
     if !exists {
-        tracing::info!(step = "refresh-role", "no {REFRESH_ROLE} role yet (migration 004); its password waits for it");
+        tracing::info!(step = "refresh-role", "no {role} role yet (migration 004); its password waits for it");
         return Ok(false);
     }
     let secret = fetch_secret(aws, secret_id, deadline).await?;
-    if secret.username != REFRESH_ROLE {
+    if secret.username != role {
         return Err(Error::SecretFormat {
             secret: secret_id.to_string(),
             problem: format!(
-                "`username` is `{}`; REFRESH_SECRET_ARN must hold the credentials of the {REFRESH_ROLE} role",
+                "`username` is `{}`; REFRESH_SECRET_ARN must hold the credentials of the {role} role (REFRESH_ROLE)",
                 secret.username
             ),
         });
@@ -324,11 +335,11 @@ pub async fn set_refresh_password(
     })?;
     let verifier = scram_sha256_verifier(secret.password.expose_secret(), &salt, 4096);
     // A verifier holds only base64, digits, `$` and `:`; quoted all the same.
-    let sql = format!("ALTER ROLE {REFRESH_ROLE} PASSWORD '{}'", verifier.replace('\'', "''"));
+    let sql = format!("ALTER ROLE {} PASSWORD '{}'", crate::privileges::quote(role), verifier.replace('\'', "''"));
     crate::db::exec(conn, &sql)
         .await
-        .map_err(|e| Error::db(format!("setting the password of {REFRESH_ROLE} from {secret_id}"), e))?;
-    tracing::info!(step = "refresh-role", secret = secret_id, "{REFRESH_ROLE}'s password set from the secret");
+        .map_err(|e| Error::db(format!("setting the password of {role} from {secret_id}"), e))?;
+    tracing::info!(step = "refresh-role", secret = secret_id, "{role}'s password set from the secret");
     Ok(true)
 }
 

@@ -233,33 +233,98 @@ pub async fn current_schema(conn: &mut PgConnection) -> Result<String> {
         })
 }
 
-/// A digest of every catalog row describing the current schema's objects, and of the history's
-/// rows: a committed change to any of them gives another digest (each new row version has a new
-/// `xmin`; VACUUM and ANALYZE update statistics in place and leave it alone). The history table's
-/// own definition is left out: `migrate` creates or upgrades it before it changes anything else.
-pub async fn change_stamp(conn: &mut PgConnection) -> Result<String> {
-    let ctx = "reading the catalog's row versions";
-    let catalog: String = sqlx::query_scalar(
-        "WITH ns AS (SELECT oid FROM pg_namespace WHERE nspname = current_schema()),
-              history AS (SELECT to_regclass($1) AS oid
-                          UNION ALL SELECT indexrelid FROM pg_index WHERE indrelid = to_regclass($1)),
-              rel AS (SELECT c.oid, c.xmin FROM pg_class AS c, ns
-                       WHERE c.relnamespace = ns.oid AND c.oid NOT IN (SELECT oid FROM history WHERE oid IS NOT NULL))
-         SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (
-             SELECT 'c' || oid || ':' || xmin FROM rel
+/// Fixes the session's `search_path` to one schema: `configured` (`DB_SCHEMA`), or else the login's
+/// `current_schema()`. Every unqualified name of the migrations, the refresh and verify then
+/// resolves there and nowhere else (a same-named table in another schema of the login's path cannot
+/// stand in for ours), and the catalog readers print definitions the same way for every schema.
+pub async fn pin_schema(conn: &mut PgConnection, configured: Option<&str>) -> Result<String> {
+    let schema = match configured {
+        None => current_schema(conn).await?,
+        Some(name) => {
+            let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+                .bind(name)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| Error::db("looking up the schema DB_SCHEMA names", e))?;
+            if !exists {
+                let database: String = sqlx::query_scalar("SELECT current_database()::text")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .map_err(|e| Error::db("looking up the schema DB_SCHEMA names", e))?;
+                return Err(Error::Config {
+                    var: "DB_SCHEMA".into(),
+                    problem: format!(
+                        "schema {} does not exist in database {database} (the name is taken as stored, \
+                         case-sensitive); create it first: CREATE SCHEMA {}",
+                        quote_ident(name),
+                        quote_ident(name)
+                    ),
+                });
+            }
+            name.to_string()
+        }
+    };
+    sqlx::query("SELECT set_config('search_path', quote_ident($1), false)")
+        .bind(&schema)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| Error::db(format!("setting search_path to schema {}", quote_ident(&schema)), e))?;
+    Ok(schema)
+}
+
+/// An identifier quoted for SQL, whatever it holds.
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+/// A digest of the catalog rows that describe the objects of every schema but PostgreSQL's own:
+/// schemas, relations, the columns of tables and views, defaults, indexes (and their validity),
+/// view rules, constraints, triggers, functions, languages, standalone types and extension
+/// memberships; everything the verification reads, and what it reads through (a type or function
+/// of another schema is printed by name). A committed change to any of them gives another digest:
+/// each new row version has a new `xmin`; VACUUM and ANALYZE update statistics in place and leave it
+/// alone, and index validity, which some majors flip in place, is hashed by value. The migrator's
+/// own tables are left out (`migrate` creates or upgrades them before it changes anything else), as
+/// verification leaves them out.
+pub async fn catalog_stamp(conn: &mut PgConnection) -> std::result::Result<String, sqlx::Error> {
+    // A sum of 64-bit row hashes and a count: independent of the order rows come in, so no sort,
+    // and any added, removed or rewritten row changes it but by a chance of about 2^-64.
+    let sql = format!(
+        r#"WITH ns AS (SELECT oid, xmin FROM pg_namespace
+                      WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+                        AND nspname NOT LIKE 'pg\_temp\_%' AND nspname NOT LIKE 'pg\_toast\_temp\_%'),
+              rel AS (SELECT c.oid, c.xmin, c.relkind FROM pg_class AS c JOIN ns ON ns.oid = c.relnamespace
+                       WHERE c.relname NOT LIKE '{HISTORY_TABLE}%')
+         SELECT count(*) || ':' || coalesce(sum(hashtextextended(x, 0)), 0) FROM (
+             SELECT 'n' || oid || ':' || xmin FROM ns
+             UNION ALL SELECT 'c' || oid || ':' || xmin FROM rel
              UNION ALL SELECT 'a' || a.attrelid || '.' || a.attnum || ':' || a.xmin
                          FROM pg_attribute AS a JOIN rel ON rel.oid = a.attrelid
-             UNION ALL SELECT 'i' || i.indexrelid || ':' || i.xmin FROM pg_index AS i JOIN rel ON rel.oid = i.indexrelid
+                        WHERE a.attnum > 0 AND rel.relkind IN ('r', 'p', 'v', 'm', 'f', 'c')
+             UNION ALL SELECT 'd' || d.oid || ':' || d.xmin FROM pg_attrdef AS d JOIN rel ON rel.oid = d.adrelid
+             UNION ALL SELECT 'i' || i.indexrelid || ':' || i.xmin || ':' || i.indisvalid || i.indisready || i.indislive
+                         FROM pg_index AS i JOIN rel ON rel.oid = i.indexrelid
+             UNION ALL SELECT 'r' || r.oid || ':' || r.xmin FROM pg_rewrite AS r JOIN rel ON rel.oid = r.ev_class
+             -- Internal triggers (a foreign key's) come and go with their constraint's row.
              UNION ALL SELECT 't' || t.oid || ':' || t.xmin FROM pg_trigger AS t JOIN rel ON rel.oid = t.tgrelid
-             UNION ALL SELECT 'p' || p.oid || ':' || p.xmin FROM pg_proc AS p, ns WHERE p.pronamespace = ns.oid
-             UNION ALL SELECT 'k' || k.oid || ':' || k.xmin FROM pg_constraint AS k, ns WHERE k.connamespace = ns.oid
-             UNION ALL SELECT 'y' || y.oid || ':' || y.xmin FROM pg_type AS y, ns WHERE y.typnamespace = ns.oid
-         ) AS s(x)",
-    )
-    .bind(HISTORY_TABLE)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(|e| Error::db(ctx, e))?;
+                        WHERE NOT t.tgisinternal
+             UNION ALL SELECT 'k' || k.oid || ':' || k.xmin FROM pg_constraint AS k JOIN rel ON rel.oid = k.conrelid
+             UNION ALL SELECT 'p' || p.oid || ':' || p.xmin FROM pg_proc AS p JOIN ns ON ns.oid = p.pronamespace
+             UNION ALL SELECT 'l' || l.oid || ':' || l.xmin FROM pg_language AS l
+             -- A relation's row type (and its array) changes with the relation's own row.
+             UNION ALL SELECT 'y' || y.oid || ':' || y.xmin FROM pg_type AS y JOIN ns ON ns.oid = y.typnamespace
+                        WHERE y.typrelid = 0 AND y.typcategory <> 'A'
+             UNION ALL SELECT 'e' || e.classid || '.' || e.objid || ':' || e.xmin FROM pg_depend AS e
+                        WHERE e.deptype = 'e'
+         ) AS s(x)"#
+    );
+    sqlx::query_scalar(AssertSqlSafe(sql)).fetch_one(conn).await
+}
+
+/// [`catalog_stamp`] and a digest of the history's rows: what a run changed, if anything.
+pub async fn change_stamp(conn: &mut PgConnection) -> Result<String> {
+    let ctx = "reading the catalog's row versions";
+    let catalog = catalog_stamp(conn).await.map_err(|e| Error::db(ctx, e))?;
     if !history_exists(conn).await.map_err(|e| Error::db(ctx, e))? {
         return Ok(catalog);
     }
@@ -270,22 +335,41 @@ pub async fn change_stamp(conn: &mut PgConnection) -> Result<String> {
 }
 
 /// What the catalog says about the connected user's privileges (see `privileges`).
-pub async fn role_facts(conn: &mut PgConnection, schema: &str) -> Result<crate::privileges::Facts> {
-    let row: (String, String, bool, bool, bool, bool, i32, bool, bool) = sqlx::query_as(
+pub async fn role_facts(conn: &mut PgConnection, schema: &str, refresh_role: &str) -> Result<crate::privileges::Facts> {
+    type Row = (String, String, bool, bool, bool, bool, i32, bool, bool, bool, bool, bool);
+    let row: Row = sqlx::query_as(
         "SELECT current_user::text, current_database()::text, r.rolsuper, r.rolcreaterole,
                 has_database_privilege(current_database(), 'CREATE'), has_schema_privilege($1, 'CREATE'),
                 current_setting('server_version_num')::int,
                 EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2),
                 COALESCE(CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2)
-                              THEN pg_has_role($2, 'MEMBER WITH ADMIN OPTION') END, false)
+                              THEN pg_has_role($2, 'MEMBER WITH ADMIN OPTION') END, false),
+                EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam'),
+                EXISTS (SELECT 1 FROM pg_auth_members AS m JOIN pg_roles AS g ON g.oid = m.roleid
+                          JOIN pg_roles AS u ON u.oid = m.member WHERE g.rolname = 'rds_iam' AND u.rolname = $2),
+                COALESCE(CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam')
+                              THEN pg_has_role('rds_iam', 'MEMBER WITH ADMIN OPTION') END, false)
            FROM pg_roles AS r WHERE r.rolname = current_user",
     )
     .bind(schema)
-    .bind(crate::credentials::REFRESH_ROLE)
+    .bind(refresh_role)
     .fetch_one(conn)
     .await
     .map_err(|e| Error::db("reading the migrator's own privileges", e))?;
-    let (user, database, superuser, createrole, create_on_database, create_on_schema, version, exists, admin) = row;
+    let (
+        user,
+        database,
+        superuser,
+        createrole,
+        create_on_database,
+        create_on_schema,
+        version,
+        exists,
+        admin,
+        rds_iam,
+        in_rds_iam,
+        rds_iam_admin,
+    ) = row;
     Ok(crate::privileges::Facts {
         user,
         database,
@@ -295,8 +379,102 @@ pub async fn role_facts(conn: &mut PgConnection, schema: &str) -> Result<crate::
         create_on_database,
         create_on_schema,
         server_version_num: version,
+        refresh_role: refresh_role.to_string(),
         refresh_role_exists: exists,
         refresh_role_admin: admin,
+        rds_iam_exists: rds_iam,
+        refresh_role_in_rds_iam: in_rds_iam,
+        rds_iam_admin,
+    })
+}
+
+/// `scanner_migrator.refresh_role` for this session: migration 004's down script revokes from that role.
+pub async fn set_refresh_role_setting(conn: &mut PgConnection, role: &str) -> Result<()> {
+    sqlx::query("SELECT set_config('scanner_migrator.refresh_role', $1, false)")
+        .bind(role)
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::db("setting scanner_migrator.refresh_role for this session", e))
+}
+
+/// Runs `statements` in one transaction: all of them, or none.
+pub async fn exec_in_transaction(conn: &mut PgConnection, statements: &[&str]) -> std::result::Result<(), sqlx::Error> {
+    let mut script = String::from("BEGIN;\n");
+    for s in statements {
+        script.push_str(s);
+        script.push_str(";\n");
+    }
+    script.push_str("COMMIT;");
+    // The simple protocol runs the script as one implicit transaction block: an error rolls back all of it.
+    let outcome = exec(conn, &script).await;
+    if outcome.is_err() {
+        let _ = exec(conn, "ROLLBACK").await;
+    }
+    outcome
+}
+
+/// The refresh role `role` in the connected database (see `refresh_role`); `legacy` is the role
+/// migration 004 once granted.
+pub async fn refresh_role_state(
+    conn: &mut PgConnection,
+    role: &str,
+    legacy: &str,
+) -> Result<crate::refresh_role::State> {
+    let row: (String, bool, bool, bool, bool, bool, bool, bool, bool, bool, String, bool) = sqlx::query_as(
+        "WITH f AS (SELECT to_regprocedure('refresh_job_progress()') AS oid),
+              r AS (SELECT oid, rolcanlogin FROM pg_roles WHERE rolname = $1)
+         SELECT current_database()::text,
+                EXISTS (SELECT 1 FROM r),
+                COALESCE((SELECT rolcanlogin FROM r), false),
+                COALESCE((SELECT p.prosecdef FROM pg_proc AS p, f WHERE p.oid = f.oid), false),
+                COALESCE(CASE WHEN EXISTS (SELECT 1 FROM r) THEN
+                    (SELECT has_function_privilege($1, f.oid, 'EXECUTE') FROM f WHERE f.oid IS NOT NULL) END, false),
+                EXISTS (SELECT 1 FROM pg_database AS d, aclexplode(d.datacl) AS a, r
+                         WHERE d.datname = current_database() AND a.grantee = r.oid AND a.privilege_type = 'CONNECT'),
+                has_database_privilege(current_database(), 'CONNECT WITH GRANT OPTION'),
+                EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'rds_iam'),
+                EXISTS (SELECT 1 FROM pg_auth_members AS m JOIN pg_roles AS g ON g.oid = m.roleid, r
+                         WHERE g.rolname = 'rds_iam' AND m.member = r.oid),
+                COALESCE(CASE WHEN $1 <> $2 AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $2) THEN
+                    (SELECT has_function_privilege($2, f.oid, 'EXECUTE') FROM f WHERE f.oid IS NOT NULL) END, false),
+                current_schema()::text,
+                -- A role not created yet will have what PUBLIC has.
+                CASE WHEN EXISTS (SELECT 1 FROM r) THEN has_schema_privilege($1, current_schema(), 'USAGE')
+                     ELSE has_schema_privilege('public', current_schema(), 'USAGE') END",
+    )
+    .bind(role)
+    .bind(legacy)
+    .fetch_one(conn)
+    .await
+    .map_err(|e| Error::db(format!("reading what the refresh role {role} may do"), e))?;
+    let (
+        database,
+        exists,
+        login,
+        function_ready,
+        may_execute,
+        connect_granted,
+        may_grant_connect,
+        rds_iam_exists,
+        rds_iam_member,
+        legacy_may_execute,
+        schema,
+        schema_usage,
+    ) = row;
+    Ok(crate::refresh_role::State {
+        database,
+        exists,
+        login,
+        function_ready,
+        may_execute,
+        connect_granted,
+        may_grant_connect,
+        rds_iam_exists,
+        rds_iam_member,
+        legacy_may_execute,
+        schema,
+        schema_usage,
     })
 }
 
@@ -383,20 +561,40 @@ pub async fn ensure_expected_table(conn: &mut PgConnection) {
             versions     bigint[] NOT NULL,
             -- json, not jsonb: read back as the text it was written, with no rendering.
             catalog      json NOT NULL,
-            derived_at   timestamptz NOT NULL DEFAULT now()
-        )"
+            derived_at   timestamptz NOT NULL DEFAULT now(),
+            -- The last comparison that found the live schema matching (a no-op migrate skips an unchanged one).
+            {}
+        )",
+        LIVE_COLUMNS.join(", ")
     );
     let created = async {
-        let exists: bool =
-            sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(EXPECTED_TABLE).fetch_one(&mut *conn).await?;
-        if !exists { exec(conn, &sql).await } else { Ok(()) }
+        let (exists, has_live): (bool, bool) = sqlx::query_as(
+            "SELECT to_regclass($1) IS NOT NULL, EXISTS (SELECT 1 FROM pg_attribute
+                     WHERE attrelid = to_regclass($1) AND attname = 'live_stamp' AND NOT attisdropped)",
+        )
+        .bind(EXPECTED_TABLE)
+        .fetch_one(&mut *conn)
+        .await?;
+        match (exists, has_live) {
+            (false, _) => exec(conn, &sql).await,
+            (true, true) => Ok(()),
+            // A table an earlier version made: add what this one records (altering needs its owner).
+            (true, false) => {
+                let add: Vec<String> = LIVE_COLUMNS.iter().map(|c| format!("ADD COLUMN IF NOT EXISTS {c}")).collect();
+                exec(conn, &format!("ALTER TABLE {EXPECTED_TABLE} {}", add.join(", "))).await
+            }
+        }
     }
     .await;
     if let Err(e) = created {
         tracing::warn!(table = EXPECTED_TABLE, error = %cause_chain(&e),
-            "cannot create the table of the cached expectation: every migrate derives it afresh");
+            "cannot create or upgrade the table of the cached expectation: migrate derives and compares afresh");
     }
 }
+
+/// The expected table's record of the last comparison that found the live schema matching: the
+/// catalog stamp it was read at, with a digest of the expectation compared ([`live_match`]).
+const LIVE_COLUMNS: [&str; 3] = ["live_stamp text", "live_objects bigint", "live_accepted json"];
 
 /// What a cached expectation was derived from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -449,7 +647,8 @@ pub async fn cache_expectation(
          VALUES ($1, $2, $3, $4, $5, $6::json)
          ON CONFLICT (schema_name) DO UPDATE SET server_major = EXCLUDED.server_major,
              migrations = EXCLUDED.migrations, reader = EXCLUDED.reader, versions = EXCLUDED.versions,
-             catalog = EXCLUDED.catalog, derived_at = now()"
+             catalog = EXCLUDED.catalog, derived_at = now(),
+             live_stamp = NULL, live_objects = NULL, live_accepted = NULL"
     );
     sqlx::query(AssertSqlSafe(sql))
         .bind(&key.schema)
@@ -458,6 +657,77 @@ pub async fn cache_expectation(
         .bind(&key.reader)
         .bind(versions)
         .bind(catalog)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
+/// The digest of the stored expectation's text, as [`expectation_digest`] computes it from the text written.
+const STORED_DIGEST: &str = "encode(sha256(convert_to(catalog::text, 'UTF8')), 'hex')";
+
+/// The digest [`record_live_match`] and [`live_match`] bind a match to: the expectation compared.
+pub fn expectation_digest(catalog_json: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(catalog_json.as_bytes()))
+}
+
+/// What the last comparison that found the live schema matching the expectation reported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveMatch {
+    /// How many objects it compared.
+    pub objects: usize,
+    /// The differences it accepted.
+    pub accepted: Vec<String>,
+}
+
+/// The match recorded for this key when the catalog is still at `stamp` ([`catalog_stamp`]) and
+/// the stored expectation is still the one compared (a hand edit of it voids the match).
+pub async fn live_match(
+    conn: &mut PgConnection,
+    key: &ExpectationKey,
+    stamp: &str,
+) -> std::result::Result<Option<LiveMatch>, sqlx::Error> {
+    let sql = format!(
+        "SELECT live_objects, live_accepted::text FROM {EXPECTED_TABLE}
+          WHERE schema_name = $1 AND server_major = $2 AND migrations = $3 AND reader = $4
+            AND live_stamp = $5 || ':' || {STORED_DIGEST}"
+    );
+    let row: Option<(Option<i64>, Option<String>)> = sqlx::query_as(AssertSqlSafe(sql))
+        .bind(&key.schema)
+        .bind(key.server_major)
+        .bind(&key.migrations)
+        .bind(&key.reader)
+        .bind(stamp)
+        .fetch_optional(conn)
+        .await?;
+    let Some((Some(objects), Some(accepted))) = row else { return Ok(None) };
+    let accepted = serde_json::from_str(&accepted).map_err(|e| sqlx::Error::Decode(Box::new(e)))?;
+    Ok(Some(LiveMatch { objects: objects.try_into().unwrap_or(0), accepted }))
+}
+
+/// Records that the live catalog at `stamp` matched the stored expectation for this key, when that
+/// is still the one compared (`digest`, [`expectation_digest`]); else records nothing.
+pub async fn record_live_match(
+    conn: &mut PgConnection,
+    key: &ExpectationKey,
+    digest: &str,
+    stamp: &str,
+    found: &LiveMatch,
+) -> std::result::Result<(), sqlx::Error> {
+    let sql = format!(
+        "UPDATE {EXPECTED_TABLE} SET live_stamp = $5 || ':' || $6, live_objects = $7, live_accepted = $8::json
+          WHERE schema_name = $1 AND server_major = $2 AND migrations = $3 AND reader = $4 AND {STORED_DIGEST} = $6"
+    );
+    let accepted = serde_json::to_string(&found.accepted).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(&key.schema)
+        .bind(key.server_major)
+        .bind(&key.migrations)
+        .bind(&key.reader)
+        .bind(stamp)
+        .bind(digest)
+        .bind(found.objects as i64)
+        .bind(accepted)
         .execute(conn)
         .await
         .map(|_| ())
@@ -697,7 +967,7 @@ pub async fn definer_functions(
                 (SELECT substr(c, length('search_path=') + 1) FROM unnest(p.proconfig) AS c
                   WHERE c LIKE 'search\\_path=%') AS path
            FROM pg_proc AS p
-          WHERE p.pronamespace = $1::regnamespace AND p.prosecdef
+          WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND p.prosecdef
           ORDER BY 1",
     )
     .bind(schema)

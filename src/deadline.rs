@@ -66,6 +66,11 @@ impl Deadline {
         }
     }
 
+    /// A deadline `d` earlier (not before now), keeping `d` of the time for a step after the work.
+    pub fn keep_back(&self, d: Duration) -> Self {
+        Deadline(self.0.map(|at| at.checked_sub(d).unwrap_or(at).max(Instant::now().min(at))))
+    }
+
     /// The same deadline, or `fallback` from now when there is none (for waits that need a bound).
     pub fn or_after(&self, fallback: Duration) -> Instant {
         self.0.unwrap_or_else(|| Instant::now() + fallback)
@@ -146,6 +151,18 @@ mod tests {
         assert!(d.binds(Some(Duration::from_secs(60))) && !d.binds(Some(Duration::from_secs(2))));
         assert!(d.has(Duration::from_secs(5)) && !d.has(Duration::from_secs(11)));
         assert!(d.cap_wait(Duration::from_secs(30)) <= Duration::from_secs(10));
+    }
+
+    #[test]
+    fn keeping_time_back_moves_the_deadline_earlier_but_not_into_the_past() {
+        let d = Deadline::after(Duration::from_secs(10));
+        let kept = d.keep_back(Duration::from_secs(2)).remaining().unwrap();
+        assert!(kept <= Duration::from_secs(8) && kept > Duration::from_secs(7), "{kept:?}");
+        assert_eq!(
+            Deadline::after(Duration::from_secs(1)).keep_back(Duration::from_secs(5)).remaining(),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(Deadline::NONE.keep_back(Duration::from_secs(5)), Deadline::NONE);
     }
 
     #[test]

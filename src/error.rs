@@ -155,6 +155,11 @@ pub enum Error {
     #[error("{cause}\n  applied by this run before that (kept, recorded in the history): {}", .applied.join(", "))]
     AfterApplied { applied: Vec<String>, cause: Box<Error> },
 
+    /// Work remains that the function carries on by itself (or could not arrange to): the cause,
+    /// and what became of the continuation. Reported under the cause's `errorType`.
+    #[error("{cause}\n  {note}")]
+    Continuing { cause: Box<Error>, note: String },
+
     /// The snapshot before migrating is still being created when the invocation's time runs out;
     /// nothing was changed, and the next invocation picks the same snapshot up.
     #[error(
@@ -190,7 +195,7 @@ impl Error {
             Error::RdsApi(_) => "RdsApiError",
             Error::SnapshotFailed { .. } => "SnapshotFailed",
             Error::SnapshotPending { .. } => "SnapshotPending",
-            Error::AfterApplied { cause, .. } => cause.kind(),
+            Error::AfterApplied { cause, .. } | Error::Continuing { cause, .. } => cause.kind(),
         }
     }
 

@@ -7,6 +7,7 @@ use crate::{
     app::App,
     command::{COMMANDS, Command, TargetArg},
     config::{DbSource, Settings},
+    continuation,
     deadline::Deadline,
     error::{Error, Result},
     metrics,
@@ -56,6 +57,8 @@ struct MigratePayload {
     /// `verify` only: compare job_progress with a direct count too.
     data: Option<bool>,
     tf: Option<TfEnvelope>,
+    /// Set by the function itself on the invocation it schedules (src/continuation.rs).
+    continuation: Option<continuation::Link>,
 }
 
 #[derive(Deserialize)]
@@ -80,12 +83,17 @@ fn migrate_accepts() -> String {
 
 /// Parses the migrate handler's payload. `{}` (or no payload) means migrate.
 pub fn parse_migrate_event(event: &Value) -> Result<MigrateRequest> {
+    parse_migrate_payload(event).map(|(request, _)| request)
+}
+
+/// The request and, for an invocation the function scheduled itself, the chain's link.
+pub fn parse_migrate_payload(event: &Value) -> Result<(MigrateRequest, Option<continuation::Link>)> {
     let bad = |problem: String| Error::BadRequest(format!("{problem}; {}", migrate_accepts()));
     let event = if event.is_null() { json!({}) } else { event.clone() };
     let payload: MigratePayload = serde_json::from_value(event).map_err(|e| bad(e.to_string()))?;
     if let Some(tf) = &payload.tf {
         match tf.action.as_str() {
-            "delete" => return Ok(MigrateRequest::TerraformDelete),
+            "delete" => return Ok((MigrateRequest::TerraformDelete, None)),
             "create" | "update" => {}
             other => return Err(bad(format!("unknown tf.action `{other}`"))),
         }
@@ -94,10 +102,12 @@ pub fn parse_migrate_event(event: &Value) -> Result<MigrateRequest> {
     if COMMANDS.iter().any(|c| c.name == name && !c.in_migrate_payload) {
         return Err(bad(format!("`{name}` is not run by the migrate function (it has its own handler)")));
     }
-    Command::parse(name, payload.target)
-        .and_then(|c| c.with_data(payload.data.unwrap_or(false)))
-        .map(MigrateRequest::Run)
-        .map_err(bad)
+    let command =
+        Command::parse(name, payload.target).and_then(|c| c.with_data(payload.data.unwrap_or(false))).map_err(bad)?;
+    if payload.continuation.is_some() && !matches!(command, Command::Migrate { .. }) {
+        return Err(bad(format!("`continuation` belongs to `migrate` only, not `{name}`")));
+    }
+    Ok((MigrateRequest::Run(command), payload.continuation))
 }
 
 /// What the refresh handler was invoked by (for the logs).
@@ -145,6 +155,14 @@ pub fn parse_refresh_event(event: &Value) -> Result<RefreshRequest> {
     }
 }
 
+/// How this invocation may continue itself: the chain's settings and this function's ARN.
+pub struct Continue<'a> {
+    /// From the environment (`CONTINUATION_*`).
+    pub settings: &'a continuation::Settings,
+    /// The function to invoke next (the invoked function's ARN, from the invocation's context).
+    pub function_arn: &'a str,
+}
+
 /// One invocation of the migrate handler.
 pub async fn handle_migrate(
     app: &App,
@@ -152,8 +170,9 @@ pub async fn handle_migrate(
     request_id: &str,
     deadline: Deadline,
     function: &str,
+    chain: Option<Continue<'_>>,
 ) -> Result<Value> {
-    let request = parse_migrate_event(event)?;
+    let (request, link) = parse_migrate_payload(event)?;
     let command = match request {
         MigrateRequest::TerraformDelete => {
             tracing::info!(step = "noop", "terraform delete: the schema is left as it is");
@@ -173,16 +192,55 @@ pub async fn handle_migrate(
                 .into(),
         ));
     }
-    tracing::info!(step = "start", command = command.name(), "invocation");
-    let is_migrate = matches!(command, Command::Migrate { .. });
-    let report = match app.migrate(command, request_id, deadline).await {
+    match &link {
+        Some(l) => tracing::info!(
+            step = "start",
+            command = command.name(),
+            continuation = l.step,
+            chain_started = %l.chain_started,
+            "invocation (scheduled by the function itself)"
+        ),
+        None => tracing::info!(step = "start", command = command.name(), "invocation"),
+    }
+    let target = match command {
+        Command::Migrate { target } => Some(target),
+        _ => None,
+    };
+    // The continuation's call to the Scheduler needs time after the work has stopped.
+    let work_deadline = if chain.is_some() { deadline.keep_back(continuation::RESERVE) } else { deadline };
+    let report = match app.migrate(command, request_id, work_deadline).await {
         Ok(report) => report,
         Err(err) => {
-            // A failed migrate shows in the metrics as well as in the logs, so the dashboard and an alarm can count it.
-            if is_migrate {
-                println!("{}", metrics::emf(function, now_ms(), &[(metrics::MIGRATE_FAILED, Some(1.0))]));
+            // Work left over is carried on by a scheduled invocation of this function; anything
+            // else ends the chain and needs a person.
+            let continued = match (target, &chain, app.aws.as_ref()) {
+                (Some(target), Some(c), Some(aws)) if continuation::work_remains(&err) => {
+                    let (payload, step) = continuation::next_payload(target, link.as_ref(), chrono::Utc::now());
+                    let arranged =
+                        continuation::arrange(&aws.scheduler, c.settings, c.function_arn, &payload, step, deadline)
+                            .await;
+                    tracing::info!(step = "continuation", result = %arranged.sentence(), "work remains");
+                    Some(arranged)
+                }
+                _ => None,
+            };
+            // A failed migrate shows in the metrics as well as in the logs, so the dashboard and an
+            // alarm can count it; one that continues by itself is not a failure.
+            if target.is_some() {
+                let failed = !matches!(continued, Some(continuation::Arranged::Scheduled { .. }));
+                println!(
+                    "{}",
+                    metrics::emf(
+                        function,
+                        now_ms(),
+                        &[(metrics::MIGRATE_FAILED, Some(if failed { 1.0 } else { 0.0 }))]
+                    )
+                );
             }
-            return Err(err);
+            return Err(match continued {
+                Some(arranged) => Error::Continuing { cause: Box::new(err), note: arranged.sentence() },
+                None => err,
+            });
         }
     };
     // A detached build's progress, each time a run finds it (migrate or status).
@@ -196,7 +254,20 @@ pub async fn handle_migrate(
             )
         );
     }
-    if is_migrate {
+    // A build that goes on in the database: the next invocation, scheduled now, waits for it and
+    // finishes the migration.
+    let mut arranged = None;
+    if let (Some(target), Some(c), Some(aws)) = (target, &chain, app.aws.as_ref()) {
+        if report.status == "in_progress" {
+            let (payload, step) = continuation::next_payload(target, link.as_ref(), chrono::Utc::now());
+            let a = continuation::arrange(&aws.scheduler, c.settings, c.function_arn, &payload, step, deadline).await;
+            tracing::info!(step = "continuation", result = %a.sentence(), "a build continues in the database");
+            arranged = Some(a);
+        } else if link.is_some() {
+            continuation::end(&aws.scheduler, c.settings, deadline).await;
+        }
+    }
+    if target.is_some() {
         let applied = report.applied.len() as f64;
         println!(
             "{}",
@@ -212,7 +283,17 @@ pub async fn handle_migrate(
             )
         );
     }
-    serde_json::to_value(&report).map_err(|e| Error::BadRequest(format!("serialising the result: {e}")))
+    let mut value =
+        serde_json::to_value(&report).map_err(|e| Error::BadRequest(format!("serialising the result: {e}")))?;
+    if let Some(a) = arranged {
+        // Terraform's failed apply prints in_progress.message: it says what became of the continuation too.
+        if let Some(Value::String(message)) = value.pointer_mut("/in_progress/message") {
+            message.push_str("; ");
+            message.push_str(&a.sentence());
+        }
+        value["continuation"] = serde_json::to_value(&a).unwrap_or(Value::Null);
+    }
+    Ok(value)
 }
 
 /// One invocation of the refresh handler.
@@ -270,8 +351,16 @@ impl From<Error> for lambda_runtime::Diagnostic {
 pub async fn run_lambda() -> std::result::Result<(), lambda_runtime::Error> {
     lambda_runtime::tracing::init_default_subscriber();
     let handler_name = std::env::var("_HANDLER").unwrap_or_default();
+    let function =
+        std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| format!("scanner-migrator-{handler_name}"));
     let start = async {
         let handler = Handler::from_name(&handler_name)?;
+        let env = |k: &str| std::env::var(k).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        // Only migrate continues itself; refresh has its own schedule.
+        let chain = match handler {
+            Handler::Migrate => continuation::settings(&env, &function)?,
+            Handler::Refresh => None,
+        };
         let settings = Settings::from_lookup(|k| std::env::var(k).ok())?;
         if matches!(settings.db, DbSource::Url(_)) {
             return Err(Error::Config {
@@ -280,9 +369,9 @@ pub async fn run_lambda() -> std::result::Result<(), lambda_runtime::Error> {
             });
         }
         let migrations = Migrations::embedded()?;
-        Ok::<_, Error>((handler, App::new(settings, migrations).await))
+        Ok::<_, Error>((handler, chain, App::new(settings, migrations).await))
     };
-    let (handler, app) = match start.await {
+    let (handler, chain, app) = match start.await {
         Ok(ready) => ready,
         Err(err) => {
             tracing::error!(error_type = err.kind(), error = %err.message(), "start-up failed");
@@ -290,8 +379,7 @@ pub async fn run_lambda() -> std::result::Result<(), lambda_runtime::Error> {
             return Err(format!("{}: {}", err.kind(), err.message()).into());
         }
     };
-    let function =
-        std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| format!("scanner-migrator-{handler_name}"));
+    let chain = &chain;
     let app = &app;
     let function = function.as_str();
     lambda_runtime::run(lambda_runtime::service_fn(move |event: lambda_runtime::LambdaEvent<Value>| async move {
@@ -299,7 +387,12 @@ pub async fn run_lambda() -> std::result::Result<(), lambda_runtime::Error> {
         let id = event.context.request_id.clone();
         let work = async {
             match handler {
-                Handler::Migrate => handle_migrate(app, &event.payload, &id, deadline, function).await,
+                Handler::Migrate => {
+                    let chain = chain
+                        .as_ref()
+                        .map(|settings| Continue { settings, function_arn: &event.context.invoked_function_arn });
+                    handle_migrate(app, &event.payload, &id, deadline, function, chain).await
+                }
                 Handler::Refresh => handle_refresh(app, &event.payload, &id, deadline, function).await,
             }
         };
@@ -349,6 +442,17 @@ async fn report_init_error(err: &Error) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_continuation_is_read_from_the_payload_and_only_for_migrate() {
+        let link = json!({"step": 3, "chain_started": "2026-12-04T21:00:00Z"});
+        let (request, got) = parse_migrate_payload(&json!({"target": 2, "continuation": link})).unwrap();
+        assert_eq!(request, MigrateRequest::Run(Command::Migrate { target: Some(2) }));
+        assert_eq!(got.map(|l| l.step), Some(3));
+        let err = parse_migrate_payload(&json!({"command": "status", "continuation": link})).unwrap_err();
+        assert!(err.to_string().contains("`continuation` belongs to `migrate` only"), "{err}");
+        assert!(parse_migrate_payload(&json!({"continuation": {"step": "x"}})).is_err());
+    }
 
     #[test]
     fn empty_payloads_migrate() {

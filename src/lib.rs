@@ -3,10 +3,12 @@
 
 pub mod adopt;
 pub mod app;
+pub mod batch;
 pub mod cli;
 pub mod command;
 pub mod config;
 pub mod connection;
+pub mod continuation;
 pub mod credentials;
 pub mod data_check;
 pub mod db;
@@ -14,12 +16,15 @@ pub mod deadline;
 pub mod detached;
 pub mod error;
 pub mod handlers;
+pub mod impact;
 pub mod metrics;
 pub mod migrations;
 pub mod plan;
 pub mod privileges;
 pub mod refresh;
+pub mod refresh_role;
 pub mod runner;
+pub mod scaffold;
 pub mod snapshot;
 pub mod split;
 pub mod verify;

@@ -32,6 +32,11 @@ pub const BUILD_PERCENT_DONE: Metric = Metric { name: "BuildPercentDone", unit: 
 /// A detached build's rows per second so far.
 pub const BUILD_ROWS_PER_SECOND: Metric =
     Metric { name: "BuildRowsPerSecond", unit: "Count/Second", handler: "migrate" };
+/// Rows per second a batched data change (`-- migrate:batch`) manages, one point per batch.
+pub const BATCH_ROWS_PER_SECOND: Metric =
+    Metric { name: "BatchRowsPerSecond", unit: "Count/Second", handler: "migrate" };
+/// How far a batched data change is, in percent, where its migration counts the rows left.
+pub const BATCH_PERCENT_DONE: Metric = Metric { name: "BatchPercentDone", unit: "Percent", handler: "migrate" };
 /// How long a refresh took, in milliseconds (not emitted for a skipped one).
 pub const REFRESH_DURATION: Metric = Metric { name: "RefreshDuration", unit: "Milliseconds", handler: "refresh" };
 /// How old job_progress's data is after a refresh, in seconds.
@@ -52,6 +57,8 @@ pub const EMITTED: &[Metric] = &[
     MIGRATE_FAILED,
     BUILD_PERCENT_DONE,
     BUILD_ROWS_PER_SECOND,
+    BATCH_ROWS_PER_SECOND,
+    BATCH_PERCENT_DONE,
     REFRESH_DURATION,
     STALENESS,
     DELTA_ROWS_FOLDED,
@@ -108,8 +115,8 @@ mod tests {
         assert_eq!(names.len(), EMITTED.len(), "a metric listed twice");
         for m in EMITTED {
             assert!(crate::handlers::HANDLER_NAMES.contains(&m.handler), "{m:?}");
-            // CloudWatch unit names, as EMF takes them.
-            assert!(["Milliseconds", "Seconds", "Count", "Percent", "Count/Second"].contains(&m.unit), "{m:?}");
+            // CloudWatch's own unit names.
+            assert!(["Milliseconds", "Seconds", "Count", "Count/Second", "Percent"].contains(&m.unit), "{m:?}");
         }
     }
 }

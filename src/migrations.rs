@@ -48,6 +48,9 @@ pub struct Script {
     /// `-- migrate:replaces-checksum <sha256>`: checksums of earlier texts of this file that leave
     /// the same schema, so a database that applied one of them is accepted (and restamped).
     pub replaces_checksums: Vec<String>,
+    /// `-- migrate:batch`: statements run again and again, a batch per transaction, until they
+    /// change no row (src/batch.rs).
+    pub batches: Vec<crate::batch::Batch>,
 }
 
 /// How a checksum in the history relates to a script's text.
@@ -160,13 +163,21 @@ impl Script {
         let checksum = hex::encode(Sha256::digest(sql.as_bytes()));
         let mut no_transaction = false;
         let mut replaces_checksums = Vec::new();
-        for line in sql.lines() {
+        let mut batch_directives = Vec::new();
+        let invalid = |problem: String| Error::InvalidMigration { file: file.into(), problem };
+        for (n, line) in sql.lines().enumerate() {
             let Some(comment) = line.trim().strip_prefix("--") else { continue };
             let comment = comment.trim();
             if let Some(directive) = comment.strip_prefix("migrate:") {
                 let directive = directive.trim();
                 if directive == "no-transaction" {
                     no_transaction = true;
+                } else if let Some(rest) = directive.strip_prefix("batch-left") {
+                    batch_directives.push(crate::batch::parse_directive(n + 1, rest, true).map_err(invalid)?);
+                } else if let Some(rest) =
+                    directive.strip_prefix("batch").filter(|r| r.is_empty() || r.starts_with(' '))
+                {
+                    batch_directives.push(crate::batch::parse_directive(n + 1, rest, false).map_err(invalid)?);
                 } else if let Some(old) = directive.strip_prefix("replaces-checksum") {
                     let old = old.trim();
                     if old.len() != 64 || !old.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
@@ -183,14 +194,19 @@ impl Script {
                     return Err(Error::InvalidMigration {
                         file: file.into(),
                         problem: format!(
-                            "unknown directive `migrate:{directive}` \
-                             (known: migrate:no-transaction, migrate:replaces-checksum <sha256>)"
+                            "unknown directive `migrate:{directive}` (known: migrate:no-transaction, \
+                             migrate:replaces-checksum <sha256>, migrate:batch [pause-ms=N], migrate:batch-left <query>)"
                         ),
                     });
                 }
             }
         }
-        Ok(Script { file: file.into(), sql, checksum, no_transaction, replaces_checksums })
+        let batches = if batch_directives.is_empty() {
+            Vec::new()
+        } else {
+            crate::batch::tie(&batch_directives, &split_statements(&sql), no_transaction).map_err(invalid)?
+        };
+        Ok(Script { file: file.into(), sql, checksum, no_transaction, replaces_checksums, batches })
     }
 
     /// Whether a checksum the history holds for this script's version stands for this text.
@@ -207,6 +223,11 @@ impl Script {
     /// The statements of the script, in order, without the empty ones.
     pub fn statements(&self) -> Vec<Statement> {
         split_statements(&self.sql)
+    }
+
+    /// The `migrate:batch` directive of the statement at `line`, if it has one.
+    pub fn batch_at(&self, line: usize) -> Option<&crate::batch::Batch> {
+        self.batches.iter().find(|b| b.statement_line == line)
     }
 }
 

@@ -10,7 +10,7 @@
 //!   is reported through [`denied`] before the real schema is touched.
 
 use crate::{
-    credentials::REFRESH_ROLE,
+    config::Auth,
     error::{Error, Result},
 };
 
@@ -33,8 +33,16 @@ pub struct Facts {
     pub create_on_schema: bool,
     /// `server_version_num`.
     pub server_version_num: i32,
+    /// The refresh role (`REFRESH_ROLE`).
+    pub refresh_role: String,
     /// Whether the refresh role exists already.
     pub refresh_role_exists: bool,
+    /// Whether the role `rds_iam` exists (RDS).
+    pub rds_iam_exists: bool,
+    /// Whether the refresh role is a member of `rds_iam`.
+    pub refresh_role_in_rds_iam: bool,
+    /// Whether the user holds ADMIN OPTION on `rds_iam` (RDS: through `rds_superuser`).
+    pub rds_iam_admin: bool,
     /// Whether the user holds ADMIN OPTION on the refresh role (what PostgreSQL 16+ requires, with
     /// CREATEROLE, to change another role's password).
     pub refresh_role_admin: bool,
@@ -72,13 +80,59 @@ pub fn before_migrate(f: &Facts) -> Result<()> {
     Ok(())
 }
 
+/// Before a `migrate`: what bringing the refresh role to what it needs afterwards takes (`refresh_role`):
+/// creating it, granting or revoking `rds_iam` as `auth` says, and with `sets_password` setting its
+/// password. Refused before anything is applied, so a migrate never stops half-way for want of it.
+pub fn before_converging_refresh_role(f: &Facts, auth: Auth, sets_password: bool) -> Result<()> {
+    if f.superuser {
+        return Ok(());
+    }
+    let role = f.refresh_role.as_str();
+    let user = quote(&f.user);
+    if !f.refresh_role_exists && !f.createrole {
+        return Err(Error::InsufficientPrivilege {
+            user: f.user.clone(),
+            missing: "the CREATEROLE attribute".into(),
+            needed_for: format!("creating {role} (REFRESH_ROLE), the refresh function's own login, after migrating"),
+            fix: format!(
+                "ALTER ROLE {user} CREATEROLE; (as the master user), or have a user with CREATEROLE create the role \
+                 once by hand (CREATE ROLE {} LOGIN;)",
+                quote(role)
+            ),
+        });
+    }
+    // Before PostgreSQL 16 CREATEROLE may grant any role that is not a superuser; from 16 on it takes ADMIN OPTION.
+    let may_grant_rds_iam = f.rds_iam_admin || (f.createrole && f.server_version_num < 160_000);
+    let change = match (auth, f.refresh_role_in_rds_iam) {
+        (Auth::Iam, false) => Some(("GRANT", "TO", "logs in with an IAM token (IAM database authentication)")),
+        (Auth::Password, true) => {
+            Some(("REVOKE", "FROM", "logs in with a password, which RDS refuses to a member of rds_iam"))
+        }
+        _ => None,
+    };
+    if let (true, false, Some((verb, to, why))) = (f.rds_iam_exists, may_grant_rds_iam, change) {
+        return Err(Error::InsufficientPrivilege {
+            user: f.user.clone(),
+            missing: "ADMIN OPTION on the role rds_iam".into(),
+            needed_for: format!("{verb} rds_iam {to} {role} after migrating: it {why}"),
+            fix: format!(
+                "GRANT rds_iam TO {user} WITH ADMIN OPTION; (as the master user), or have the master user make the \
+                 change once by hand ({verb} rds_iam {to} {};)",
+                quote(role)
+            ),
+        });
+    }
+    if sets_password { before_setting_refresh_password(f) } else { Ok(()) }
+}
+
 /// Before a `migrate` that will give the refresh role its password (`REFRESH_SECRET_ARN`): what
-/// `ALTER ROLE scanner_refresh PASSWORD` needs. PostgreSQL 16 and later also require ADMIN OPTION
+/// `ALTER ROLE <role> PASSWORD` needs. PostgreSQL 16 and later also require ADMIN OPTION
 /// on the role, which its creator holds (release notes of 16, "CREATEROLE").
 pub fn before_setting_refresh_password(f: &Facts) -> Result<()> {
     if f.superuser {
         return Ok(());
     }
+    let role = quote(&f.refresh_role);
     let needs_admin = f.server_version_num >= 160_000 && f.refresh_role_exists && !f.refresh_role_admin;
     if f.createrole && !needs_admin {
         return Ok(());
@@ -87,25 +141,22 @@ pub fn before_setting_refresh_password(f: &Facts) -> Result<()> {
         (
             "the CREATEROLE attribute".to_string(),
             format!(
-                "ALTER ROLE {user} CREATEROLE; (as the master user), or set {REFRESH_ROLE}'s password yourself and \
+                "ALTER ROLE {user} CREATEROLE; (as the master user), or set {role}'s password yourself and \
                  leave REFRESH_SECRET_ARN unset (refresh_db_auth = \"iam\" needs no password at all)",
                 user = quote(&f.user)
             ),
         )
     } else {
         (
-            format!("ADMIN OPTION on the role {REFRESH_ROLE} (PostgreSQL 16+: CREATEROLE alone no longer suffices)"),
-            format!(
-                "GRANT {REFRESH_ROLE} TO {} WITH ADMIN OPTION; (as the role's creator or a superuser)",
-                quote(&f.user)
-            ),
+            format!("ADMIN OPTION on the role {role} (PostgreSQL 16+: CREATEROLE alone no longer suffices)"),
+            format!("GRANT {role} TO {} WITH ADMIN OPTION; (as the role's creator or a superuser)", quote(&f.user)),
         )
     };
     Err(Error::InsufficientPrivilege {
         user: f.user.clone(),
         missing,
         needed_for: format!(
-            "giving {REFRESH_ROLE} the password of REFRESH_SECRET_ARN after migrating (the refresh function's own login)"
+            "giving {role} the password of REFRESH_SECRET_ARN after migrating (the refresh function's own login)"
         ),
         fix,
     })
@@ -206,7 +257,7 @@ fn between<'a>(text: &'a str, start: &str, end: &str) -> Option<&'a str> {
 }
 
 /// An identifier as SQL needs it: bare when it is lower-case letters, digits and `_`.
-fn quote(ident: &str) -> String {
+pub fn quote(ident: &str) -> String {
     let plain = ident.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && ident.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     if plain { ident.to_string() } else { format!("\"{}\"", ident.replace('"', "\"\"")) }
@@ -226,7 +277,11 @@ mod tests {
             create_on_database: true,
             create_on_schema: true,
             server_version_num: 160_004,
+            refresh_role: "scanner_refresh".into(),
             refresh_role_exists: false,
+            rds_iam_exists: true,
+            refresh_role_in_rds_iam: false,
+            rds_iam_admin: true,
             refresh_role_admin: false,
         }
     }
@@ -270,6 +325,29 @@ mod tests {
         assert!(msg.contains("GRANT scanner_refresh TO app_owner WITH ADMIN OPTION;"), "{msg}");
         assert!(before_setting_refresh_password(&Facts { server_version_num: 150_008, ..theirs.clone() }).is_ok());
         assert!(before_setting_refresh_password(&Facts { refresh_role_admin: true, ..theirs }).is_ok());
+    }
+
+    #[test]
+    fn converging_the_refresh_role_names_what_is_missing_and_the_change_to_make_by_hand() {
+        let f = Facts { refresh_role: "prod_refresh".into(), ..facts() };
+        assert!(before_converging_refresh_role(&f, Auth::Iam, false).is_ok());
+        let (kind, msg) = message(
+            before_converging_refresh_role(&Facts { createrole: false, ..f.clone() }, Auth::Iam, false).unwrap_err(),
+        );
+        assert_eq!(kind, "InsufficientPrivilege");
+        assert!(msg.contains("creating prod_refresh") && msg.contains("CREATE ROLE prod_refresh LOGIN;"), "{msg}");
+        // A role made by hand: then only rds_iam matters, and only where it must change.
+        let by_hand = Facts { createrole: false, refresh_role_exists: true, rds_iam_admin: false, ..f.clone() };
+        let (_, msg) = message(before_converging_refresh_role(&by_hand, Auth::Iam, false).unwrap_err());
+        assert!(
+            msg.contains("ADMIN OPTION on the role rds_iam") && msg.contains("(GRANT rds_iam TO prod_refresh;)"),
+            "{msg}"
+        );
+        assert!(before_converging_refresh_role(&by_hand, Auth::Password, false).is_ok());
+        let member = Facts { refresh_role_in_rds_iam: true, ..by_hand.clone() };
+        let (_, msg) = message(before_converging_refresh_role(&member, Auth::Password, false).unwrap_err());
+        assert!(msg.contains("(REVOKE rds_iam FROM prod_refresh;)") && msg.contains("password"), "{msg}");
+        assert!(before_converging_refresh_role(&Facts { rds_iam_exists: false, ..by_hand }, Auth::Iam, false).is_ok());
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub struct RunSettings {
     pub statement_timeout: Option<Duration>,
     /// Assumed index build speed, to refuse a build that cannot finish before the deadline.
     pub index_build_rows_per_s: f64,
+    /// Assumed table rewrite speed (plan's estimates).
+    pub table_rewrite_rows_per_s: f64,
+    /// Assumed whole-table scan speed (plan's estimates).
+    pub table_scan_rows_per_s: f64,
     /// When work must be finished (Lambda's deadline less a margin).
     pub deadline: Deadline,
     /// Recorded in the history: the Lambda request id or the CLI user.
@@ -40,6 +44,9 @@ pub struct RunSettings {
     /// Where an index build too large for the time left is started detached; without it (the
     /// command line, which has no deadline) such a build is refused with `DeadlineTooShort`.
     pub detach: Option<crate::detached::DetachTo>,
+    /// In Lambda, the function's name: progress of long work is also printed as EMF metrics
+    /// (never on the command line, whose standard output is the result).
+    pub metrics_function: Option<String>,
 }
 
 impl Default for RunSettings {
@@ -50,9 +57,12 @@ impl Default for RunSettings {
             advisory_wait: Duration::from_secs(60),
             statement_timeout: None,
             index_build_rows_per_s: 250_000.0,
+            table_rewrite_rows_per_s: 100_000.0,
+            table_scan_rows_per_s: 1_000_000.0,
             deadline: Deadline::NONE,
             applied_by: "unknown".into(),
             detach: None,
+            metrics_function: None,
         }
     }
 }
@@ -102,6 +112,9 @@ pub struct Report {
     /// The history table (for `status`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<Applied>>,
+    /// Batched data changes not finished yet (for `status`): rows done, rows left, percent.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub batches_in_progress: Vec<crate::batch::Progress>,
     /// The snapshot taken before changing the schema, if one was.
     pub snapshot: Option<String>,
     /// Where this ran.
@@ -109,10 +122,26 @@ pub struct Report {
     /// A statement running detached in the database (status `in_progress`): what, how far, what next.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub in_progress: Option<crate::detached::InProgress>,
+    /// `migrate`: the refresh function's role in this database and what was changed to give it what it needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh_role: Option<RefreshRoleReport>,
     /// How long the advisory lock took to get.
     pub lock_wait_ms: u64,
     /// Wall time of the whole command.
     pub duration_ms: u64,
+}
+
+/// The refresh role after a `migrate` (see `refresh_role`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RefreshRoleReport {
+    /// Its name (`REFRESH_ROLE`).
+    pub role: String,
+    /// `iam` or `password`.
+    pub auth: &'static str,
+    /// What this run changed, in words (empty when it had what it needs).
+    pub changed: Vec<String>,
+    /// Whether its password was set from `REFRESH_SECRET_ARN`.
+    pub password_set: bool,
 }
 
 /// One migration applied or rolled back by this run.
@@ -131,6 +160,9 @@ pub struct AppliedStep {
     /// Invalid indexes (from interrupted builds) dropped and rebuilt.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub rebuilt_invalid_indexes: Vec<String>,
+    /// What its batched statements (`-- migrate:batch`) changed in this run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub batched: Vec<crate::batch::Summary>,
 }
 
 /// A migration not yet applied.
@@ -146,6 +178,10 @@ pub struct Pending {
     pub statements: usize,
     /// Its checksum.
     pub checksum: String,
+    /// For `plan`: what each statement will do to production (locks, rewrite or scan, size,
+    /// estimate, blockers) and a one-line risk.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impact: Option<crate::impact::MigrationImpact>,
 }
 
 impl Pending {
@@ -156,6 +192,7 @@ impl Pending {
             mode: if m.up.no_transaction { "no-transaction" } else { "transaction" },
             statements: m.up.statements().len(),
             checksum: m.up.checksum.clone(),
+            impact: None,
         }
     }
 }
@@ -182,9 +219,11 @@ pub async fn run(
         adoption: Vec::new(),
         verification: None,
         history: None,
+        batches_in_progress: Vec::new(),
         snapshot: None,
         database: None,
         in_progress: None,
+        refresh_role: None,
         lock_wait_ms: 0,
         duration_ms: 0,
     };
@@ -220,7 +259,21 @@ pub async fn run(
         report.pending = plan.pending.iter().map(|m| Pending::of(m)).collect();
         report.unknown_versions = plan.unknown.iter().map(|a| a.version).collect();
         report.status = match command {
-            Command::Plan { .. } => "planned",
+            Command::Plan { .. } => {
+                if !plan.pending.is_empty() {
+                    let speeds = crate::impact::Speeds {
+                        index_build_rows_per_s: settings.index_build_rows_per_s,
+                        rewrite_rows_per_s: settings.table_rewrite_rows_per_s,
+                        scan_rows_per_s: settings.table_scan_rows_per_s,
+                    };
+                    let base = applied_migrations(migrations, &history);
+                    let impacts = crate::impact::assess(conn, &base, &plan.pending, &speeds, settings.deadline).await?;
+                    for (p, impact) in report.pending.iter_mut().zip(impacts) {
+                        p.impact = Some(impact);
+                    }
+                }
+                "planned"
+            }
             Command::Verify { data } => {
                 let mut verification =
                     verify_applied(conn, migrations, &history, Expectation::Fresh, settings.deadline).await?;
@@ -242,6 +295,8 @@ pub async fn run(
                 report.status = "in_progress";
                 report.in_progress = Some(session.progress);
             }
+            report.batches_in_progress =
+                crate::batch::progress(conn).await?.into_iter().filter(|p| !p.finished).collect();
         }
     }
     report.duration_ms = started.elapsed().as_millis() as u64;
@@ -353,7 +408,10 @@ async fn locked(
             let schema = db::current_schema(conn).await?;
             let base = applied_migrations(migrations, &history);
             if !plan.pending.is_empty() {
-                crate::privileges::before_migrate(&db::role_facts(conn, &schema).await?)?;
+                // before_migrate reads none of the refresh role's facts.
+                crate::privileges::before_migrate(
+                    &db::role_facts(conn, &schema, crate::config::DEFAULT_REFRESH_ROLE).await?,
+                )?;
             }
             // One replay for the whole run: the catalog after each pending migration that creates
             // an object the live schema has already (adoption), and after all of them (verification).
@@ -405,7 +463,7 @@ async fn locked(
                 done.push(m);
             }
             report.status = if report.applied.is_empty() { "up_to_date" } else { "applied" };
-            let history = db::history(conn).await?;
+            let history = if done.is_empty() { history } else { db::history(conn).await? };
             report.schema_version = history.iter().map(|a| a.version).max();
             report.pending = plan::plan(migrations, &history, None)?.pending.iter().map(|m| Pending::of(m)).collect();
             // The replay's catalog is what verification would derive when the history now lists
@@ -479,6 +537,13 @@ async fn adopt_existing(
         return Ok(());
     }
     let mut live = verify::live(conn, schema).await?;
+    // The whole migration is checked for refusals before any object is converged: a later object that
+    // must be refused (what a swap cannot carry, a table where a view belongs) stops the migration with
+    // nothing converged. Deciding reads and changes nothing; each object is decided again below, against
+    // the catalog as the conversions before it left it.
+    for key in new {
+        adopt::decide(conn, key, after, &live).await?;
+    }
     for key in new {
         match adopt::decide(conn, key, after, &live).await? {
             Decision::Absent | Decision::Leave => {}
@@ -711,6 +776,83 @@ async fn run_statement(
     Ok(())
 }
 
+enum BatchFailure {
+    Statement(StatementFailure),
+    Bookkeeping(Error),
+}
+
+/// A `-- migrate:batch` statement: batch after batch, each its own transaction under the usual
+/// limits and lock retries, paced, until one changes no row or the time left cannot fit another.
+/// Returns what this run did beside how it ended.
+async fn run_batched(
+    conn: &mut PgConnection,
+    version: i64,
+    batch: &crate::batch::Batch,
+    sql: &str,
+    settings: &RunSettings,
+    retries_total: &mut u32,
+) -> (crate::batch::Summary, std::result::Result<(), BatchFailure>) {
+    let started = Instant::now();
+    let mut summary = crate::batch::Summary { line: batch.statement_line, rows: 0, batches: 0, rows_per_s: 0.0 };
+    let (mut left, done_before) = match crate::batch::begin(conn, version, batch).await {
+        Ok(begun) => begun,
+        Err(e) => return (summary, Err(BatchFailure::Bookkeeping(e))),
+    };
+    let mut longest = Duration::ZERO;
+    let outcome = loop {
+        let need = crate::batch::needed(longest, settings.lock_timeout, Duration::ZERO);
+        if !settings.deadline.has(need) {
+            break Err(BatchFailure::Statement(StatementFailure::Deadline(format!(
+                "between batches of the batched statement ({} rows in {} batches this run{}; it resumes where it \
+                 stopped)",
+                summary.rows,
+                summary.batches,
+                left.map(|l| format!(", ~{l} left")).unwrap_or_default()
+            ))));
+        }
+        // Each batch gets the whole lock-retry allowance: a busy moment stalls one batch, not the rest.
+        let mut retries = 0;
+        let one = loop {
+            if let Err(e) = limits(conn, settings).await {
+                break Err(StatementFailure::Db(e));
+            }
+            let t = Instant::now();
+            match crate::batch::one(conn, version, batch, sql, left).await {
+                Ok(rows) => break Ok((rows, t.elapsed())),
+                Err(e) => match retry_or_stop(&e, settings, &mut retries).await {
+                    Retry::Again => {}
+                    Retry::Deadline(during) => break Err(StatementFailure::Deadline(during)),
+                    Retry::Fail => break Err(StatementFailure::Db(e)),
+                },
+            }
+        };
+        *retries_total += retries;
+        let (rows, took) = match one {
+            Ok(done) => done,
+            Err(f) => break Err(BatchFailure::Statement(f)),
+        };
+        if rows == 0 {
+            break Ok(());
+        }
+        longest = longest.max(took);
+        summary.rows += rows;
+        summary.batches += 1;
+        left = left.map(|l| (l - i64::try_from(rows).unwrap_or(i64::MAX)).max(0));
+        crate::batch::log(version, batch, rows, summary.rows, started, left);
+        if let Some(function) = &settings.metrics_function {
+            let done = crate::batch::percent(done_before + i64::try_from(summary.rows).unwrap_or(i64::MAX), left);
+            let now = chrono::Utc::now().timestamp_millis();
+            let rate = crate::batch::rate(summary.rows, started.elapsed());
+            let metrics =
+                [(crate::metrics::BATCH_ROWS_PER_SECOND, Some(rate)), (crate::metrics::BATCH_PERCENT_DONE, done)];
+            println!("{}", crate::metrics::emf(function, now, &metrics));
+        }
+        tokio::time::sleep(settings.deadline.cap_wait(batch.pause)).await;
+    };
+    summary.rows_per_s = crate::batch::rate(summary.rows, started.elapsed()).round();
+    (summary, outcome)
+}
+
 /// One attempt at a statement: `Ok(true)` when it ran, `Ok(false)` when it hit a lock timeout
 /// and may be tried again (after the backoff, which this has already waited).
 async fn attempt_statement(
@@ -758,6 +900,7 @@ async fn apply(
         lock_retries: 0,
         transactional: !script.no_transaction,
         rebuilt_invalid_indexes: Vec::new(),
+        batched: Vec::new(),
     };
     let bookkeeping = |err: sqlx::Error| Error::db(format!("recording migration {} in the history", m.label()), err);
     let outcome = if script.no_transaction {
@@ -946,6 +1089,24 @@ async fn apply_statements(
             StatementFailure::Deadline(during) => deadline(during),
             StatementFailure::Db(e) => fail(&e),
         };
+        if let Some(batch) = script.batch_at(stmt.line) {
+            let (summary, outcome) =
+                run_batched(conn, m.version, batch, &stmt.sql, settings, &mut step.lock_retries).await;
+            let committed = summary.batches > 0;
+            step.batched.push(summary);
+            if let Err(f) = outcome {
+                if let (true, false, Some(before)) = (nothing_changed, committed, &before) {
+                    db::unmark_applying(conn, m.version, before.as_deref()).await.map_err(|e| {
+                        Error::db(format!("restoring the history of {} after its first statement failed", m.label()), e)
+                    })?;
+                }
+                return Err(match f {
+                    BatchFailure::Statement(f) => failure(f),
+                    BatchFailure::Bookkeeping(e) => e,
+                });
+            }
+            continue;
+        }
         let Some(build) = stmt.index_build() else {
             if let Err(f) = run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await {
                 if let (true, Some(before)) = (nothing_changed, &before) {
@@ -1108,21 +1269,53 @@ async fn verify_applied(
     report.versions = applied.iter().map(|m| m.version).collect();
     if unknown.is_empty() {
         let schema = db::current_schema(conn).await?;
-        let (expected, from) = expectation(conn, &schema, &applied, source, deadline).await?;
-        report.expectation = from;
-        let live = verify::live(conn, &schema).await?;
-        report.objects_checked = expected.order.len();
-        for d in verify::diff(&expected, &live) {
-            if d.accepted { report.accepted.push(d.to_string()) } else { report.failures.push(d.to_string()) }
-        }
         // The migrations' own definer functions must be safe at the latest version (a failure). Below
         // it (a `--target`, a rollback) a later migration may be what makes them safe: named, not failed,
-        // as is a function of the user's.
+        // as is a function of the user's. Whose a function is, the expectation says.
+        let findings = verify::definer_findings(conn, &schema).await?;
+        let key = match source {
+            Expectation::Fresh => None,
+            _ => Some(expectation_key(conn, &schema, &applied).await?),
+        };
+        let unchanged = match (&source, &key) {
+            (Expectation::Cached, Some(key)) if findings.is_empty() => unchanged_since_match(conn, key).await,
+            _ => None,
+        };
+        let expected = match unchanged {
+            Some(found) => {
+                report.expectation = "cached";
+                report.comparison = "unchanged";
+                report.objects_checked = found.objects;
+                report.accepted = found.accepted;
+                None
+            }
+            None => {
+                let (expected, from, digest) = expectation(conn, key.as_ref(), &applied, source, deadline).await?;
+                report.expectation = from;
+                report.comparison = "deep";
+                let (live, stamp) = verify::live_stamped(conn, &schema).await?;
+                report.objects_checked = expected.order.len();
+                let mut failed = false;
+                for d in verify::diff(&expected, &live) {
+                    failed |= !d.accepted;
+                    if d.accepted { report.accepted.push(d.to_string()) } else { report.failures.push(d.to_string()) }
+                }
+                if let (Some(key), Some(digest), false) = (&key, digest, failed) {
+                    let found = db::LiveMatch { objects: report.objects_checked, accepted: report.accepted.clone() };
+                    if let Err(e) = db::record_live_match(conn, key, &digest, &stamp, &found).await {
+                        tracing::warn!(error = %crate::error::cause_chain(&e),
+                            "cannot record the comparison: the next no-op migrate compares again");
+                    }
+                }
+                Some(expected)
+            }
+        };
         let at_latest = applied.last().map(|m| m.version) >= migrations.latest();
-        for (key, finding) in verify::definer_findings(conn, &schema).await? {
-            if expected.objects.contains_key(&key) && at_latest {
+        let ours = |key: &str| expected.as_ref().is_some_and(|e| e.objects.contains_key(key));
+        for (key, finding) in findings {
+            if ours(&key) && at_latest {
                 report.failures.push(finding);
-            } else if expected.objects.contains_key(&key) {
+            } else if ours(&key) {
                 report.accepted.push(format!("{finding} (below the latest migration: run migrate)"));
             } else {
                 report.accepted.push(format!("{finding} (not a function the migrations create: named, not failed)"));
@@ -1133,6 +1326,7 @@ async fn verify_applied(
     tracing::info!(
         step = "verify",
         expectation = report.expectation,
+        comparison = report.comparison,
         objects = report.objects_checked,
         ok = report.ok,
         accepted = report.accepted.len(),
@@ -1141,32 +1335,50 @@ async fn verify_applied(
     Ok(report)
 }
 
-/// The expected catalog of `applied` and whether it was `derived` or `cached`. A cache that
-/// cannot be read or written only costs time: the log says why, and the run derives.
-async fn expectation(
-    conn: &mut PgConnection,
-    schema: &str,
-    applied: &[&Migration],
-    source: Expectation,
-    deadline: Deadline,
-) -> Result<(verify::Catalog, &'static str)> {
-    let catalog = match source {
-        Expectation::Fresh => return Ok((verify::expected(conn, applied, deadline).await?, "derived")),
-        Expectation::Derived(catalog) => Some(catalog),
-        Expectation::Cached => None,
-    };
-    let key = db::ExpectationKey {
+/// What the cached expectation of `applied` is kept under.
+async fn expectation_key(conn: &mut PgConnection, schema: &str, applied: &[&Migration]) -> Result<db::ExpectationKey> {
+    Ok(db::ExpectationKey {
         schema: schema.to_string(),
         server_major: db::server_major(conn).await?,
         migrations: migrations_digest(applied),
         reader: verify::reader(),
-    };
-    let catalog = match catalog {
-        Some(catalog) => catalog,
-        None => {
-            match db::cached_expectation(conn, &key).await {
+    })
+}
+
+/// What the last comparison found when the catalog has not changed since and the cached
+/// expectation is still the one it compared; `None` (compare again) when anything differs or
+/// cannot be read, which only costs time.
+async fn unchanged_since_match(conn: &mut PgConnection, key: &db::ExpectationKey) -> Option<db::LiveMatch> {
+    let found = async {
+        let stamp = db::catalog_stamp(conn).await?;
+        db::live_match(conn, key, &stamp).await
+    }
+    .await;
+    found.unwrap_or_else(|e| {
+        tracing::warn!(error = %crate::error::cause_chain(&e), "cannot read the last comparison; comparing again");
+        None
+    })
+}
+
+/// The expected catalog of `applied`, whether it was `derived` or `cached`, and the digest of the
+/// text it is cached as (`None` when it is not: `verify`, or a cache that cannot be written). A
+/// cache that cannot be read or written only costs time: the log says why, and the run derives.
+async fn expectation(
+    conn: &mut PgConnection,
+    key: Option<&db::ExpectationKey>,
+    applied: &[&Migration],
+    source: Expectation,
+    deadline: Deadline,
+) -> Result<(verify::Catalog, &'static str, Option<String>)> {
+    let (catalog, key) = match (source, key) {
+        (Expectation::Fresh, _) | (_, None) => {
+            return Ok((verify::expected(conn, applied, deadline).await?, "derived", None));
+        }
+        (Expectation::Derived(catalog), Some(key)) => (catalog, key),
+        (Expectation::Cached, Some(key)) => {
+            match db::cached_expectation(conn, key).await {
                 Ok(Some(json)) => match serde_json::from_str(&json) {
-                    Ok(catalog) => return Ok((catalog, "cached")),
+                    Ok(catalog) => return Ok((catalog, "cached", Some(db::expectation_digest(&json)))),
                     Err(e) => tracing::warn!(error = %e, "the cached expectation does not read back; deriving it"),
                 },
                 Ok(None) => {}
@@ -1174,20 +1386,23 @@ async fn expectation(
                     tracing::warn!(error = %crate::error::cause_chain(&e), "cannot read the cached expectation; deriving it")
                 }
             }
-            verify::expected(conn, applied, deadline).await?
+            (verify::expected(conn, applied, deadline).await?, key)
         }
     };
     let versions: Vec<i64> = applied.iter().map(|m| m.version).collect();
     let stored = match serde_json::to_string(&catalog) {
-        Ok(json) => {
-            db::cache_expectation(conn, &key, &versions, &json).await.map_err(|e| crate::error::cause_chain(&e))
-        }
+        Ok(json) => db::cache_expectation(conn, key, &versions, &json)
+            .await
+            .map(|_| db::expectation_digest(&json))
+            .map_err(|e| crate::error::cause_chain(&e)),
         Err(e) => Err(e.to_string()),
     };
-    if let Err(error) = stored {
-        tracing::warn!(%error, "cannot cache the expectation: the next no-op migrate derives it again");
-    }
-    Ok((catalog, "derived"))
+    let digest = stored
+        .inspect_err(
+            |error| tracing::warn!(%error, "cannot cache the expectation: the next no-op migrate derives it again"),
+        )
+        .ok();
+    Ok((catalog, "derived", digest))
 }
 
 /// The part of the cache key that names the applied migrations: versions and checksums, in order.

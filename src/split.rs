@@ -101,7 +101,7 @@ pub struct IndexBuild {
 
 /// The statement's words: runs of tokens not separated by whitespace or comments (`s.t(x)`,
 /// `"S"."T"`), so qualified and quoted names stay whole.
-fn words(sql: &str) -> Vec<&str> {
+pub(crate) fn words(sql: &str) -> Vec<&str> {
     let mut out = Vec::new();
     let mut start = None;
     let mut pos = 0;

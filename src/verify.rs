@@ -3,8 +3,10 @@
 //! The expected schema is what the applied migrations produce: they are run, in order, in a
 //! scratch schema of the same database inside a transaction that is always rolled back (the
 //! "dev database" technique, without a second server, on whatever PostgreSQL major the user
-//! runs). Both catalogs are read the same way and normalised (schema names taken out), and every
-//! object the migrations own is compared: tables (columns, types, nullability, defaults,
+//! runs). Both catalogs are read the same way, with the search_path set to their schema alone,
+//! and the scratch schema's name read as the live one's (never the other way round: a live
+//! definition is compared as PostgreSQL prints it). Every object the migrations own is compared:
+//! tables (columns, types, nullability, defaults,
 //! constraints), indexes (definition, validity), views and materialized views (columns,
 //! definition), functions (signature, result, body, settings) and triggers. Objects the user
 //! added are not in the expected catalog, so they are never reported.
@@ -142,6 +144,12 @@ pub struct VerifyReport {
     /// these migrations, this server major and this schema). `verify` always derives.
     #[serde(skip_serializing_if = "str::is_empty")]
     pub expectation: &'static str,
+    /// How the live schema was compared with the expectation: `deep` (read and compared object by
+    /// object) or `unchanged` (a no-op `migrate` whose catalog rows are still exactly those an
+    /// earlier run read and found matching this very expectation, so that result stands). `verify`
+    /// always compares deeply.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub comparison: &'static str,
     /// How many objects were compared.
     pub objects_checked: usize,
     /// What does not match.
@@ -331,6 +339,19 @@ pub fn reader() -> String {
 
 /// The catalog of the live schema (where unqualified names resolve).
 pub async fn live(conn: &mut PgConnection, schema: &str) -> Result<Catalog> {
+    Ok(read_live(conn, schema, false).await?.0)
+}
+
+/// The catalog of the live schema and the stamp of the catalog rows it was read from
+/// ([`db::catalog_stamp`]), taken first in the same snapshot. The pg_get_*def functions may see a
+/// change committed after it: then the stamp is older than what was read, and a later run that
+/// finds the catalog at the stamp of now reads and compares again, never the other way round.
+pub async fn live_stamped(conn: &mut PgConnection, schema: &str) -> Result<(Catalog, String)> {
+    let (catalog, stamp) = read_live(conn, schema, true).await?;
+    Ok((catalog, stamp.unwrap_or_default()))
+}
+
+async fn read_live(conn: &mut PgConnection, schema: &str, stamped: bool) -> Result<(Catalog, Option<String>)> {
     let ctx = || format!("reading the catalog of schema {schema}");
     let mut tx = conn.begin().await.map_err(|e| Error::db(ctx(), e))?;
     // One snapshot for all the reads, so they agree on which objects exist (the pg_get_*def
@@ -339,7 +360,8 @@ pub async fn live(conn: &mut PgConnection, schema: &str) -> Result<Catalog> {
         format!("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; SET LOCAL search_path = {}", quote_ident(schema));
     let read = async {
         db::exec(&mut tx, &set).await?;
-        read(&mut tx, schema).await
+        let stamp = if stamped { Some(db::catalog_stamp(&mut tx).await?) } else { None };
+        Ok((read(&mut tx, schema, None).await?, stamp))
     }
     .await;
     let _ = tx.rollback().await;
@@ -392,11 +414,18 @@ pub async fn replay(
     deadline: Deadline,
 ) -> Result<Replay> {
     let ctx = "deriving the expected schema in a scratch schema";
-    let (pid, user): (i32, String) = sqlx::query_as("SELECT pg_backend_pid(), current_user::text")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| Error::db(ctx, e))?;
+    // quote_ident as PostgreSQL writes it (keywords quoted too), as qualified names print it.
+    let (pid, user, live): (i32, String, Option<String>) =
+        sqlx::query_as("SELECT pg_backend_pid(), current_user::text, quote_ident(current_schema())")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
+    let live = live.ok_or_else(|| Error::Database {
+        context: ctx.into(),
+        cause: "no schema of the search_path exists; set DB_SCHEMA to the scanner's schema".into(),
+    })?;
     let scratch = format!("scanner_migrator_scratch_{pid}");
+    let rename = Rename { from: scratch.clone(), to: live };
     // The scratch objects are the replay's own; the only lock it can wait for is another session's
     // (a fold's advisory lock that 003's refresh takes): bounded, so a stuck holder cannot hang it.
     db::set_limits(conn, deadline.cap(None), deadline.cap(Some(SCRATCH_LOCK_WAIT)))
@@ -424,7 +453,7 @@ pub async fn replay(
             if !watch.is_empty() {
                 let now = keys_of(&mut tx, &scratch).await?;
                 if now.iter().any(|k| watch.contains(k) && !seen.contains(k)) {
-                    let after = read(&mut tx, &scratch).await.map_err(|e| Error::db(ctx, e))?;
+                    let after = read(&mut tx, &scratch, Some(&rename)).await.map_err(|e| Error::db(ctx, e))?;
                     let new =
                         after.order.iter().filter(|k| watch.contains(*k) && !seen.contains(*k)).cloned().collect();
                     step = Some(ReplayStep { new, after });
@@ -433,7 +462,7 @@ pub async fn replay(
             }
             out.steps.push(step);
         }
-        out.catalog = Some(read(&mut tx, &scratch).await.map_err(|e| Error::db(ctx, e))?);
+        out.catalog = Some(read(&mut tx, &scratch, Some(&rename)).await.map_err(|e| Error::db(ctx, e))?);
         Ok(out)
     }
     .await;
@@ -446,12 +475,26 @@ pub async fn replay(
 }
 
 /// The longest the scratch replay waits for a lock another session holds.
-const SCRATCH_LOCK_WAIT: Duration = Duration::from_secs(30);
+pub const SCRATCH_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// One migration's statements in the scratch schema (`CONCURRENTLY` cannot run in its transaction).
 /// A statement PostgreSQL refuses to `user` (SQLSTATE 42501) is a missing privilege, named with its fix.
-async fn apply_to_scratch(conn: &mut PgConnection, m: &Migration, user: &str, deadline: Deadline) -> Result<()> {
+pub async fn apply_to_scratch(conn: &mut PgConnection, m: &Migration, user: &str, deadline: Deadline) -> Result<()> {
     for stmt in m.up.statements() {
+        scratch_statement(conn, m, &stmt, user, deadline).await?;
+    }
+    Ok(())
+}
+
+/// One statement of `m` in the scratch schema, its errors named as [`apply_to_scratch`] names them.
+pub async fn scratch_statement(
+    conn: &mut PgConnection,
+    m: &Migration,
+    stmt: &crate::split::Statement,
+    user: &str,
+    deadline: Deadline,
+) -> Result<()> {
+    {
         if let Err(e) = db::exec(conn, &stmt.without_concurrently()).await {
             if db::is_query_canceled(&e) {
                 return Err(Error::DeadlineReached {
@@ -499,13 +542,13 @@ async fn keys_of(conn: &mut PgConnection, schema: &str) -> Result<BTreeSet<Strin
     let fn_filter = not_ours().replace("{oid}", "p.oid").replace("{name}", "p.proname");
     let rows: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT 'relation ' || c.relname FROM pg_class AS c
-          WHERE c.relnamespace = $1::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'i', 'I') AND NOT ({rel_filter})
+          WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND c.relkind IN ('r', 'p', 'v', 'm', 'i', 'I') AND NOT ({rel_filter})
          UNION ALL
          SELECT 'function ' || p.proname || '(' || pg_get_function_identity_arguments(p.oid) || ')' FROM pg_proc AS p
-          WHERE p.pronamespace = $1::regnamespace AND p.prokind IN ('f', 'p') AND NOT ({fn_filter})
+          WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND p.prokind IN ('f', 'p') AND NOT ({fn_filter})
          UNION ALL
          SELECT 'trigger ' || t.tgname || ' on ' || c.relname FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid
-          WHERE c.relnamespace = $1::regnamespace AND NOT t.tgisinternal"
+          WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND NOT t.tgisinternal"
     )))
     .bind(schema)
     .fetch_all(&mut *conn)
@@ -653,12 +696,51 @@ fn relations(
     out
 }
 
-/// Reads one schema's catalog; the caller has set `search_path` to it, so definitions print
-/// unqualified names; what is still qualified has the schema name taken out.
-async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Catalog, sqlx::Error> {
-    let (quoted, bare) = (format!("{}.", quote_ident(schema)), format!("{schema}."));
-    let strip = |s: String| {
-        if s.contains(&bare) || s.contains(&quoted) { s.replace(&quoted, "").replace(&bare, "") } else { s }
+/// The scratch schema's name, as qualified names in its definitions print it, and the live schema's.
+struct Rename {
+    from: String,
+    to: String,
+}
+
+/// `text` with every name qualified by schema `from` (as PostgreSQL prints it: `from.` at the start of
+/// a name) qualified by `to` instead. Only the scratch catalog is renamed, and its schema's name
+/// (`scanner_migrator_scratch_<pid>`) is the replay's own, so it cannot stand for anything else, as
+/// a table alias named like the live schema (`j.job_id`) could; names qualified by any other schema
+/// (005's `public.`) are left as they are, on both sides.
+fn requalify(text: &str, from: &str, to: &str) -> String {
+    let prefix = format!("{from}.");
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(&prefix) {
+        // The end of a longer name (`my_scanner_migrator_scratch_1.`) is not this schema.
+        let inside =
+            rest[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || matches!(c, '_' | '$' | '"'));
+        out.push_str(&rest[..at]);
+        if inside {
+            out.push_str(&prefix);
+        } else {
+            out.push_str(to);
+            out.push('.');
+        }
+        rest = &rest[at + prefix.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Reads one schema's catalog as PostgreSQL prints it; the caller has set `search_path` to that
+/// schema alone, so definitions name its objects unqualified, and what PostgreSQL always
+/// qualifies (a function's name in its definition, a body's own qualified names) names the
+/// schema. The scratch catalog is `rename`d into the live schema's name; the live one is never
+/// edited, so a definition is compared as it is.
+async fn read(
+    conn: &mut PgConnection,
+    schema: &str,
+    rename: Option<&Rename>,
+) -> std::result::Result<Catalog, sqlx::Error> {
+    let as_live = |s: String| match rename {
+        Some(r) => requalify(&s, &r.from, &r.to),
+        None => s,
     };
     let not_ours = not_ours();
     let rel_filter = not_ours.replace("{oid}", "c.oid").replace("{name}", "c.relname");
@@ -672,7 +754,7 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
            FROM pg_class AS c
            JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
            LEFT JOIN pg_attrdef AS ad ON ad.adrelid = c.oid AND ad.adnum = a.attnum
-          WHERE c.relnamespace = $1::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm') AND NOT ({rel_filter})
+          WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND c.relkind IN ('r', 'p', 'v', 'm') AND NOT ({rel_filter})
           ORDER BY c.oid, a.attnum"
     )))
     .bind(schema)
@@ -685,14 +767,14 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
         let entry = columns.entry(name).or_insert_with(|| (oid, kind, Vec::new()));
         entry.2.push(Column {
             name: r.try_get("col")?,
-            ty: strip(r.try_get("ty")?),
+            ty: as_live(r.try_get("ty")?),
             not_null: r.try_get("not_null")?,
-            default: r.try_get::<Option<String>, _>("def")?.map(strip),
+            default: r.try_get::<Option<String>, _>("def")?.map(as_live),
         });
     }
     let views: BTreeMap<String, String> = sqlx::query(AssertSqlSafe(format!(
         "SELECT c.relname::text AS name, pg_get_viewdef(c.oid, true) AS def FROM pg_class AS c
-          WHERE c.relnamespace = $1::regnamespace AND c.relkind IN ('v', 'm') AND NOT ({rel_filter})"
+          WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND c.relkind IN ('v', 'm') AND NOT ({rel_filter})"
     )))
     .bind(schema)
     .fetch_all(&mut *conn)
@@ -700,7 +782,7 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     .into_iter()
     // pg_get_viewdef answers NULL for a view dropped since pg_class was read: it is gone.
     .filter_map(|r| match (r.try_get("name"), r.try_get::<Option<String>, _>("def")) {
-        (Ok(name), Ok(Some(def))) => Some(Ok((name, strip(def)))),
+        (Ok(name), Ok(Some(def))) => Some(Ok((name, as_live(def)))),
         (Ok(_), Ok(None)) => None,
         (Err(e), _) | (_, Err(e)) => Some(Err(e)),
     })
@@ -708,7 +790,7 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     let constraints = sqlx::query(
         "SELECT t.relname::text AS tbl, co.conname::text AS name, pg_get_constraintdef(co.oid, true) AS def
            FROM pg_constraint AS co JOIN pg_class AS t ON t.oid = co.conrelid
-          WHERE t.relnamespace = $1::regnamespace",
+          WHERE t.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1)",
     )
     .bind(schema)
     .fetch_all(&mut *conn)
@@ -719,7 +801,7 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
         let (table, name, def): (String, String, Option<String>) =
             (r.try_get("tbl")?, r.try_get("name")?, r.try_get("def")?);
         if let Some(def) = def {
-            by_table.entry(table).or_default().insert(name, strip(def));
+            by_table.entry(table).or_default().insert(name, as_live(def));
         }
     }
     for (oid, name, object) in relations(columns, &views, by_table) {
@@ -732,7 +814,7 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
                 i.indisvalid AS valid, pg_get_indexdef(i.indexrelid) AS ddl,
                 i.indexrelid IN (SELECT co.conindid FROM pg_constraint AS co) AS con
            FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid JOIN pg_class AS t ON t.oid = i.indrelid
-          WHERE c.relnamespace = $1::regnamespace AND NOT ({rel_filter})"
+          WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND NOT ({rel_filter})"
     )))
     .bind(schema)
     .fetch_all(&mut *conn)
@@ -740,7 +822,7 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     for r in rows {
         let name: String = r.try_get("name")?;
         // NULL: dropped since the catalog row was read.
-        let Some(ddl) = r.try_get::<Option<String>, _>("ddl")?.map(strip) else { continue };
+        let Some(ddl) = r.try_get::<Option<String>, _>("ddl")?.map(as_live) else { continue };
         let using = ddl.split_once(" USING ").map_or(ddl.clone(), |(_, u)| u.to_string());
         order.push((r.try_get::<i64, _>("oid")? as u32, relation_key(&name)));
         catalog.objects.insert(
@@ -763,7 +845,7 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
                 p.prosecdef AS secdef, coalesce(array_to_string(p.proconfig, ', '), '') AS config,
                 pg_get_functiondef(p.oid) AS ddl
            FROM pg_proc AS p JOIN pg_language AS l ON l.oid = p.prolang
-          WHERE p.pronamespace = $1::regnamespace AND p.prokind IN ('f', 'p') AND NOT ({fn_filter})"
+          WHERE p.pronamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND p.prokind IN ('f', 'p') AND NOT ({fn_filter})"
     )))
     .bind(schema)
     .fetch_all(&mut *conn)
@@ -779,12 +861,12 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
         catalog.objects.insert(
             key,
             Object::Function {
-                result: strip(r.try_get("result")?),
+                result: as_live(r.try_get("result")?),
                 language: r.try_get("lang")?,
-                body: r.try_get("body")?,
+                body: as_live(r.try_get("body")?),
                 security_definer: r.try_get("secdef")?,
                 config: r.try_get("config")?,
-                ddl: strip(ddl),
+                ddl: as_live(ddl),
             },
         );
     }
@@ -792,14 +874,14 @@ async fn read(conn: &mut PgConnection, schema: &str) -> std::result::Result<Cata
     let rows = sqlx::query(
         "SELECT t.oid::int8 AS oid, t.tgname::text AS name, c.relname::text AS tbl, pg_get_triggerdef(t.oid) AS def
            FROM pg_trigger AS t JOIN pg_class AS c ON c.oid = t.tgrelid
-          WHERE c.relnamespace = $1::regnamespace AND NOT t.tgisinternal",
+          WHERE c.relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = $1) AND NOT t.tgisinternal",
     )
     .bind(schema)
     .fetch_all(&mut *conn)
     .await?;
     for r in rows {
         let table: String = r.try_get("tbl")?;
-        let Some(definition) = r.try_get::<Option<String>, _>("def")?.map(strip) else { continue };
+        let Some(definition) = r.try_get::<Option<String>, _>("def")?.map(as_live) else { continue };
         let key = format!("trigger {} on {table}", r.try_get::<String, _>("name")?);
         order.push((r.try_get::<i64, _>("oid")? as u32, key.clone()));
         catalog.objects.insert(key, Object::Trigger { table, definition });
@@ -947,6 +1029,37 @@ mod tests {
         let json = serde_json::to_string(&c).unwrap();
         assert_eq!(serde_json::from_str::<Catalog>(&json).unwrap(), c);
         assert!(serde_json::from_str::<Catalog>("{\"objects\": {}}").is_err(), "a cache of another shape is refused");
+    }
+
+    #[test]
+    fn only_the_scratch_schema_is_renamed_and_only_where_it_qualifies_a_name() {
+        let (from, to) = ("scanner_migrator_scratch_42", "\"Scanner\"");
+        assert_eq!(
+            requalify("DELETE FROM scanner_migrator_scratch_42.job_progress_deltas RETURNING *", from, to),
+            "DELETE FROM \"Scanner\".job_progress_deltas RETURNING *"
+        );
+        assert_eq!(
+            requalify(
+                "CREATE FUNCTION scanner_migrator_scratch_42.f() ... FROM scanner_migrator_scratch_42.t",
+                from,
+                "j"
+            ),
+            "CREATE FUNCTION j.f() ... FROM j.t"
+        );
+        // A live schema named like an alias is never taken out of the text: `j.job_id` stays.
+        let view = "SELECT j.job_id, o.status FROM jobs j JOIN job_objects o ON o.job_id = j.job_id";
+        assert_eq!(requalify(view, from, "j"), view);
+        // Other schemas' names (005's `public.`), longer names and other pids are left alone.
+        for text in [
+            "FROM public.jobs",
+            "FROM xscanner_migrator_scratch_42.t",
+            "FROM scanner_migrator_scratch_421.t",
+            "FROM \"my scanner_migrator_scratch_42\".t",
+            "FROM my_scanner_migrator_scratch_42.t",
+        ] {
+            assert_eq!(requalify(text, from, to), text);
+        }
+        assert_eq!(requalify("", from, to), "");
     }
 
     #[test]

@@ -43,3 +43,25 @@ resource "aws_cloudwatch_metric_alarm" "refresh_dlq" {
   ok_actions          = var.alarm_sns_topic_arn == null ? [] : [var.alarm_sns_topic_arn]
   tags                = local.tags
 }
+
+# A migrate that failed, and one whose chain of continuations ended in an error or stopped: nobody waits on
+# a continued run, so its failure must be seen. A run that stopped at its deadline and scheduled its
+# continuation is not a failure (MigrateFailed 0). Terraform's own invocations fail the apply as well.
+resource "aws_cloudwatch_metric_alarm" "migrate_failed" {
+  count = var.create_alarms ? 1 : 0
+
+  alarm_name          = "${var.name_prefix}-migrate-failed"
+  alarm_description   = "scanner-migrator: a migrate failed (or its continuation could not go on). Its log group ${aws_cloudwatch_log_group.migrate.name} has the error (errorType, errorMessage); make invoke CMD=status shows where the schema stands."
+  namespace           = "ScannerMigrator"
+  metric_name         = "MigrateFailed"
+  dimensions          = { FunctionName = aws_lambda_function.migrate.function_name }
+  statistic           = "Maximum"
+  period              = 300
+  evaluation_periods  = 1
+  comparison_operator = "GreaterThanOrEqualToThreshold"
+  threshold           = 1
+  treat_missing_data  = "notBreaching"
+  alarm_actions       = var.alarm_sns_topic_arn == null ? [] : [var.alarm_sns_topic_arn]
+  ok_actions          = var.alarm_sns_topic_arn == null ? [] : [var.alarm_sns_topic_arn]
+  tags                = local.tags
+}

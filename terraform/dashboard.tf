@@ -48,6 +48,26 @@ resource "aws_cloudwatch_dashboard" "this" {
       {
         type = "metric", width = 8, height = 6,
         properties = {
+          title = "Batched data change: done", view = "timeSeries", region = local.region, period = 60,
+          yAxis = { left = { label = "Percent", min = 0, max = 100 } },
+          metrics = [
+            ["ScannerMigrator", "BatchPercentDone", "FunctionName", aws_lambda_function.migrate.function_name, { stat = "Maximum", label = "percent done (where the migration counts what is left)" }],
+          ]
+        }
+      },
+      {
+        type = "metric", width = 8, height = 6,
+        properties = {
+          title = "Batched data change: speed", view = "timeSeries", region = local.region, period = 60,
+          yAxis = { left = { label = "Count/Second", min = 0 } },
+          metrics = [
+            ["ScannerMigrator", "BatchRowsPerSecond", "FunctionName", aws_lambda_function.migrate.function_name, { stat = "Average", label = "rows per second" }],
+          ]
+        }
+      },
+      {
+        type = "metric", width = 8, height = 6,
+        properties = {
           title = "Failed runs (migrate, refresh)", view = "timeSeries", region = local.region, period = 300,
           yAxis = { left = { label = "Count", min = 0 } },
           metrics = [
@@ -149,7 +169,7 @@ resource "aws_cloudwatch_dashboard" "this" {
           type = "alarm", width = 24, height = 2,
           properties = {
             title  = "Alarms"
-            alarms = concat(aws_cloudwatch_metric_alarm.refresh_errors[*].arn, aws_cloudwatch_metric_alarm.refresh_dlq[*].arn)
+            alarms = concat(aws_cloudwatch_metric_alarm.refresh_errors[*].arn, aws_cloudwatch_metric_alarm.refresh_dlq[*].arn, aws_cloudwatch_metric_alarm.migrate_failed[*].arn)
           }
         },
     ] : [])

@@ -61,7 +61,7 @@ data "aws_iam_policy_document" "db_access" {
   }
 }
 
-# What refresh needs: its own login only. With IAM: rds-db:connect as scanner_refresh on this database and
+# What refresh needs: its own login only. With IAM: rds-db:connect as refresh_db_user on this database and
 # no secret at all; with a password: its own secret, never the master's.
 data "aws_iam_policy_document" "refresh_db_access" {
   dynamic "statement" {
@@ -164,6 +164,32 @@ data "aws_iam_policy_document" "migrate" {
     }
   }
 
+  # The continuation (src/continuation.rs): its own one-time schedule only, and the scheduler role only to
+  # the Scheduler.
+  dynamic "statement" {
+    for_each = var.continue_long_work ? [1] : []
+    content {
+      sid       = "ScheduleOwnContinuation"
+      actions   = ["scheduler:CreateSchedule", "scheduler:UpdateSchedule", "scheduler:DeleteSchedule"]
+      resources = [local.continuation_schedule_arn]
+    }
+  }
+
+  dynamic "statement" {
+    for_each = var.continue_long_work ? [1] : []
+    content {
+      sid       = "PassSchedulerRoleToScheduler"
+      actions   = ["iam:PassRole"]
+      resources = [aws_iam_role.scheduler.arn]
+
+      condition {
+        test     = "StringEquals"
+        variable = "iam:PassedToService"
+        values   = ["scheduler.amazonaws.com"]
+      }
+    }
+  }
+
   # CreateDB*Snapshot with tags also needs AddTagsToResource, on the new snapshot only.
   dynamic "statement" {
     for_each = var.snapshot_before_migrate ? [1] : []
@@ -237,14 +263,19 @@ data "aws_iam_policy_document" "scheduler_assume" {
       values = [
         "arn:${local.partition}:scheduler:${local.region}:${local.account_id}:schedule-group/${local.schedule_group}",
         "arn:${local.partition}:scheduler:${local.region}:${local.account_id}:schedule/${local.schedule_group}/${local.schedule_name}",
+        local.continuation_schedule_arn,
       ]
     }
   }
 }
 
+locals {
+  continuation_schedule_arn = "arn:${local.partition}:scheduler:${local.region}:${local.account_id}:schedule/${local.schedule_group}/${local.continuation_schedule_name}"
+}
+
 resource "aws_iam_role" "scheduler" {
   name                 = "${var.name_prefix}-scheduler"
-  description          = "EventBridge Scheduler: invokes the scanner-migrator refresh function"
+  description          = "EventBridge Scheduler: invokes the scanner-migrator refresh function, and migrate to continue its work"
   assume_role_policy   = data.aws_iam_policy_document.scheduler_assume.json
   max_session_duration = 3600
   tags                 = local.tags
@@ -255,6 +286,16 @@ data "aws_iam_policy_document" "scheduler" {
     sid       = "InvokeRefreshOnly"
     actions   = ["lambda:InvokeFunction"]
     resources = [aws_lambda_function.refresh.arn]
+  }
+
+  # The migrate function's continuation (its own one-time schedule).
+  dynamic "statement" {
+    for_each = var.continue_long_work ? [1] : []
+    content {
+      sid       = "InvokeMigrateToContinue"
+      actions   = ["lambda:InvokeFunction"]
+      resources = [aws_lambda_function.migrate.arn]
+    }
   }
 
   statement {

@@ -35,7 +35,8 @@ resource "aws_lambda_function" "migrate" {
   reserved_concurrent_executions = coalesce(var.reserved_concurrency, -1)
 
   environment {
-    # The master login (it owns the schema); with a refresh password, the secret whose password it sets.
+    # The master login (it owns the schema); the refresh role it creates and grants after migrating, how that
+    # role logs in, and with a refresh password the secret whose password it sets.
     variables = merge(
       local.common_environment,
       {
@@ -43,8 +44,18 @@ resource "aws_lambda_function" "migrate" {
         DB_AUTH                 = var.db_auth
         SNAPSHOT_BEFORE_MIGRATE = tostring(var.snapshot_before_migrate)
         INDEX_BUILD_ROWS_PER_S  = tostring(var.index_build_rows_per_s)
+        REFRESH_ROLE            = local.refresh_db_user
+        REFRESH_DB_AUTH         = var.refresh_db_auth
       },
       local.refresh_iam ? {} : { REFRESH_SECRET_ARN = local.refresh_secret_arn },
+      # Work left at the deadline continues by itself (src/continuation.rs, README "Long work").
+      var.continue_long_work ? {
+        CONTINUATION_ROLE_ARN       = aws_iam_role.scheduler.arn
+        CONTINUATION_SCHEDULE       = local.continuation_schedule_name
+        CONTINUATION_SCHEDULE_GROUP = local.schedule_group
+        CONTINUATION_DLQ_ARN        = aws_sqs_queue.refresh_dlq.arn
+        CONTINUATION_DELAY_S        = tostring(var.continuation_delay_s)
+      } : {},
     )
   }
 
@@ -145,8 +156,9 @@ resource "aws_lambda_function_event_invoke_config" "refresh" {
   maximum_event_age_in_seconds = var.refresh_max_event_age_s
 }
 
-# Migrate is invoked synchronously (terraform apply, aws lambda invoke). Should anyone invoke it
-# asynchronously, Lambda must not run a migration again on its own: no retries.
+# Migrate is invoked synchronously (terraform apply, aws lambda invoke) and, to continue work left at a
+# deadline, asynchronously by its own one-time schedule. Lambda must not run a migration again on its own:
+# no retries (the chain's next link, or the alarm on MigrateFailed, is what follows a failure).
 resource "aws_lambda_function_event_invoke_config" "migrate" {
   function_name          = aws_lambda_function.migrate.function_name
   maximum_retry_attempts = 0

@@ -73,6 +73,8 @@ locals {
       DB_SSLMODE = "verify-full"
     },
     var.db_name == null ? {} : { DB_NAME = var.db_name },
+    # The same schema for migrate and refresh: the refresh calls the fold where migrate made it.
+    var.db_schema == null ? {} : { DB_SCHEMA = var.db_schema },
     local.is_cluster ? { DB_CLUSTER_IDENTIFIER = var.db_cluster_identifier } : { DB_INSTANCE_IDENTIFIER = var.db_instance_identifier },
   )
 

@@ -1,4 +1,5 @@
-# The functions reach two things: PostgreSQL on db_port, and the AWS APIs (Secrets Manager, RDS) on 443.
+# The functions reach two things: PostgreSQL on db_port, and the AWS APIs (Secrets Manager, RDS, and for
+# migrate's continuation EventBridge Scheduler) on 443.
 # Nothing reaches them. How the AWS APIs are reached is the user's choice (variables.tf, "Network"):
 #   - create_vpc_endpoints = true: the module's own interface endpoints, private DNS on. Private DNS changes
 #     what secretsmanager.<region>.amazonaws.com and rds.<region>.amazonaws.com resolve to for EVERY workload
@@ -133,9 +134,10 @@ resource "aws_vpc_security_group_ingress_rule" "endpoints_from_vpc" {
 }
 
 # Secrets Manager: the credentials, read on every invocation. RDS API: the endpoint lookup
-# (DB_INSTANCE_IDENTIFIER / DB_CLUSTER_IDENTIFIER are always set) and the snapshots.
+# (DB_INSTANCE_IDENTIFIER / DB_CLUSTER_IDENTIFIER are always set) and the snapshots. EventBridge
+# Scheduler: the migrate function's continuation (continue_long_work).
 resource "aws_vpc_endpoint" "this" {
-  for_each = var.create_vpc_endpoints ? toset(["secretsmanager", "rds"]) : toset([])
+  for_each = var.create_vpc_endpoints ? toset(concat(["secretsmanager", "rds"], var.continue_long_work ? ["scheduler"] : [])) : toset([])
 
   vpc_id              = var.vpc_id
   service_name        = "com.amazonaws.${local.region}.${each.key}"

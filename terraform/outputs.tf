@@ -33,7 +33,7 @@ output "role_arns" {
 }
 
 output "refresh_login" {
-  description = "How the refresh function logs in: the database user (scanner_refresh), the auth (iam or password), and with password the ARN of its own secret (null with iam)."
+  description = "How the refresh function logs in: the database user (refresh_db_user: scanner_refresh_<name_prefix> unless set), the auth (iam or password), and with password the ARN of its own secret (null with iam)."
   value = {
     user       = local.refresh_db_user
     auth       = var.refresh_db_auth
@@ -78,11 +78,12 @@ output "refresh_dead_letter_queue_arn" {
 }
 
 output "alarm_arns" {
-  description = "The CloudWatch alarms (refresh errors, dead-letter queue depth); empty with create_alarms = false."
+  description = "The CloudWatch alarms (refresh errors, dead-letter queue depth, failed migrates); empty with create_alarms = false."
   value = {
     for name, alarm in {
       refresh_errors = one(aws_cloudwatch_metric_alarm.refresh_errors[*].arn)
       refresh_dlq    = one(aws_cloudwatch_metric_alarm.refresh_dlq[*].arn)
+      migrate_failed = one(aws_cloudwatch_metric_alarm.migrate_failed[*].arn)
     } : name => alarm if alarm != null
   }
 }

@@ -6,6 +6,10 @@ locals {
   # Known before the schedule exists, for the scheduler role's trust policy (iam.tf).
   schedule_group = "default"
   schedule_name  = "${var.name_prefix}-refresh"
+  # The migrate function's own one-time schedule (src/continuation.rs): one name, so one chain at a time.
+  # The function creates it when work remains and the Scheduler deletes it after it fires; Terraform never
+  # manages it.
+  continuation_schedule_name = "${var.name_prefix}-migrate-continue"
 }
 
 resource "aws_sqs_queue" "refresh_dlq" {

@@ -40,9 +40,26 @@ variable "subnet_ids" {
 }
 
 variable "create_vpc_endpoints" {
-  description = "Create interface VPC endpoints for Secrets Manager and the RDS API, with private DNS. Private DNS changes what those services' names resolve to for EVERY workload in the VPC, so the endpoints admit vpc_endpoint_allowed_cidrs (default: the VPC's CIDR) on 443, and a VPC can hold only one private-DNS endpoint per service: leave this false (the default) in a VPC the module did not make, which already has endpoints or a NAT gateway. The complete example, whose VPC is its own, sets it true."
+  description = "Create interface VPC endpoints for Secrets Manager, the RDS API and (with continue_long_work) EventBridge Scheduler, with private DNS. Private DNS changes what those services' names resolve to for EVERY workload in the VPC, so the endpoints admit vpc_endpoint_allowed_cidrs (default: the VPC's CIDR) on 443, and a VPC can hold only one private-DNS endpoint per service: leave this false (the default) in a VPC the module did not make, which already has endpoints or a NAT gateway. The complete example, whose VPC is its own, sets it true."
   type        = bool
   default     = false
+}
+
+variable "continue_long_work" {
+  description = "When a migrate stops at its deadline with work left (or a snapshot still being made), the function schedules its own next invocation with a one-time EventBridge Scheduler schedule (<name_prefix>-migrate-continue, deleted after it fires), until the work is done or fails (the migrate_failed alarm). Needs the functions to reach the Scheduler API (an interface endpoint, create_vpc_endpoints, or a NAT gateway). False: such a migrate only says to invoke again."
+  type        = bool
+  default     = true
+}
+
+variable "continuation_delay_s" {
+  description = "With continue_long_work: seconds between a migrate's answer and the next invocation it schedules."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.continuation_delay_s >= 1 && var.continuation_delay_s <= 3600
+    error_message = "continuation_delay_s must be between 1 and 3600 seconds."
+  }
 }
 
 variable "vpc_endpoint_allowed_cidrs" {
@@ -129,6 +146,17 @@ variable "db_name" {
   description = "The database to migrate (DB_NAME). Default: the name the secret or the RDS API gives, else postgres."
   type        = string
   default     = null
+}
+
+variable "db_schema" {
+  description = "The schema both functions work in (DB_SCHEMA): its name as stored, case-sensitive and unquoted (\"Scanner\" is the mixed-case schema). It must exist before the first migrate. Default: the login's current_schema(), normally public."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.db_schema == null ? true : (length(var.db_schema) > 0 && length(var.db_schema) <= 63 && !startswith(var.db_schema, "pg_"))
+    error_message = "db_schema must be 1-63 characters and must not start with pg_ (PostgreSQL's own schemas)."
+  }
 }
 
 variable "db_secret_arn" {
@@ -359,7 +387,7 @@ variable "dlq_kms_key_arn" {
 # --- Alarms -------------------------------------------------------------------
 
 variable "create_alarms" {
-  description = "Create the CloudWatch alarms on the refresh function's errors and on the refresh dead-letter queue's depth."
+  description = "Create the CloudWatch alarms on the refresh function's errors, on the dead-letter queue's depth, and on a failed migrate (MigrateFailed: a failure, or a chain of continuations that ended in one)."
   type        = bool
   default     = true
 }
@@ -394,8 +422,19 @@ variable "refresh_error_alarm_periods" {
 
 # --- The refresh login ---------------------------------------------------------
 
+variable "refresh_db_user" {
+  description = "The refresh function's own database role, which migrate creates and grants in this database only (CONNECT on it, EXECUTE on refresh_job_progress(); REFRESH_ROLE). Null: scanner_refresh_<name_prefix> (lower case, - as _), so two stacks on one server (staging and production databases on one instance) never share a login. A deployment made before this setting used scanner_refresh: left null, its next apply moves it to the new role (migrate grants it, takes scanner_refresh's grant in this database, and reports the DROP ROLE to run once no database uses scanner_refresh); set \"scanner_refresh\" to keep that role."
+  type        = string
+  default     = null
+
+  validation {
+    condition     = var.refresh_db_user == null ? true : can(regex("^[a-z_][a-z0-9_]{0,62}$", var.refresh_db_user)) && !startswith(var.refresh_db_user, "pg_") && !startswith(var.refresh_db_user, "rds_")
+    error_message = "refresh_db_user must be a role name of lower-case letters, digits and _ (at most 63, starting with a letter or _), not pg_* or rds_*."
+  }
+}
+
 variable "refresh_db_auth" {
-  description = "How the refresh function logs in, as the least-privileged database role scanner_refresh (created by a migration; it may only run the refresh): iam (the default) with an IAM auth token, so the refresh function reads no secret at all and its role has rds-db:connect on that one user and no secretsmanager:GetSecretValue; needs IAM database authentication enabled on the database. password: for a database without IAM authentication, the module creates a secret for scanner_refresh (password generated by Terraform and written write-only: never in Terraform's state or plan), the refresh function reads that one, and migrate sets the role's password from it (REFRESH_SECRET_ARN). Never the master credentials."
+  description = "How the refresh function logs in, as its least-privileged database role refresh_db_user (migrate creates it; it may only run the refresh): iam (the default) with an IAM auth token, so the refresh function reads no secret at all and its role has rds-db:connect on that one user and no secretsmanager:GetSecretValue; needs IAM database authentication enabled on the database. password: for a database without IAM authentication, the module creates a secret for that role (password generated by Terraform and written write-only: never in Terraform's state or plan), the refresh function reads that one, and migrate sets the role's password from it (REFRESH_SECRET_ARN). Migrate makes the role a member of rds_iam with iam and never with password (RDS refuses a password to a member of rds_iam), revoking an earlier grant (REFRESH_DB_AUTH). Never the master credentials."
   type        = string
   default     = "iam"
 
@@ -406,7 +445,7 @@ variable "refresh_db_auth" {
 }
 
 variable "refresh_password_version" {
-  description = "With refresh_db_auth = password: bump to give scanner_refresh a new generated password (the secret's write-only version; the next apply stores it and migrate sets it)."
+  description = "With refresh_db_auth = password: bump to give the refresh role a new generated password (the secret's write-only version; the next apply stores it and migrate sets it)."
   type        = number
   default     = 1
 

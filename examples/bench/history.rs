@@ -12,7 +12,14 @@ use std::{
 
 use scanner_migrator::migrations::Migrations;
 
-use super::{Config, Ctx, R, Results, drop_db, exec, fmt_time, median, synthetic};
+use crate::{
+    config::{Config, Ctx, R},
+    dataset::{drop_db, exec},
+    plots::HistoryPoint,
+    report::Results,
+    stats::{fmt_time, median},
+    synthetic,
+};
 
 /// How many synthetic migrations follow the embedded ones, in the full run and the smoke run.
 const COUNTS: [usize; 4] = [25, 50, 100, 200];
@@ -133,6 +140,13 @@ pub async fn case8(cfg: &Config, res: &mut Results) -> R<()> {
                 ("faster", "slower"),
             );
         }
+        res.plots.history.push(HistoryPoint {
+            migrations: n,
+            first_ours: measured_apply.then(|| median(&ours)),
+            first_psql: measured_apply.then(|| median(&psql)),
+            noop: median(&noop),
+            noop_inside: median(&noop_inside),
+        });
         let m = format!("no-op migrate with {n} migrations applied ({count} synthetic)");
         let (base, inside) = match count {
             NOOP_BASE => (None, None),

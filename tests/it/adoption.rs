@@ -357,14 +357,18 @@ async fn a_users_index_the_new_job_progress_cannot_carry_stops_adoption_before_j
         SELECT pg_get_indexdef(indexrelid) FROM pg_index WHERE indrelid = 'job_progress'::regclass UNION ALL
         SELECT relname::text FROM pg_class WHERE relname LIKE '%scm_new' OR relname LIKE '%scm_old') AS t(x)";
     let before: String = db.scalar(job_progress).await;
+    // An object 002 makes before job_progress, in another shape: it would be converged first.
+    let status_index = "SELECT pg_get_indexdef('idx_job_objects_job_status'::regclass)";
+    let index_before: String = db.scalar(status_index).await;
     let dir = seed_migrations(2);
     let d = dir.path().to_str().unwrap();
     let run = migrator(&db.url, &["--migrations-dir", d, "migrate"]).await;
     assert_eq!(run.code, 1, "{:#}", run.json);
     assert_eq!(run.error_type(), "AdoptionFailed", "{:#}", run.json);
     assert!(run.error_message().contains("index my_big_jobs on job_progress"), "{}", run.error_message());
-    // Objects before it in the migration (an index of another shape) may have been converged; job_progress
-    // is untouched and nothing was built beside it.
+    // Refused per migration, not per object: nothing of 002 was converged, not even the objects before
+    // job_progress; job_progress is untouched and nothing was built beside it.
+    assert_eq!(db.scalar::<String>(status_index).await, index_before, "the index before job_progress untouched");
     assert_eq!(db.scalar::<String>(job_progress).await, before, "job_progress untouched");
     assert!(!db.history().await.contains(&2), "002 not recorded");
     db.exec("DROP INDEX my_big_jobs").await;

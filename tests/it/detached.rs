@@ -87,12 +87,23 @@ async fn a_build_longer_than_the_invocation_runs_detached_and_the_next_run_finis
     let mut reader = fx.db.conn().await;
     reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM jobs;").await.unwrap();
 
-    let (api, f) = function("migrate", &slow_env(&fx)).await;
+    // With the continuation configured, as the module does: the function schedules its next run.
+    let schedule = format!("cont-{}", fx.db.name);
+    let mut env = slow_env(&fx);
+    env.push(("CONTINUATION_ROLE_ARN".into(), "arn:aws:iam::123456789012:role/scheduler".into()));
+    env.push(("CONTINUATION_SCHEDULE".into(), schedule.clone()));
+    let (api, f) = function("migrate", &env).await;
     let started = Instant::now();
     let r = api.invoke(json!({}), Duration::from_secs(10)).await.ok().clone();
     assert!(started.elapsed() < Duration::from_secs(10), "answered after {:?}", started.elapsed());
     check_in_progress(&r);
     let pid = r["in_progress"]["pid"].as_i64().unwrap() as i32;
+    assert_eq!(r["continuation"]["continuation"], "scheduled", "{r:#}");
+    assert!(r["in_progress"]["message"].as_str().unwrap().contains("this continues by itself"), "{r:#}");
+    let scheduler = aws_sdk_scheduler::Client::new(&crate::support::moto::sdk().await);
+    let made = scheduler.get_schedule().name(&schedule).send().await.expect("the continuation schedule exists");
+    let input: serde_json::Value = serde_json::from_str(made.target().unwrap().input().unwrap()).unwrap();
+    assert_eq!((input["command"].as_str(), input["continuation"]["step"].as_i64()), (Some("migrate"), Some(1)));
     let logs = f.stop().await;
     assert!(logs.contains("\"step\":\"detached\""), "the progress is in the log lines: {logs}");
     // A phase PostgreSQL counts (the scans) is a metric too; a wait (for old snapshots) has no share to show.

@@ -158,3 +158,122 @@ async fn an_index_redefined_by_hand_after_the_cache_was_written_is_named_by_migr
     assert_eq!(verify.error_type(), "VerifyFailed", "{:#}", verify.json);
     assert!(verify.error_message().contains(&problem), "{}", verify.error_message());
 }
+
+fn comparison(run: &crate::support::cli::Run) -> &str {
+    run.json["verification"]["comparison"].as_str().unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_no_op_skips_the_comparison_only_while_the_catalog_is_unchanged() {
+    let (dir, synth) = with_synthetic(3);
+    let d = dir.path().to_str().unwrap();
+    let db = TestDb::new().await;
+    let args = ["--migrations-dir", d, "migrate"];
+    let migrate = || migrator(&db.url, &args);
+    let first = migrate().await;
+    assert_eq!((first.code, comparison(&first)), (0, "deep"), "{:#}", first.json);
+    // The first migrate's last step grants the refresh role what it needs, after verification: a
+    // catalog change, so the next no-op compares once more and records; from then on nothing changes.
+    let settle = migrate().await;
+    assert_eq!(settle.code, 0, "{:#}", settle.json);
+    let noop = migrate().await;
+    assert_eq!((expectation(&noop), comparison(&noop)), ("cached", "unchanged"), "{:#}", noop.json);
+    assert_eq!(noop.json["verification"]["objects_checked"], first.json["verification"]["objects_checked"]);
+    let verify = migrator(&db.url, &["--migrations-dir", d, "verify"]).await;
+    assert_eq!(
+        (expectation(&verify), comparison(&verify)),
+        ("derived", "deep"),
+        "verify never skips: {:#}",
+        verify.json
+    );
+
+    // Rows written, statistics gathered: the catalog's definitions are the same, so is the result.
+    let v = synth[0];
+    db.exec("INSERT INTO jobs (bucket, prefix) VALUES ('b', 'p')").await;
+    db.exec(&format!("INSERT INTO synth_{v} (job_id) SELECT job_id FROM jobs; ANALYZE synth_{v}")).await;
+    db.exec(&format!("VACUUM synth_{v}")).await;
+    assert_eq!(comparison(&migrate().await), "unchanged");
+
+    // An object of the user's own: compared again (and accepted), then unchanged again.
+    db.exec(&format!("CREATE INDEX mine ON synth_{v} (note)")).await;
+    let run = migrate().await;
+    assert_eq!((run.code, comparison(&run)), (0, "deep"), "{:#}", run.json);
+    assert_eq!(comparison(&migrate().await), "unchanged");
+
+    // A view redefined by hand changes only its rewrite rule; a column renamed only its attribute row.
+    // Each is found by the no-op, as by verify.
+    db.exec(&format!(
+        "CREATE OR REPLACE VIEW synth_{v}_per_job AS
+             SELECT job_id, count(*) AS entries, min(created_at) AS last_at FROM synth_{v} GROUP BY job_id"
+    ))
+    .await;
+    let run = migrate().await;
+    assert_eq!(run.error_type(), "VerifyFailed", "{:#}", run.json);
+    assert!(
+        run.error_message().contains(&format!("view synth_{v}_per_job: definition differs")),
+        "{}",
+        run.error_message()
+    );
+    db.exec(&format!(
+        "CREATE OR REPLACE VIEW synth_{v}_per_job AS
+             SELECT job_id, count(*) AS entries, max(created_at) AS last_at FROM synth_{v} GROUP BY job_id"
+    ))
+    .await;
+    let run = migrate().await;
+    assert_eq!((run.code, comparison(&run)), (0, "deep"), "{:#}", run.json);
+    let w = synth[1];
+    db.exec(&format!("ALTER TABLE synth_{w} RENAME COLUMN note TO remark")).await;
+    let run = migrate().await;
+    assert_eq!(run.error_type(), "VerifyFailed", "{:#}", run.json);
+    assert!(
+        run.error_message().contains(&format!("table synth_{w}: column note is missing")),
+        "{}",
+        run.error_message()
+    );
+    let verify = migrator(&db.url, &["--migrations-dir", d, "verify"]).await;
+    assert_eq!(verify.error_type(), "VerifyFailed", "{:#}", verify.json);
+}
+
+#[tokio::test]
+async fn the_catalog_stamp_changes_with_every_definition_and_not_with_data() {
+    let (dir, synth) = with_synthetic(1);
+    let db = TestDb::new().await;
+    let run = migrator(&db.url, &["--migrations-dir", dir.path().to_str().unwrap(), "migrate"]).await;
+    assert_eq!(run.code, 0, "{:#}", run.json);
+    let v = synth[0];
+    let mut conn = db.conn().await;
+    let mut stamp = scanner_migrator::db::catalog_stamp(&mut conn).await.unwrap();
+    for (sql, changes) in [
+        ("INSERT INTO jobs (bucket, prefix) VALUES ('b', 'p')".to_string(), false),
+        (format!("INSERT INTO synth_{v} (job_id, note) SELECT job_id, 'n' FROM jobs"), false),
+        (format!("ANALYZE synth_{v}"), false),
+        (format!("VACUUM synth_{v}"), false),
+        ("CREATE TEMP TABLE scratch (a int)".to_string(), false),
+        (format!("ALTER TABLE synth_{v} ALTER COLUMN note SET DEFAULT 'x'"), true),
+        (format!("ALTER TABLE synth_{v} ALTER COLUMN note SET NOT NULL"), true),
+        (format!("ALTER TABLE synth_{v} RENAME COLUMN note TO remark"), true),
+        (format!("ALTER TABLE synth_{v} ALTER COLUMN remark TYPE varchar(20)"), true),
+        (
+            format!(
+                "CREATE OR REPLACE VIEW synth_{v}_per_job AS SELECT job_id, 0::bigint AS entries, now() AS last_at FROM synth_{v}"
+            ),
+            true,
+        ),
+        (format!("ALTER TABLE synth_{v} ADD CONSTRAINT short CHECK (length(remark) < 10) NOT VALID"), true),
+        (format!("ALTER TABLE synth_{v} VALIDATE CONSTRAINT short"), true),
+        (format!("CREATE INDEX CONCURRENTLY mine ON synth_{v} (remark)"), true),
+        ("DROP INDEX mine".to_string(), true),
+        ("CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'".to_string(), true),
+        ("CREATE OR REPLACE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 2'".to_string(), true),
+        ("ALTER FUNCTION f() SET search_path = pg_catalog".to_string(), true),
+        ("CREATE FUNCTION g() RETURNS trigger LANGUAGE plpgsql AS 'BEGIN RETURN NEW; END'".to_string(), true),
+        (format!("CREATE TRIGGER t BEFORE UPDATE ON synth_{v} FOR EACH ROW EXECUTE FUNCTION g()"), true),
+        ("CREATE SCHEMA other; CREATE TYPE other.mood AS ENUM ('ok')".to_string(), true),
+        ("ALTER TYPE other.mood RENAME TO feeling".to_string(), true),
+    ] {
+        db.exec(&sql).await;
+        let now = scanner_migrator::db::catalog_stamp(&mut conn).await.unwrap();
+        assert_eq!(now != stamp, changes, "{sql}: the stamp {}", if changes { "did not change" } else { "changed" });
+        stamp = now;
+    }
+}

@@ -8,11 +8,22 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use crate::{
     job_progress::{assert_exact, v_incremental, v_matview},
-    support::{cli::migrator, pg::TestDb},
+    support::{cli::Run, pg::TestDb},
 };
 
 /// No waiting and no retry: the first lock timeout stops the run.
 const STOP_AT_ONCE: &[&str] = &["--lock-timeout-ms", "300", "--lock-retries", "0"];
+
+/// The migrator with a refresh role of this database's own: these tests stop rollbacks with no lock
+/// retries, and 004's down script drops the refresh role, a server-wide object that other tests'
+/// databases on the shared server would otherwise be granting or dropping at the same moment.
+async fn migrator(url: &str, args: &[&str]) -> Run {
+    let database = url.rsplit('/').next().and_then(|d| d.split('?').next()).unwrap_or_default();
+    let role = format!("refresh_{database}");
+    let mut all = vec!["--refresh-role", role.as_str()];
+    all.extend_from_slice(args);
+    crate::support::cli::migrator(url, &all).await
+}
 
 fn job(n: i64) -> String {
     format!("00000000-0000-4000-8000-{n:012}")

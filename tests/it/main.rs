@@ -1,7 +1,9 @@
 //! Integration tests: everything that crosses a process or a socket, in one test binary.
 
 mod adoption;
+mod batches;
 mod cli_flags;
+mod continuation;
 mod deadline;
 mod definer;
 mod detached;
@@ -13,9 +15,12 @@ mod job_progress;
 mod lambda;
 mod majors;
 mod make;
+mod plan;
 mod privileges;
 mod refresh;
 mod refresh_role;
+mod scaffold;
+mod schemas;
 mod snapshot;
 mod split_corpus;
 mod support;

@@ -288,7 +288,8 @@ fn environment_holds_only_variables_the_binary_reads_and_every_required_one() {
         for refresh_iam in ["true", "false"] {
             let mut sample = sample.clone();
             sample.insert("local.refresh_iam", refresh_iam);
-            sample.insert("local.refresh_db_user", "scanner_refresh");
+            sample.insert("local.refresh_db_user", "scanner_refresh_scanner_prod");
+            sample.insert("var.refresh_db_auth", if refresh_iam == "true" { "iam" } else { "password" });
             sample.insert("local.refresh_secret_arn", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:r-AbCdEf");
             let env = environment(&module, variables, &sample);
             let mut values: BTreeMap<String, String> =
@@ -309,8 +310,14 @@ fn environment_holds_only_variables_the_binary_reads_and_every_required_one() {
             }
             // As Lambda reads it (a TLS mode that does not verify the server is refused there).
             values.insert("AWS_LAMBDA_RUNTIME_API".into(), "127.0.0.1:9001".into());
-            Settings::from_lookup(|k| values.get(k).cloned())
+            let settings = Settings::from_lookup(|k| values.get(k).cloned())
                 .unwrap_or_else(|e| panic!("{name}: the binary refuses the environment {values:?}: {e}"));
+            if name == "migrate" {
+                // Migrate grants the very role the refresh function logs in as, for the way it logs in.
+                assert_eq!(settings.refresh_role, sample["local.refresh_db_user"], "{values:?}");
+                let iam = settings.refresh_auth == scanner_migrator::config::Auth::Iam;
+                assert_eq!(iam, refresh_iam == "true", "{values:?}");
+            }
         }
     }
 }
@@ -478,7 +485,11 @@ fn iam_allows_exactly_the_calls_the_code_makes() {
     for snapshot in ["rds:CreateDBSnapshot", "rds:CreateDBClusterSnapshot", "rds:AddTagsToResource"] {
         assert!(migrate.contains(snapshot) && !refresh.contains(snapshot), "{snapshot}");
     }
-    // The scheduler may invoke the refresh function and nothing else.
+    // Only migrate continues itself.
+    for continuation in ["scheduler:CreateSchedule", "iam:PassRole"] {
+        assert!(migrate.contains(continuation) && !refresh.contains(continuation), "{continuation}");
+    }
+    // The scheduler may invoke the refresh function on its schedule, and migrate to continue, nothing else.
     let scheduler = module.block("data", &["aws_iam_policy_document", "scheduler"]).body();
     let invoke = scheduler
         .blocks()

@@ -316,19 +316,24 @@ async fn terraform_apply_migrates_reinvokes_on_change_fails_with_the_migrators_e
     let out = stack.ws.terraform("root", &["output", "-json", "refresh_login"]).await;
     let login: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out)));
     let refresh_secret = login["secret_arn"].as_str().unwrap().to_string();
-    assert_eq!((login["user"].as_str(), login["auth"].as_str()), (Some("scanner_refresh"), Some("password")));
+    assert_eq!((login["user"].as_str(), login["auth"].as_str()), (Some("scanner_refresh_tfit"), Some("password")));
     let secrets = aws_sdk_secretsmanager::Client::new(&moto::sdk().await);
     let stored = secrets.get_secret_value().secret_id(&refresh_secret).send().await.unwrap();
     let stored: Value = serde_json::from_str(stored.secret_string().unwrap()).unwrap();
     let password = stored["password"].as_str().unwrap().to_string();
     crate::support::secrets::register(&password);
-    assert_eq!(stored["username"], "scanner_refresh");
+    assert_eq!(stored["username"], "scanner_refresh_tfit", "the stack's own role: scanner_refresh_<name_prefix>");
     assert!(password.len() >= 32 && password.chars().all(|c| c.is_ascii_hexdigit()), "a generated password");
     let state = std::fs::read_to_string(stack.ws.path("root/terraform.tfstate")).unwrap();
     assert!(!state.contains(&password), "the refresh login's password is in the state");
     let migrate_env = &stack.standin.configuration("tfit-migrate").await["Environment"]["Variables"];
     let refresh_env = &stack.standin.configuration("tfit-refresh").await["Environment"]["Variables"];
     assert_eq!(migrate_env["REFRESH_SECRET_ARN"], json!(refresh_secret), "migrate sets the refresh password");
+    assert_eq!(
+        (&migrate_env["REFRESH_ROLE"], &migrate_env["REFRESH_DB_AUTH"]),
+        (&json!("scanner_refresh_tfit"), &json!("password")),
+        "migrate grants that role, out of rds_iam"
+    );
     assert_eq!(migrate_env["DB_SECRET_ARN"], json!(secret_arn), "migrate logs in as the master user");
     assert_eq!(refresh_env["DB_SECRET_ARN"], json!(refresh_secret), "refresh never reads the master secret");
 

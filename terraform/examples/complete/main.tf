@@ -256,7 +256,7 @@ module "scanner_migrator" {
   db_name                = aws_db_instance.this.db_name
   db_secret_arn          = aws_db_instance.this.master_user_secret[0].secret_arn
   db_secret_kms_key_arn  = aws_kms_key.this.arn
-  # IAM authentication is on (above): the refresh function logs in as scanner_refresh with an IAM token
+  # IAM authentication is on (above): the refresh function logs in as scanner_refresh_<name_prefix> with an IAM token
   # (refresh_db_auth = "iam", the default) and reads no secret; rds-db:connect names this resource id.
   db_resource_id = aws_db_instance.this.resource_id
 

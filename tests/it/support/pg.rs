@@ -147,6 +147,11 @@ impl Server {
     }
 }
 
+/// A string as an SQL literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
 /// A database of its own for one test.
 pub struct TestDb {
     /// Its name.
@@ -210,34 +215,38 @@ impl TestDb {
     /// databases with the same fingerprint have the same tables, columns, constraints,
     /// indexes (and their validity), views and functions.
     pub async fn fingerprint(&self) -> String {
-        self.scalar::<Option<String>>(
-            "SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
+        self.fingerprint_of("public").await
+    }
+
+    /// [`TestDb::fingerprint`] of another schema (its name as stored).
+    pub async fn fingerprint_of(&self, schema: &str) -> String {
+        let sql = format!("SELECT string_agg(x, E'\\n' ORDER BY x) FROM (
                SELECT format('rel %s %s', c.relname, c.relkind) FROM pg_class c
                  JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE n.nspname = 'public' AND c.relname NOT LIKE 'scanner_migrator_history%'
+                WHERE n.nspname = {nsp} AND c.relname NOT LIKE 'scanner_migrator_history%'
                UNION ALL
                SELECT format('col %s.%s %s notnull=%s default=%s', c.relname, a.attname, format_type(a.atttypid, a.atttypmod),
                              a.attnotnull, pg_get_expr(d.adbin, d.adrelid))
                  FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
                  LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-                WHERE n.nspname = 'public' AND a.attnum > 0 AND NOT a.attisdropped AND c.relname NOT LIKE 'scanner_migrator_history%'
+                WHERE n.nspname = {nsp} AND a.attnum > 0 AND NOT a.attisdropped AND c.relname NOT LIKE 'scanner_migrator_history%'
                UNION ALL
                SELECT format('idx %s valid=%s', pg_get_indexdef(i.indexrelid), i.indisvalid)
                  FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-                WHERE n.nspname = 'public' AND c.relname NOT LIKE 'scanner_migrator_history%'
+                WHERE n.nspname = {nsp} AND c.relname NOT LIKE 'scanner_migrator_history%'
                UNION ALL
                SELECT format('view %s %s', c.relname, pg_get_viewdef(c.oid)) FROM pg_class c
-                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind IN ('v', 'm')
+                 JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {nsp} AND c.relkind IN ('v', 'm')
                UNION ALL
                SELECT format('con %s %s', conname, pg_get_constraintdef(co.oid)) FROM pg_constraint co
-                 JOIN pg_namespace n ON n.oid = co.connamespace WHERE n.nspname = 'public' AND conname NOT LIKE 'scanner_migrator_history%'
+                 JOIN pg_namespace n ON n.oid = co.connamespace WHERE n.nspname = {nsp} AND conname NOT LIKE 'scanner_migrator_history%'
                UNION ALL
                SELECT format('fn %s(%s) %s', p.proname, pg_get_function_arguments(p.oid), md5(p.prosrc)) FROM pg_proc p
-                 JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public'
+                 JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = {nsp}
              ) AS t(x)",
-        )
-        .await
-        .unwrap_or_default()
+            nsp = quote_literal(schema)
+        );
+        self.scalar::<Option<String>>(&sql).await.unwrap_or_default()
     }
 
     /// Versions in the history table (empty when it does not exist).

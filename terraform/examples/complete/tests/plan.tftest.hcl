@@ -115,8 +115,13 @@ run "module_wires_what_the_binary_needs" {
   }
 
   assert {
-    condition     = length(aws_vpc_endpoint.this) == 2 && alltrue([for e in aws_vpc_endpoint.this : e.private_dns_enabled])
-    error_message = "the example's own VPC gets the Secrets Manager and RDS endpoints"
+    condition     = toset(keys(aws_vpc_endpoint.this)) == toset(["secretsmanager", "rds", "scheduler"]) && alltrue([for e in aws_vpc_endpoint.this : e.private_dns_enabled])
+    error_message = "the example's own VPC gets the Secrets Manager, RDS and Scheduler (the continuation) endpoints"
+  }
+
+  assert {
+    condition     = aws_lambda_function.migrate.environment[0].variables["CONTINUATION_SCHEDULE"] == "scanner-migrator-migrate-continue" && contains(keys(aws_lambda_function.migrate.environment[0].variables), "CONTINUATION_ROLE_ARN") && contains(keys(aws_lambda_function.migrate.environment[0].variables), "CONTINUATION_DLQ_ARN") && !contains(keys(aws_lambda_function.refresh.environment[0].variables), "CONTINUATION_ROLE_ARN")
+    error_message = "migrate continues work left at its deadline with its own schedule; refresh does not"
   }
 
   assert {
@@ -130,8 +135,8 @@ run "module_wires_what_the_binary_needs" {
   }
 
   assert {
-    condition     = length(aws_cloudwatch_metric_alarm.refresh_errors) == 1 && length(aws_cloudwatch_metric_alarm.refresh_dlq) == 1
-    error_message = "refresh failures raise alarms"
+    condition     = length(aws_cloudwatch_metric_alarm.refresh_errors) == 1 && length(aws_cloudwatch_metric_alarm.refresh_dlq) == 1 && length(aws_cloudwatch_metric_alarm.migrate_failed) == 1
+    error_message = "refresh failures and failed migrates (a chain of continuations ending in an error among them) raise alarms"
   }
 
   # Its body holds the alarms' ARNs, known only after the apply: what it draws is checked by
@@ -152,13 +157,18 @@ run "module_wires_what_the_binary_needs" {
   }
 
   assert {
-    condition     = !contains(keys(aws_lambda_function.refresh.environment[0].variables), "DB_SECRET_ARN") && aws_lambda_function.refresh.environment[0].variables["DB_AUTH"] == "iam" && aws_lambda_function.refresh.environment[0].variables["DB_USER"] == "scanner_refresh"
-    error_message = "refresh logs in as scanner_refresh with an IAM token and reads no secret"
+    condition     = !contains(keys(aws_lambda_function.refresh.environment[0].variables), "DB_SECRET_ARN") && aws_lambda_function.refresh.environment[0].variables["DB_AUTH"] == "iam" && aws_lambda_function.refresh.environment[0].variables["DB_USER"] == "scanner_refresh_scanner_migrator"
+    error_message = "refresh logs in as its stack's own role (scanner_refresh_<name_prefix>) with an IAM token and reads no secret"
   }
 
   assert {
-    condition     = !contains(flatten([for s in data.aws_iam_policy_document.refresh_db_access.statement : s.actions]), "secretsmanager:GetSecretValue") && contains(one([for s in data.aws_iam_policy_document.refresh_db_access.statement : s.resources if contains(s.actions, "rds-db:connect")]), "arn:${data.aws_partition.current.partition}:rds-db:${data.aws_region.current.id}:${data.aws_caller_identity.current.account_id}:dbuser:db-ABCDEFGHIJKLMNOPQRSTUVWXY0/scanner_refresh")
-    error_message = "the refresh role may connect as scanner_refresh on this database and read no secret"
+    condition     = aws_lambda_function.migrate.environment[0].variables["REFRESH_ROLE"] == aws_lambda_function.refresh.environment[0].variables["DB_USER"] && aws_lambda_function.migrate.environment[0].variables["REFRESH_DB_AUTH"] == "iam"
+    error_message = "migrate grants the role refresh logs in as, a member of rds_iam for IAM auth"
+  }
+
+  assert {
+    condition     = !contains(flatten([for s in data.aws_iam_policy_document.refresh_db_access.statement : s.actions]), "secretsmanager:GetSecretValue") && contains(one([for s in data.aws_iam_policy_document.refresh_db_access.statement : s.resources if contains(s.actions, "rds-db:connect")]), "arn:${data.aws_partition.current.partition}:rds-db:${data.aws_region.current.id}:${data.aws_caller_identity.current.account_id}:dbuser:db-ABCDEFGHIJKLMNOPQRSTUVWXY0/scanner_refresh_scanner_migrator")
+    error_message = "the refresh role may connect as its database user on this database and read no secret"
   }
 
   assert {
@@ -225,7 +235,12 @@ run "refresh_login_with_a_password_of_its_own" {
 
   assert {
     condition     = length(aws_secretsmanager_secret.refresh) == 1 && aws_secretsmanager_secret_version.refresh[0].secret_string_wo_version == 1
-    error_message = "a database without IAM auth gets a secret for scanner_refresh, its password written write-only"
+    error_message = "a database without IAM auth gets a secret for the refresh role, its password written write-only"
+  }
+
+  assert {
+    condition     = aws_lambda_function.migrate.environment[0].variables["REFRESH_DB_AUTH"] == "password" && aws_lambda_function.migrate.environment[0].variables["REFRESH_ROLE"] == "scanner_refresh_scanner_migrator"
+    error_message = "with a password, migrate keeps the refresh role out of rds_iam"
   }
 
   assert {
