@@ -22,6 +22,67 @@ pub const HISTORY_TABLE: &str = "scanner_migrator_history";
 /// with the history's, so the catalog readers never take it for one of the migrations' objects.
 pub const EXPECTED_TABLE: &str = "scanner_migrator_history_expected";
 
+/// Where index builds' speeds are kept (rows, seconds), so `plan` estimates from this database's
+/// own builds once it has some. Its name starts with the history's, so the catalog readers skip it.
+pub const BUILDS_TABLE: &str = "scanner_migrator_history_builds";
+
+/// Builds on fewer rows than this say little about speed (fixed costs dominate): not recorded.
+pub const BUILD_ROWS_WORTH_RECORDING: f64 = 10_000.0;
+
+/// Records a finished index build's size and time. Only saves estimates: a failure is logged, never
+/// the run's.
+pub async fn record_build(conn: &mut PgConnection, index: &str, table: &str, rows: f64, took: std::time::Duration) {
+    if rows < BUILD_ROWS_WORTH_RECORDING || took.is_zero() {
+        return;
+    }
+    let create = format!(
+        "CREATE TABLE IF NOT EXISTS {BUILDS_TABLE} (
+            built_at    timestamptz NOT NULL DEFAULT now(),
+            index_name  text NOT NULL,
+            table_name  text NOT NULL,
+            rows        float8 NOT NULL,
+            duration_ms bigint NOT NULL
+        )"
+    );
+    let insert =
+        format!("INSERT INTO {BUILDS_TABLE} (index_name, table_name, rows, duration_ms) VALUES ($1, $2, $3, $4)");
+    let recorded = async {
+        let exists: bool =
+            sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(BUILDS_TABLE).fetch_one(&mut *conn).await?;
+        if !exists {
+            exec(conn, &create).await?;
+        }
+        sqlx::query(AssertSqlSafe(insert))
+            .bind(index)
+            .bind(table)
+            .bind(rows)
+            .bind(i64::try_from(took.as_millis()).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await
+            .map(|_| ())
+    }
+    .await;
+    if let Err(e) = recorded {
+        tracing::warn!(table = BUILDS_TABLE, error = %cause_chain(&e), "could not record the build's speed; plan keeps INDEX_BUILD_ROWS_PER_S");
+    }
+}
+
+/// This database's index build speed: the median rows per second of its last 20 recorded builds,
+/// and how many there were; `None` before the first.
+pub async fn measured_build_speed(conn: &mut PgConnection) -> std::result::Result<Option<(f64, i64)>, sqlx::Error> {
+    let exists: bool =
+        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(BUILDS_TABLE).fetch_one(&mut *conn).await?;
+    if !exists {
+        return Ok(None);
+    }
+    let sql = format!(
+        "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY rows * 1000.0 / greatest(duration_ms, 1)), count(*)
+           FROM (SELECT rows, duration_ms FROM {BUILDS_TABLE} ORDER BY built_at DESC LIMIT 20) AS recent"
+    );
+    let (speed, n): (Option<f64>, i64) = sqlx::query_as(AssertSqlSafe(sql)).fetch_one(&mut *conn).await?;
+    Ok(speed.filter(|_| n > 0).map(|s| (s, n)))
+}
+
 /// The advisory lock every migrator and refresher takes: (`'SCAN'`, 1).
 pub const LOCK_KEY: (i32, i32) = (0x5343_414e, 1);
 

@@ -220,11 +220,14 @@ pub struct MigrationImpact {
     pub not_derived: Option<String>,
 }
 
-/// Speeds the estimate assumes (tunables).
-#[derive(Debug, Clone, Copy)]
+/// Speeds the estimate assumes: tunables, and the index build speed measured on this database once
+/// it has recorded builds.
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct Speeds {
-    /// INDEX_BUILD_ROWS_PER_S.
+    /// This database's measured speed, else INDEX_BUILD_ROWS_PER_S.
     pub index_build_rows_per_s: f64,
+    /// Where `index_build_rows_per_s` comes from.
+    pub index_build_source: String,
     /// TABLE_REWRITE_ROWS_PER_S.
     pub rewrite_rows_per_s: f64,
     /// TABLE_SCAN_ROWS_PER_S.
@@ -785,6 +788,12 @@ pub fn render_text(report: &serde_json::Value) -> String {
         return out;
     }
     out.push_str(&format!("schema version {version}: {} pending migration(s)\n", pending.len()));
+    let speeds = &report["plan_speeds"];
+    if let (Some(per_s), Some(source)) =
+        (speeds["index_build_rows_per_s"].as_f64(), speeds["index_build_source"].as_str())
+    {
+        out.push_str(&format!("estimates: index builds at {per_s:.0} rows/s ({source})\n"));
+    }
     for m in pending {
         let label = format!("{:03}_{}", m["version"].as_i64().unwrap_or(0), m["name"].as_str().unwrap_or(""));
         out.push_str(&format!("\n{label} ({}, {} statements)\n", m["mode"].as_str().unwrap_or(""), m["statements"]));

@@ -112,6 +112,9 @@ pub struct Report {
     /// The history table (for `status`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub history: Option<Vec<Applied>>,
+    /// `plan`: the speeds its estimates assume, and where the index build speed comes from.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plan_speeds: Option<crate::impact::Speeds>,
     /// Batched data changes not finished yet (for `status`): rows done, rows left, percent.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub batches_in_progress: Vec<crate::batch::Progress>,
@@ -220,6 +223,7 @@ pub async fn run(
         verification: None,
         history: None,
         batches_in_progress: Vec::new(),
+        plan_speeds: None,
         snapshot: None,
         database: None,
         in_progress: None,
@@ -261,8 +265,14 @@ pub async fn run(
         report.status = match command {
             Command::Plan { .. } => {
                 if !plan.pending.is_empty() {
+                    let measured =
+                        db::measured_build_speed(conn).await.map_err(|e| Error::db("reading the builds' speeds", e))?;
                     let speeds = crate::impact::Speeds {
-                        index_build_rows_per_s: settings.index_build_rows_per_s,
+                        index_build_rows_per_s: measured.map_or(settings.index_build_rows_per_s, |(s, _)| s),
+                        index_build_source: match measured {
+                            Some((_, n)) => format!("measured: the median of this database's last {n} index builds"),
+                            None => "INDEX_BUILD_ROWS_PER_S (no index build of this database recorded yet)".into(),
+                        },
                         rewrite_rows_per_s: settings.table_rewrite_rows_per_s,
                         scan_rows_per_s: settings.table_scan_rows_per_s,
                     };
@@ -271,6 +281,7 @@ pub async fn run(
                     for (p, impact) in report.pending.iter_mut().zip(impacts) {
                         p.impact = Some(impact);
                     }
+                    report.plan_speeds = Some(speeds);
                 }
                 "planned"
             }
@@ -676,7 +687,13 @@ async fn build_index(
             }
         }
         db::tune_build(conn).await.map_err(db_failure)?;
+        let started = Instant::now();
         if attempt_statement(conn, sql, settings, retries).await.map_err(BuildFailure::Statement)? {
+            // This database's own speed, for plan's estimates.
+            let took = started.elapsed();
+            if let Ok(Some(rows)) = db::estimated_rows(conn, &build.table).await {
+                db::record_build(conn, build.name.trim_matches('"'), &build.table, rows, took).await;
+            }
             return Ok(dropped);
         }
     }

@@ -295,7 +295,8 @@ fn history(path: &Path, data: &Data) -> R<()> {
         .map_err(e(title))?;
 
     let title = "No-op migrate afterwards";
-    let ymax = data.history.iter().map(|p| p.noop * 1e3).fold(100.0, f64::max) * 1.15;
+    // Headroom above the data and the goal line for the legend, so it never covers a line.
+    let ymax = data.history.iter().map(|p| p.noop * 1e3).fold(100.0, f64::max) * 1.5;
     let mut chart = ChartBuilder::on(&right)
         .caption(title, (FONT, 17))
         .margin(12)
@@ -337,7 +338,7 @@ fn history(path: &Path, data: &Data) -> R<()> {
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], GREY.stroke_width(1)));
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.9))
         .border_style(GREY)
         .label_font((FONT, 13))

@@ -386,3 +386,61 @@ async fn the_lambda_plan_returns_the_same_json() {
     assert!(lambda["pending"][0]["impact"]["statements"][0]["locks"].is_array(), "{lambda:#}");
     f.stop().await;
 }
+
+/// The first index build statement of `version`'s impact.
+fn first_build(run: &Run, version: i64) -> Value {
+    pending(run, version)["impact"]["statements"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["statement"].as_str().is_some_and(|t| t.contains("CREATE INDEX")))
+        .cloned()
+        .unwrap_or_else(|| panic!("no index build in {version}: {:#}", run.json))
+}
+
+#[tokio::test]
+async fn estimates_come_from_this_databases_own_builds_once_it_has_some() {
+    let db = TestDb::new().await;
+    assert_eq!(migrator(&db.url, &["migrate", "--target", "1"]).await.status(), "applied");
+    db.exec(
+        "INSERT INTO jobs (job_id, bucket) VALUES ('00000000-0000-4000-8000-000000000001', 'b');
+         INSERT INTO job_objects (job_id, bucket, key, size_bytes)
+              SELECT '00000000-0000-4000-8000-000000000001', 'b', 'k' || g, g FROM generate_series(1, 30000) AS g;
+         ANALYZE job_objects",
+    )
+    .await;
+    let before = migrator(&db.url, &["plan", "--target", "2"]).await;
+    assert_eq!(before.code, 0, "{:#}", before.json);
+    let speeds = &before.json["plan_speeds"];
+    assert!(speeds["index_build_source"].as_str().unwrap().starts_with("INDEX_BUILD_ROWS_PER_S"), "{speeds:#}");
+    assert_eq!(speeds["index_build_rows_per_s"], 250000.0);
+    let est_before = first_build(&before, 2)["estimated_s"].as_f64().unwrap();
+
+    // 002 builds its indexes on 30,000 rows: recorded, with their time.
+    assert_eq!(migrator(&db.url, &["migrate", "--target", "2"]).await.status(), "applied");
+    let recorded: i64 = db.scalar("SELECT count(*) FROM scanner_migrator_history_builds").await;
+    assert!(recorded >= 2, "002's two index builds are recorded: {recorded}");
+    let median: f64 = db
+        .scalar("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY rows * 1000.0 / greatest(duration_ms, 1)) FROM scanner_migrator_history_builds")
+        .await;
+    // The record is not the schema's: verification never reports it.
+    let verify = migrator(&db.url, &["verify"]).await;
+    assert_eq!(verify.code, 0, "{:#}", verify.json);
+
+    // Pending again: plan now estimates from this database's speed.
+    assert_eq!(migrator(&db.url, &["rollback", "--target", "1"]).await.code, 0);
+    let after = migrator(&db.url, &["plan", "--target", "2"]).await;
+    let speeds = &after.json["plan_speeds"];
+    let source = speeds["index_build_source"].as_str().unwrap();
+    assert!(source.starts_with("measured: the median of this database's last"), "{speeds:#}");
+    let measured = speeds["index_build_rows_per_s"].as_f64().unwrap();
+    assert!((measured - median).abs() < 1e-6 * median.max(1.0), "{measured} vs {median}");
+    // The same rows at the measured speed.
+    let est_after = first_build(&after, 2)["estimated_s"].as_f64().unwrap();
+    let text = text_plan(&db.url, &[]).await;
+    assert!(text.contains("rows/s (measured: the median of this database's last"), "{text}");
+    assert!(
+        (est_after * measured - est_before * 250000.0).abs() < 1e-6 * (est_before * 250000.0),
+        "{est_before} s at 250000 rows/s vs {est_after} s at {measured} rows/s"
+    );
+}
