@@ -182,12 +182,7 @@ pub async fn ensure_table(conn: &mut PgConnection) -> AppResult<()> {
 /// The recorded progress of every batched statement (empty when none has run).
 pub async fn progress(conn: &mut PgConnection) -> AppResult<Vec<Progress>> {
     let ctx = "reading the batch progress";
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
-        .bind(PROGRESS_TABLE)
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| Error::db(ctx, e))?;
-    if !exists {
+    if !db::table_exists(conn, PROGRESS_TABLE).await.map_err(|e| Error::db(ctx, e))? {
         return Ok(Vec::new());
     }
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(

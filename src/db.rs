@@ -47,9 +47,7 @@ pub async fn record_build(conn: &mut PgConnection, index: &str, table: &str, row
     let insert =
         format!("INSERT INTO {BUILDS_TABLE} (index_name, table_name, rows, duration_ms) VALUES ($1, $2, $3, $4)");
     let recorded = async {
-        let exists: bool =
-            sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(BUILDS_TABLE).fetch_one(&mut *conn).await?;
-        if !exists {
+        if !table_exists(conn, BUILDS_TABLE).await? {
             exec(conn, &create).await?;
         }
         sqlx::query(AssertSqlSafe(insert))
@@ -70,9 +68,7 @@ pub async fn record_build(conn: &mut PgConnection, index: &str, table: &str, row
 /// This database's index build speed: the median rows per second of its last 20 recorded builds,
 /// and how many there were; `None` before the first.
 pub async fn measured_build_speed(conn: &mut PgConnection) -> std::result::Result<Option<(f64, i64)>, sqlx::Error> {
-    let exists: bool =
-        sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(BUILDS_TABLE).fetch_one(&mut *conn).await?;
-    if !exists {
+    if !table_exists(conn, BUILDS_TABLE).await? {
         return Ok(None);
     }
     let sql = format!(
@@ -805,7 +801,12 @@ async fn history_has_state(conn: &mut PgConnection) -> std::result::Result<bool,
 
 /// Whether the history table exists yet (it does once a migrate or rollback has run).
 async fn history_exists(conn: &mut PgConnection) -> std::result::Result<bool, sqlx::Error> {
-    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(HISTORY_TABLE).fetch_one(conn).await
+    table_exists(conn, HISTORY_TABLE).await
+}
+
+/// Whether one of the migrator's own tables exists yet (found through the search_path).
+pub async fn table_exists(conn: &mut PgConnection, name: &str) -> std::result::Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL").bind(name).fetch_one(conn).await
 }
 
 /// The history, oldest first; empty when the table does not exist yet.
