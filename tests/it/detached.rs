@@ -34,13 +34,16 @@ fn slow_env(fx: &Fixture) -> Vec<(String, String)> {
     fx.env_with(&[("INDEX_BUILD_ROWS_PER_S", "100")])
 }
 
-/// Our detached sessions: (pid, state).
+/// Our detached sessions on this test's database (the other tests' run beside them on the server): (pid, state).
 async fn detached(db: &TestDb) -> Vec<(i32, String)> {
     let mut conn = db.conn().await;
-    sqlx::query_as("SELECT pid, state FROM pg_stat_activity WHERE application_name LIKE 'scanner-migrator detached %' ORDER BY pid")
-        .fetch_all(&mut conn)
-        .await
-        .unwrap()
+    sqlx::query_as(
+        "SELECT pid, state FROM pg_stat_activity
+          WHERE application_name LIKE 'scanner-migrator detached %' AND datname = current_database() ORDER BY pid",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap()
 }
 
 /// Waits (at most 30 s) until no detached session of ours is left.
