@@ -163,6 +163,24 @@ pub struct Continue<'a> {
     pub function_arn: &'a str,
 }
 
+impl Continue<'_> {
+    /// Schedules the chain's next link (the same `migrate` and target) and logs what became of it.
+    async fn next(
+        &self,
+        scheduler: &aws_sdk_scheduler::Client,
+        target: Option<i64>,
+        link: Option<&continuation::Link>,
+        deadline: Deadline,
+        why: &str,
+    ) -> continuation::Arranged {
+        let (payload, step) = continuation::next_payload(target, link, chrono::Utc::now());
+        let arranged =
+            continuation::arrange(scheduler, self.settings, self.function_arn, &payload, step, deadline).await;
+        tracing::info!(step = "continuation", result = %arranged.sentence(), "{why}");
+        arranged
+    }
+}
+
 /// One invocation of the migrate handler.
 pub async fn handle_migrate(
     app: &App,
@@ -215,12 +233,7 @@ pub async fn handle_migrate(
             // else ends the chain and needs a person.
             let continued = match (target, &chain, app.aws.as_ref()) {
                 (Some(target), Some(c), Some(aws)) if continuation::work_remains(&err) => {
-                    let (payload, step) = continuation::next_payload(target, link.as_ref(), chrono::Utc::now());
-                    let arranged =
-                        continuation::arrange(&aws.scheduler, c.settings, c.function_arn, &payload, step, deadline)
-                            .await;
-                    tracing::info!(step = "continuation", result = %arranged.sentence(), "work remains");
-                    Some(arranged)
+                    Some(c.next(&aws.scheduler, target, link.as_ref(), deadline, "work remains").await)
                 }
                 _ => None,
             };
@@ -259,10 +272,8 @@ pub async fn handle_migrate(
     let mut arranged = None;
     if let (Some(target), Some(c), Some(aws)) = (target, &chain, app.aws.as_ref()) {
         if report.status == "in_progress" {
-            let (payload, step) = continuation::next_payload(target, link.as_ref(), chrono::Utc::now());
-            let a = continuation::arrange(&aws.scheduler, c.settings, c.function_arn, &payload, step, deadline).await;
-            tracing::info!(step = "continuation", result = %a.sentence(), "a build continues in the database");
-            arranged = Some(a);
+            let why = "a build continues in the database";
+            arranged = Some(c.next(&aws.scheduler, target, link.as_ref(), deadline, why).await);
         } else if link.is_some() {
             continuation::end(&aws.scheduler, c.settings, deadline).await;
         }
