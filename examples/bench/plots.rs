@@ -65,6 +65,23 @@ fn e<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> String + '_ {
     move |err| format!("drawing {what}: {err}")
 }
 
+/// The series' legend at `position`, boxed, in the plots' one style.
+fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    font_size: u32,
+    what: &str,
+) -> R<()> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.9))
+        .border_style(GREY)
+        .label_font((FONT, font_size))
+        .draw()
+        .map_err(e(what))
+}
+
 /// Seconds on an axis, without "-0.0".
 fn secs(x: &f64) -> String {
     let s = format!("{x:.1}");
@@ -126,14 +143,7 @@ fn draw_rates(area: &DrawingArea<SVGBackend, Shift>, title: &str, traces: &[(&Tr
     chart
         .draw_series(DashedLineSeries::new([(0.0, 0.0), (0.0, ymax)], 6, 4, GREY.stroke_width(1)))
         .map_err(e(title))?;
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperRight)
-        .background_style(WHITE.mix(0.9))
-        .border_style(GREY)
-        .label_font((FONT, 14))
-        .draw()
-        .map_err(e(title))?;
+    legend(&mut chart, SeriesLabelPosition::UpperRight, 14, title)?;
     Ok(())
 }
 
@@ -227,14 +237,7 @@ fn upkeep(path: &Path, data: &Data) -> R<()> {
             .label(label)
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], colour.stroke_width(3)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(GREY)
-        .label_font((FONT, 14))
-        .draw()
-        .map_err(e(&title))?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft, 14, &title)?;
     root.present().map_err(e(&title))
 }
 
@@ -285,14 +288,7 @@ fn history(path: &Path, data: &Data) -> R<()> {
         .map_err(e(title))?
         .label("goal: within 2x of psql")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], GREY.stroke_width(1)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(GREY)
-        .label_font((FONT, 13))
-        .draw()
-        .map_err(e(title))?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft, 13, title)?;
 
     let title = "No-op migrate afterwards";
     // Headroom above the data and the goal line for the legend, so it never covers a line.
@@ -336,14 +332,7 @@ fn history(path: &Path, data: &Data) -> R<()> {
         .map_err(e(title))?
         .label("goal: under 100 ms")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], GREY.stroke_width(1)));
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.9))
-        .border_style(GREY)
-        .label_font((FONT, 13))
-        .draw()
-        .map_err(e(title))?;
+    legend(&mut chart, SeriesLabelPosition::UpperLeft, 13, title)?;
     root.present().map_err(e("the history plot"))
 }
 
