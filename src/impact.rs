@@ -22,7 +22,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use sqlx::{Connection, PgConnection, Row};
+use sqlx::{PgConnection, Row};
 
 use crate::{
     db,
@@ -565,48 +565,27 @@ async fn observe(
     deadline: Deadline,
 ) -> Result<Observation> {
     let ctx = "observing the pending migrations in a scratch schema";
-    let (pid, user): (i32, String) = sqlx::query_as("SELECT pg_backend_pid(), current_user::text")
-        .fetch_one(&mut *conn)
-        .await
-        .map_err(|e| Error::db(ctx, e))?;
-    let scratch = format!("scanner_migrator_scratch_{pid}");
-    db::set_limits(conn, deadline.cap(None), deadline.cap(Some(verify::SCRATCH_LOCK_WAIT)))
-        .await
-        .map_err(|e| Error::db(ctx, e))?;
-    let mut tx = conn.begin().await.map_err(|e| Error::db(ctx, e))?;
-    let outcome = async {
-        db::exec(&mut tx, &format!("CREATE SCHEMA {scratch}; SET LOCAL search_path = {scratch}"))
-            .await
-            .map_err(|e| Error::db(ctx, e))?;
-        for m in base {
-            verify::apply_to_scratch(&mut tx, m, &user, deadline).await?;
-        }
+    verify::in_scratch(conn, base, deadline, ctx, async |tx, scratch| {
         let mut out = Vec::new();
         for (i, m) in pending.iter().enumerate() {
             let mut per = Vec::new();
             for stmt in m.up.statements() {
-                let before = state(&mut tx, &scratch).await.map_err(|e| Error::db(ctx, e))?;
-                match verify::scratch_statement(&mut tx, m, &stmt, &user, deadline).await {
+                let before = state(tx, &scratch.name).await.map_err(|e| Error::db(ctx, e))?;
+                match verify::scratch_statement(tx, m, &stmt, &scratch.user, deadline).await {
                     Err(err @ Error::InvalidMigration { .. }) => {
                         out.push(per);
                         return Ok((out, Some((i, err))));
                     }
                     other => other?,
                 }
-                let after = state(&mut tx, &scratch).await.map_err(|e| Error::db(ctx, e))?;
+                let after = state(tx, &scratch.name).await.map_err(|e| Error::db(ctx, e))?;
                 per.push(compare(&before, &after));
             }
             out.push(per);
         }
         Ok((out, None))
-    }
-    .await;
-    let rolled_back = tx.rollback().await;
-    let reset = db::reset_limits(conn).await;
-    let observed = outcome?;
-    rolled_back.map_err(|e| Error::db(ctx, e))?;
-    reset.map_err(|e| Error::db(ctx, e))?;
-    Ok(observed)
+    })
+    .await
 }
 
 /// The scratch schema's relations as the replay sees them between two statements.

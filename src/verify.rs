@@ -414,35 +414,16 @@ pub async fn replay(
     deadline: Deadline,
 ) -> Result<Replay> {
     let ctx = "deriving the expected schema in a scratch schema";
-    // quote_ident as PostgreSQL writes it (keywords quoted too), as qualified names print it.
-    let (pid, user, live): (i32, String, Option<String>) =
-        sqlx::query_as("SELECT pg_backend_pid(), current_user::text, quote_ident(current_schema())")
-            .fetch_one(&mut *conn)
-            .await
-            .map_err(|e| Error::db(ctx, e))?;
-    let live = live.ok_or_else(|| Error::Database {
-        context: ctx.into(),
-        cause: "no schema of the search_path exists; set DB_SCHEMA to the scanner's schema".into(),
-    })?;
-    let scratch = format!("scanner_migrator_scratch_{pid}");
-    let rename = Rename { from: scratch.clone(), to: live };
-    // The scratch objects are the replay's own; the only lock it can wait for is another session's
-    // (a fold's advisory lock that 003's refresh takes): bounded, so a stuck holder cannot hang it.
-    db::set_limits(conn, deadline.cap(None), deadline.cap(Some(SCRATCH_LOCK_WAIT)))
-        .await
-        .map_err(|e| Error::db(ctx, e))?;
-    let mut tx = conn.begin().await.map_err(|e| Error::db(ctx, e))?;
-    let outcome = async {
-        db::exec(&mut tx, &format!("CREATE SCHEMA {scratch}; SET LOCAL search_path = {scratch}"))
-            .await
-            .map_err(|e| Error::db(ctx, e))?;
-        for m in base {
-            apply_to_scratch(&mut tx, m, &user, deadline).await?;
-        }
+    in_scratch(conn, base, deadline, ctx, async |tx, scratch| {
+        let live = scratch.live.clone().ok_or_else(|| Error::Database {
+            context: ctx.into(),
+            cause: "no schema of the search_path exists; set DB_SCHEMA to the scanner's schema".into(),
+        })?;
+        let rename = Rename { from: scratch.name.clone(), to: live };
         let mut out = Replay::default();
-        let mut seen = if watch.is_empty() { BTreeSet::new() } else { keys_of(&mut tx, &scratch).await? };
+        let mut seen = if watch.is_empty() { BTreeSet::new() } else { keys_of(tx, &scratch.name).await? };
         for (i, m) in steps.iter().enumerate() {
-            match apply_to_scratch(&mut tx, m, &user, deadline).await {
+            match apply_to_scratch(tx, m, &scratch.user, deadline).await {
                 Err(err @ Error::InvalidMigration { .. }) => {
                     out.stopped = Some((i, err));
                     return Ok(out);
@@ -451,9 +432,9 @@ pub async fn replay(
             }
             let mut step = None;
             if !watch.is_empty() {
-                let now = keys_of(&mut tx, &scratch).await?;
+                let now = keys_of(tx, &scratch.name).await?;
                 if now.iter().any(|k| watch.contains(k) && !seen.contains(k)) {
-                    let after = read(&mut tx, &scratch, Some(&rename)).await.map_err(|e| Error::db(ctx, e))?;
+                    let after = read(tx, &scratch.name, Some(&rename)).await.map_err(|e| Error::db(ctx, e))?;
                     let new =
                         after.order.iter().filter(|k| watch.contains(*k) && !seen.contains(*k)).cloned().collect();
                     step = Some(ReplayStep { new, after });
@@ -462,16 +443,62 @@ pub async fn replay(
             }
             out.steps.push(step);
         }
-        out.catalog = Some(read(&mut tx, &scratch, Some(&rename)).await.map_err(|e| Error::db(ctx, e))?);
+        out.catalog = Some(read(tx, &scratch.name, Some(&rename)).await.map_err(|e| Error::db(ctx, e))?);
         Ok(out)
+    })
+    .await
+}
+
+/// The scratch schema of a run and who it runs as.
+pub struct Scratch {
+    /// `scanner_migrator_scratch_<pid>`: the session's own, so two runs never share one.
+    pub name: String,
+    /// The connected user (a statement refused to it is a missing privilege).
+    pub user: String,
+    /// The live schema, quoted as PostgreSQL quotes it (keywords too, as qualified names print it);
+    /// `None` when no schema of the search_path exists.
+    pub live: Option<String>,
+}
+
+/// Runs `body` with `base` applied to a new scratch schema (first on the search_path) inside a
+/// transaction that is rolled back whatever happens, under the deadline and a bounded lock wait;
+/// the session's limits are reset afterwards. The scratch replay and `plan`'s observation share it.
+pub async fn in_scratch<T>(
+    conn: &mut PgConnection,
+    base: &[&Migration],
+    deadline: Deadline,
+    ctx: &str,
+    body: impl AsyncFnOnce(&mut PgConnection, &Scratch) -> Result<T>,
+) -> Result<T> {
+    let (pid, user, live): (i32, String, Option<String>) =
+        sqlx::query_as("SELECT pg_backend_pid(), current_user::text, quote_ident(current_schema())")
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
+    let scratch = Scratch { name: format!("scanner_migrator_scratch_{pid}"), user, live };
+    // The scratch objects are the replay's own; the only lock it can wait for is another session's
+    // (a fold's advisory lock that 003's refresh takes): bounded, so a stuck holder cannot hang it.
+    db::set_limits(conn, deadline.cap(None), deadline.cap(Some(SCRATCH_LOCK_WAIT)))
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+    let mut tx = conn.begin().await.map_err(|e| Error::db(ctx, e))?;
+    let outcome = async {
+        let name = &scratch.name;
+        db::exec(&mut tx, &format!("CREATE SCHEMA {name}; SET LOCAL search_path = {name}"))
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
+        for m in base {
+            apply_to_scratch(&mut tx, m, &scratch.user, deadline).await?;
+        }
+        body(&mut tx, &scratch).await
     }
     .await;
     let rolled_back = tx.rollback().await;
     let reset = db::reset_limits(conn).await;
-    let replay = outcome?;
+    let value = outcome?;
     rolled_back.map_err(|e| Error::db(ctx, e))?;
     reset.map_err(|e| Error::db(ctx, e))?;
-    Ok(replay)
+    Ok(value)
 }
 
 /// The longest the scratch replay waits for a lock another session holds.
