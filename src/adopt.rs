@@ -95,7 +95,14 @@ pub async fn decide(conn: &mut PgConnection, key: &str, after: &Catalog, live: &
     let adoption = Adoption { object: object.clone(), action: "converged", was, cleaned_up: Vec::new() };
     let name = verify::key_name(key);
     let steps = match expected {
-        Object::Index { table, unique, using, .. } => index_steps(name, table, *unique, using),
+        Object::Index { table, unique, using, .. } => {
+            // An earlier run built the new index beside the old one (detached, past its deadline) and
+            // it is valid and of the wanted shape: only the swap is left.
+            let built = matches!(live.objects.get(&format!("index {}", beside(name, "__scm_new"))),
+                Some(Object::Index { table: t, unique: u, using: us, valid: true, .. })
+                    if t == table && u == unique && us == using);
+            index_steps(name, table, *unique, using, built)
+        }
         Object::View { .. } => relation_steps(conn, name, expected, found, after).await?,
         Object::Function { .. } => function_steps(conn, name, expected, found).await?,
         Object::Trigger { table, definition } => vec![Step {
@@ -112,12 +119,11 @@ pub async fn decide(conn: &mut PgConnection, key: &str, after: &Catalog, live: &
     Ok(Decision::Converge(adoption, steps))
 }
 
-fn index_steps(name: &str, table: &str, unique: bool, using: &str) -> Vec<Step> {
+fn index_steps(name: &str, table: &str, unique: bool, using: &str, built: bool) -> Vec<Step> {
     let tmp = beside(name, "__scm_new");
     let unique = if unique { "UNIQUE " } else { "" };
     let undo = vec![format!("DROP INDEX CONCURRENTLY IF EXISTS {}", ident(&tmp))];
-    vec![
-        Step {
+    let build = (!built).then(|| Step {
             what: format!("building index {name} in the migrations' shape beside the old one"),
             statements: vec![
                 format!("DROP INDEX CONCURRENTLY IF EXISTS {}", ident(&tmp)),
@@ -125,7 +131,8 @@ fn index_steps(name: &str, table: &str, unique: bool, using: &str) -> Vec<Step> 
             ],
             in_transaction: false,
             undo: undo.clone(),
-        },
+    });
+    build.into_iter().chain([
         Step {
             what: format!("swapping index {name} for the rebuilt one"),
             statements: vec![
@@ -135,7 +142,7 @@ fn index_steps(name: &str, table: &str, unique: bool, using: &str) -> Vec<Step> 
             in_transaction: true,
             undo,
         },
-    ]
+    ]).collect()
 }
 
 /// A view or materialized view: the new one is built beside the old (a materialized view with
@@ -441,7 +448,7 @@ mod tests {
 
     #[test]
     fn an_index_is_rebuilt_beside_and_swapped_in_one_transaction() {
-        let steps = index_steps("idx_a", "job_objects", false, "btree (job_id, status)");
+        let steps = index_steps("idx_a", "job_objects", false, "btree (job_id, status)", false);
         assert!(!steps[0].in_transaction && steps[1].in_transaction);
         assert_eq!(
             steps[0].statements[1],
@@ -451,5 +458,8 @@ mod tests {
             steps[1].statements,
             vec!["DROP INDEX \"idx_a\"", "ALTER INDEX \"idx_a__scm_new\" RENAME TO \"idx_a\""]
         );
+        let swap_only = index_steps("idx_a", "job_objects", false, "btree (job_id, status)", true);
+        assert_eq!(swap_only.len(), 1, "built beside by an earlier run: only the swap is left");
+        assert_eq!(swap_only[0].statements, steps[1].statements);
     }
 }

@@ -1,5 +1,6 @@
-//! Work that outlasts an invocation. An index build that cannot finish before the deadline is
-//! started on a session of its own, which takes the migration lock itself and runs the build with
+//! Work that outlasts an invocation. A statement that cannot finish before the deadline (an index
+//! build, a `REINDEX … CONCURRENTLY`, an `ALTER TABLE … VALIDATE CONSTRAINT`) is started on a
+//! session of its own, which takes the migration lock itself and runs the build with
 //! no `statement_timeout` and no `client_connection_check_interval`: PostgreSQL finishes it after
 //! the function has answered (a backend notices a vanished client only when it writes to it, at
 //! the statement's end). The session then ends and the lock goes with it: the client closes it
@@ -15,6 +16,7 @@ use sqlx::{Connection, PgConnection, Row, postgres::PgConnectOptions};
 
 use crate::{
     db::{self, LOCK_KEY},
+    split::Detachable,
     deadline::Deadline,
     error::{Error, Result, cause_chain},
 };
@@ -36,6 +38,44 @@ impl std::fmt::Debug for DetachTo {
     }
 }
 
+/// Where a run records what a detached `REINDEX` started from, so that the next run, re-running a
+/// no-transaction script from its first statement, knows whether it finished. Its name starts
+/// with the history's, so the catalog readers never take it for one of the migrations' objects.
+pub const RECORD_TABLE: &str = "scanner_migrator_history_detached";
+
+/// What a detached session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// `CREATE INDEX CONCURRENTLY`.
+    IndexBuild,
+    /// `REINDEX INDEX|TABLE CONCURRENTLY`.
+    Reindex,
+    /// `ALTER TABLE … VALIDATE CONSTRAINT`.
+    Validate,
+}
+
+impl Kind {
+    /// The word after the version in the session's name (none for an index build, as before).
+    fn tag(self) -> &'static str {
+        match self {
+            Kind::IndexBuild => "",
+            Kind::Reindex => "reindex ",
+            Kind::Validate => "validate ",
+        }
+    }
+
+    /// The kind and object a session's name (after the version) says.
+    fn parse(rest: &str) -> (Kind, &str) {
+        for kind in [Kind::Reindex, Kind::Validate] {
+            if let Some(object) = rest.strip_prefix(kind.tag()) {
+                return (kind, object);
+            }
+        }
+        (Kind::IndexBuild, rest)
+    }
+}
+
 /// The `in_progress` answer: what runs detached, how far it got, and what happens next.
 #[derive(Debug, Clone, Serialize)]
 pub struct InProgress {
@@ -43,7 +83,11 @@ pub struct InProgress {
     pub migration: String,
     /// The statement, on one line.
     pub statement: String,
-    /// The index it builds.
+    /// What it does: `index_build`, `reindex` or `validate`.
+    pub kind: Kind,
+    /// The index it builds, or the index or table it reindexes, or the constraint it validates.
+    pub object: String,
+    /// The index it builds or rebuilds (the same as `object`; empty for a validation).
     pub index: String,
     /// The backend running it.
     pub pid: i32,
@@ -74,9 +118,10 @@ pub struct InProgress {
     pub message: String,
 }
 
-/// The session name of a detached build: `scanner-migrator detached 002 idx_…` (at most 63 bytes).
-pub fn app_name(version: i64, index: &str) -> String {
-    let name = format!("{APP_PREFIX}{version:03} {}", index.trim_matches('"'));
+/// The session name of a detached statement: `scanner-migrator detached 002 idx_…`, `… 005
+/// reindex idx_…`, `… 006 validate fk_…` (at most 63 bytes).
+pub fn app_name(version: i64, kind: Kind, object: &str) -> String {
+    let name = format!("{APP_PREFIX}{version:03} {}{}", kind.tag(), object.trim_matches('"'));
     let mut end = name.len().min(63);
     while !name.is_char_boundary(end) {
         end -= 1;
@@ -121,17 +166,22 @@ pub fn rates(
 }
 
 fn sentence(p: &InProgress) -> String {
-    let how_far = match (p.percent, p.eta_s) {
-        (Some(pc), Some(eta)) => format!("{pc:.1}% of this phase, about {eta:.0} s left at the rate so far"),
-        (Some(pc), None) => format!("{pc:.1}% of this phase"),
+    let how_far = match (p.percent, p.eta_s, p.kind) {
+        (Some(pc), Some(eta), _) => format!("{pc:.1}% of this phase, about {eta:.0} s left at the rate so far"),
+        (Some(pc), None, _) => format!("{pc:.1}% of this phase"),
+        (None, _, Kind::Validate) => "PostgreSQL reports no share done for a validation".to_string(),
         _ => "no count yet for this phase".to_string(),
     };
+    let what = match p.kind {
+        Kind::IndexBuild => format!("builds index {}", p.object),
+        Kind::Reindex => format!("rebuilds {} (REINDEX CONCURRENTLY)", p.object),
+        Kind::Validate => format!("validates constraint {}", p.object),
+    };
     format!(
-        "migration {} builds index {} in the database (backend pid {}, since {}, {:.0} s): phase '{}', {how_far}. It \
+        "migration {} {what} in the database (backend pid {}, since {}, {:.0} s): phase '{}', {how_far}. It \
          continues without anyone: the next migrate (a new invocation, or the next terraform apply) waits for it \
          and then finishes the migration; status shows its progress{}",
         p.migration,
-        p.index,
         p.pid,
         p.since,
         p.running_s,
@@ -147,7 +197,7 @@ fn sentence(p: &InProgress) -> String {
 /// Our detached session in this database, if there is one (the oldest).
 pub async fn find(conn: &mut PgConnection, label: impl Fn(i64) -> String) -> Result<Option<Session>> {
     let row = sqlx::query(
-        "SELECT a.pid, a.application_name AS app, a.state, a.query,
+        "SELECT a.pid, a.application_name AS app, a.state, a.query, a.wait_event_type = 'Lock' AS waits_for_lock,
                 to_char(a.query_start AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS since,
                 extract(epoch FROM clock_timestamp() - a.query_start)::float8 AS running_s,
                 p.phase, p.blocks_done, p.blocks_total, p.tuples_done, p.tuples_total,
@@ -159,6 +209,8 @@ pub async fn find(conn: &mut PgConnection, label: impl Fn(i64) -> String) -> Res
            LEFT JOIN pg_stat_progress_create_index AS p ON p.pid = a.pid
           WHERE a.datname = current_database() AND a.usename = current_user
             AND a.application_name LIKE $3 AND a.pid <> pg_backend_pid()
+            -- A build's parallel workers carry its name too.
+            AND a.backend_type = 'client backend'
           ORDER BY a.backend_start
           LIMIT 1",
     )
@@ -170,9 +222,19 @@ pub async fn find(conn: &mut PgConnection, label: impl Fn(i64) -> String) -> Res
     .map_err(|e| Error::db("looking for a detached build", e))?;
     let Some(r) = row else { return Ok(None) };
     let app: String = r.try_get("app").unwrap_or_default();
-    let (version, index) = app.trim_start_matches(APP_PREFIX).split_once(' ').unwrap_or(("", ""));
+    let (version, rest) = app.trim_start_matches(APP_PREFIX).split_once(' ').unwrap_or(("", ""));
+    let (kind, object) = Kind::parse(rest);
     let migration = version.parse::<i64>().map(&label).unwrap_or_else(|_| version.to_string());
-    let phase: Option<String> = r.try_get("phase").ok().flatten();
+    // A validation has no progress view: its phase is what pg_stat_activity says of it.
+    let phase: Option<String> = r.try_get("phase").ok().flatten().or_else(|| {
+        (kind == Kind::Validate).then(|| {
+            if r.try_get("waits_for_lock").ok().flatten().unwrap_or(false) {
+                "waiting for a lock on the table".to_string()
+            } else {
+                "validating constraint".to_string()
+            }
+        })
+    });
     let get = |c: &str| r.try_get::<Option<i64>, _>(c).ok().flatten().unwrap_or(0);
     let (blocks, tuples) = ((get("blocks_done"), get("blocks_total")), (get("tuples_done"), get("tuples_total")));
     let running_s: f64 = r.try_get::<Option<f64>, _>("running_s").ok().flatten().unwrap_or(0.0);
@@ -181,10 +243,16 @@ pub async fn find(conn: &mut PgConnection, label: impl Fn(i64) -> String) -> Res
     let (percent, rows_per_s, eta_s) = rates(&phase, blocks, tuples, running_s, rows);
     let state: Option<String> = r.try_get("state").ok().flatten();
     let query: Option<String> = r.try_get("query").ok().flatten();
+    // The session's name may be cut at 63 bytes; the statement names its object whole.
+    let statement = crate::split::Statement { sql: query.clone().unwrap_or_default(), line: 1 };
+    let named = statement.index_build().map(|b| b.name).or_else(|| statement.detachable().map(|d| of(&d).1.to_string()));
+    let object = named.as_deref().map_or(object, |n| n.trim_matches('"'));
     let mut progress = InProgress {
         migration,
         statement: query.unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" "),
-        index: index.to_string(),
+        kind,
+        object: object.to_string(),
+        index: if kind == Kind::Validate { String::new() } else { object.to_string() },
         pid: r.try_get("pid").unwrap_or_default(),
         since: r.try_get::<Option<String>, _>("since").ok().flatten().unwrap_or_default(),
         running_s: (running_s * 10.0).round() / 10.0,
@@ -228,19 +296,30 @@ pub async fn end_if_finished(conn: &mut PgConnection, session: &Session) -> Resu
     .map_err(|e| Error::db("ending our finished detached session", e))
 }
 
-/// Hands `sql` (an index build of migration `version`) to a session of its own and the migration
-/// lock with it; `main` holds the lock on entry and no longer on success. Returns the session's pid.
+/// Hands `sql` (what `kind` says to `object`, for migration `version`) to a session of its own and
+/// the migration lock with it; `main` holds the lock on entry and no longer on success. Returns
+/// the session's pid.
 pub async fn start(
     to: &DetachTo,
     main: &mut PgConnection,
-    version: i64,
-    index: &str,
+    (version, kind, object): (i64, Kind, &str),
     sql: &str,
     deadline: Deadline,
 ) -> Result<i32> {
-    let opts = to.0.clone().application_name(&app_name(version, index));
-    let mut conn = db::connect(&opts, Duration::from_secs(10), deadline).await?;
+    let opts = to.0.clone().application_name(&app_name(version, kind, object));
     let ctx = "preparing the detached session";
+    // The statement names its objects as the migration wrote them: it must find them in the schema
+    // this run is pinned to (DB_SCHEMA), not in the login's default search_path.
+    let search_path: String = sqlx::query_scalar("SELECT current_setting('search_path')")
+        .fetch_one(&mut *main)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
+    let mut conn = db::connect(&opts, Duration::from_secs(10), deadline).await?;
+    sqlx::query("SELECT set_config('search_path', $1, false)")
+        .bind(&search_path)
+        .execute(&mut conn)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
     // No statement_timeout and no client check: it must outlive us. No lock_timeout: a concurrent
     // build only waits on lockers and snapshots, never blocks the table's writers, and each wait is
     // visible in its phase. idle_session_timeout ends it (and frees the lock) once it is done.
@@ -267,8 +346,8 @@ pub async fn start(
             Err(e) => Err(e),
         };
         match outcome {
-            Ok(()) => tracing::info!(step = "detached", pid, "the detached build finished"),
-            Err(e) => tracing::warn!(step = "detached", pid, error = %cause_chain(&e), "the detached build failed"),
+            Ok(()) => tracing::info!(step = "detached", pid, "the detached statement finished"),
+            Err(e) => tracing::warn!(step = "detached", pid, error = %cause_chain(&e), "the detached statement failed"),
         }
         let _ = conn.close().await;
     });
@@ -336,6 +415,157 @@ async fn wait_for(conn: &mut PgConnection, pid: i32, cond: &str, limit: Duration
     Ok(false)
 }
 
+/// What a detached session of `long` runs on, and on what.
+pub fn of(long: &Detachable) -> (Kind, &str) {
+    match long {
+        Detachable::Reindex { name, .. } => (Kind::Reindex, name),
+        Detachable::Validate { constraint, .. } => (Kind::Validate, constraint),
+    }
+}
+
+/// The (valid) indexes a `REINDEX` rebuilds, as `pg_class.relfilenode`s: every rebuild gives
+/// each a new one.
+const REINDEXED: &str = "SELECT coalesce(array_agg(c.relfilenode::bigint ORDER BY c.relfilenode), '{}')
+       FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indexrelid
+      WHERE i.indisvalid AND CASE WHEN $2 THEN i.indexrelid = to_regclass($1) ELSE i.indrelid = to_regclass($1) END";
+
+/// Whether `long` (statement at `line` of migration `version`) is done already: a constraint
+/// validated, or a `REINDEX` that a detached session of an earlier run of this migration
+/// finished (none of the indexes it started from is left).
+pub async fn already_done(conn: &mut PgConnection, version: i64, line: usize, long: &Detachable) -> Result<bool> {
+    let ctx = "checking whether a long statement already ran";
+    match long {
+        Detachable::Validate { table, constraint } => sqlx::query_scalar::<_, bool>(
+            "SELECT convalidated FROM pg_constraint
+              WHERE conrelid = to_regclass($1) AND conname = (parse_ident($2))[1]",
+        )
+        .bind(table)
+        .bind(constraint)
+        .fetch_optional(&mut *conn)
+        .await
+        .map(|v| v.unwrap_or(false))
+        .map_err(|e| Error::db(ctx, e)),
+        Detachable::Reindex { of_index, name } => {
+            if !db::table_exists(conn, RECORD_TABLE).await.map_err(|e| Error::db(ctx, e))? {
+                return Ok(false);
+            }
+            let started_from: Option<Vec<i64>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT relfilenodes FROM {RECORD_TABLE} WHERE version = $1 AND line = $2"
+            )))
+            .bind(version)
+            .bind(i32::try_from(line).unwrap_or(i32::MAX))
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(|e| Error::db(ctx, e))?;
+            let Some(started_from) = started_from else { return Ok(false) };
+            let now: Vec<i64> = sqlx::query_scalar(REINDEXED)
+                .bind(name)
+                .bind(of_index)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(|e| Error::db(ctx, e))?;
+            Ok(!now.is_empty() && !now.iter().any(|n| started_from.contains(n)))
+        }
+    }
+}
+
+/// Records what a detached `REINDEX` starts from (see [`already_done`]); nothing for a validation,
+/// which PostgreSQL itself records.
+pub async fn note_start(conn: &mut PgConnection, version: i64, line: usize, long: &Detachable) -> Result<()> {
+    let Detachable::Reindex { of_index, name } = long else { return Ok(()) };
+    let ctx = "recording the start of a detached REINDEX";
+    db::exec(
+        conn,
+        &format!(
+            "CREATE TABLE IF NOT EXISTS {RECORD_TABLE} (
+                version      bigint NOT NULL,
+                line         integer NOT NULL,
+                relfilenodes bigint[] NOT NULL,
+                started_at   timestamptz NOT NULL DEFAULT now(),
+                PRIMARY KEY (version, line)
+            )"
+        ),
+    )
+    .await
+    .map_err(|e| Error::db(ctx, e))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {RECORD_TABLE} (version, line, relfilenodes) SELECT $1, $2, ({REINDEXED_AT})
+         ON CONFLICT (version, line) DO UPDATE SET relfilenodes = EXCLUDED.relfilenodes, started_at = now()",
+        REINDEXED_AT = REINDEXED.replace("$1", "$3").replace("$2", "$4")
+    )))
+    .bind(version)
+    .bind(i32::try_from(line).unwrap_or(i32::MAX))
+    .bind(name)
+    .bind(of_index)
+    .execute(conn)
+    .await
+    .map(|_| ())
+    .map_err(|e| Error::db(ctx, e))
+}
+
+/// Forgets what earlier runs of migration `version` did detached: it starts afresh (first applied,
+/// or applied again after a rollback), so each of its statements runs again.
+pub async fn forget(conn: &mut PgConnection, version: i64) -> Result<()> {
+    let ctx = "clearing the record of earlier detached statements";
+    if !db::table_exists(conn, RECORD_TABLE).await.map_err(|e| Error::db(ctx, e))? {
+        return Ok(());
+    }
+    sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {RECORD_TABLE} WHERE version = $1")))
+        .bind(version)
+        .execute(conn)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::db(ctx, e))
+}
+
+/// INVALID indexes an interrupted `REINDEX … CONCURRENTLY` of `long` left (`…_ccnew`, `…_ccold`),
+/// schema-qualified: PostgreSQL's advice is to drop them and run it again.
+pub async fn leftovers(conn: &mut PgConnection, long: &Detachable) -> Result<Vec<String>> {
+    let Detachable::Reindex { of_index, name } = long else { return Ok(Vec::new()) };
+    sqlx::query_scalar(
+        "WITH target AS (
+             SELECT CASE WHEN $2 THEN (SELECT indrelid FROM pg_index WHERE indexrelid = to_regclass($1))
+                         ELSE to_regclass($1)::oid END AS tab,
+                    CASE WHEN $2 THEN (SELECT relname FROM pg_class WHERE oid = to_regclass($1)) END AS idx)
+         SELECT format('%I.%I', n.nspname, c.relname)
+           FROM target AS t JOIN pg_index AS i ON i.indrelid = t.tab
+           JOIN pg_class AS c ON c.oid = i.indexrelid JOIN pg_namespace AS n ON n.oid = c.relnamespace
+          WHERE NOT i.indisvalid AND c.relname ~ '_cc(new|old)[0-9]*$'
+            AND (t.idx IS NULL OR left(c.relname, least(length(t.idx), 40)) = left(t.idx, least(length(t.idx), 40)))
+          ORDER BY c.relname",
+    )
+    .bind(name)
+    .bind(of_index)
+    .fetch_all(conn)
+    .await
+    .map_err(|e| Error::db("looking for what an interrupted REINDEX left", e))
+}
+
+/// The rows `long` must read or index, by the planner's estimates: a validation scans its table
+/// once; a `REINDEX` builds each index anew.
+pub async fn work_rows(conn: &mut PgConnection, long: &Detachable) -> Result<f64> {
+    let (sql, name, of_index) = match long {
+        Detachable::Validate { table, .. } => {
+            ("SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = to_regclass($1) AND $2", table, true)
+        }
+        Detachable::Reindex { of_index, name } => (
+            "SELECT greatest(c.reltuples, 0)::float8 * count(*)
+               FROM pg_index AS i JOIN pg_class AS c ON c.oid = i.indrelid
+              WHERE CASE WHEN $2 THEN i.indexrelid = to_regclass($1) ELSE i.indrelid = to_regclass($1) END
+              GROUP BY c.reltuples",
+            name,
+            *of_index,
+        ),
+    };
+    sqlx::query_scalar::<_, f64>(sql)
+        .bind(name)
+        .bind(of_index)
+        .fetch_optional(conn)
+        .await
+        .map(Option::unwrap_or_default)
+        .map_err(|e| Error::db("estimating the rows of a long statement", e))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,10 +585,15 @@ mod tests {
     #[test]
     fn session_names_fit_postgres_and_say_what_runs() {
         assert_eq!(
-            app_name(2, "idx_job_objects_job_status"),
+            app_name(2, Kind::IndexBuild, "idx_job_objects_job_status"),
             "scanner-migrator detached 002 idx_job_objects_job_status"
         );
-        let long = app_name(2, &"é".repeat(40));
+        let long = app_name(2, Kind::IndexBuild, &"é".repeat(40));
         assert!(long.len() <= 63 && long.starts_with(APP_PREFIX), "{long}");
+        for (kind, name) in [(Kind::IndexBuild, "idx_a"), (Kind::Reindex, "\"Idx\""), (Kind::Validate, "fk_b")] {
+            let app = app_name(7, kind, name);
+            let rest = app.trim_start_matches(APP_PREFIX).split_once(' ').unwrap().1;
+            assert_eq!(Kind::parse(rest), (kind, name.trim_matches('"')), "{app}");
+        }
     }
 }

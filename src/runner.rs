@@ -457,6 +457,7 @@ async fn locked(
                 if let Some(Some(step)) = replay.steps.get(i) {
                     adopt_existing(
                         conn,
+                        m,
                         &schema,
                         &step.new,
                         &step.after,
@@ -536,6 +537,7 @@ fn remaining_ms(settings: &RunSettings) -> u64 {
 #[allow(clippy::too_many_arguments)]
 async fn adopt_existing(
     conn: &mut PgConnection,
+    m: &Migration,
     schema: &str,
     new: &[String],
     after: &verify::Catalog,
@@ -566,7 +568,7 @@ async fn adopt_existing(
                 tracing::warn!(step = "adopt", object = %adoption.object, was = adoption.was.as_deref().unwrap_or(""),
                     "converging to the migrations' shape");
                 for step in &steps {
-                    adoption.cleaned_up.extend(run_step(conn, step, settings, done, left).await?);
+                    adoption.cleaned_up.extend(run_step(conn, m, step, settings, done, left).await?);
                 }
                 report.adoption.push(adoption);
                 live = verify::live(conn, schema).await?;
@@ -576,11 +578,13 @@ async fn adopt_existing(
     Ok(())
 }
 
-/// Runs one convergence step with the same lock_timeout, retries, deadline and index builds as
-/// migrations. A failed step removes what the object's steps built (`Step::undo`) and keeps the
-/// SQLSTATE; returns what it cleaned up of an interrupted earlier attempt.
+/// Runs one convergence step (before migration `m`) with the same lock_timeout, retries, deadline
+/// and index builds as migrations: a build too long for the time left runs detached. A failed step
+/// removes what the object's steps built (`Step::undo`) and keeps the SQLSTATE; returns what it
+/// cleaned up of an interrupted earlier attempt.
 async fn run_step(
     conn: &mut PgConnection,
+    m: &Migration,
     step: &Step,
     settings: &RunSettings,
     done: &[String],
@@ -608,7 +612,8 @@ async fn run_step(
         let mut result = Ok(());
         for sql in &step.statements {
             let stmt = Statement { sql: sql.clone(), line: 0 };
-            let ran = match &stmt.index_build() {
+            let building = stmt.index_build();
+            let ran = match &building {
                 None => run_statement(conn, sql, settings, &mut retries).await.map_err(BuildFailure::Statement),
                 Some(build) => {
                     let too_large =
@@ -625,7 +630,15 @@ async fn run_step(
             result = Err(match f {
                 BuildFailure::Statement(StatementFailure::Deadline(during)) => Err(deadline(during)),
                 BuildFailure::Statement(StatementFailure::Db(e)) => Ok((sql.as_str(), e)),
-                BuildFailure::TooLarge(e, _) => Err(e),
+                // Built beside the old index on a session of its own: the next run finds it built and
+                // only swaps (`adopt::decide`); nothing to undo.
+                BuildFailure::TooLarge(e, dropped) => match (&settings.detach, &building) {
+                    (Some(to), Some(build)) => {
+                        let what = (m.version, detached::Kind::IndexBuild, build.name.as_str());
+                        Err(detach(conn, to, m, what, sql, dropped, settings.deadline).await)
+                    }
+                    _ => Err(e),
+                },
             });
             break;
         }
@@ -1076,6 +1089,9 @@ async fn apply_statements(
         Direction::Down => db::mark_rolling_back(conn, m.version).await.map(|()| None),
     };
     let before = marked.map_err(|e| Error::db(format!("recording the start of {} in the history", m.label()), e))?;
+    if before.as_ref().is_some_and(|b| b.as_deref() != Some("applying")) {
+        detached::forget(conn, m.version).await?;
+    }
     for (i, stmt) in statements.iter().enumerate() {
         // A first statement that failed changed nothing (one statement is atomic): the history goes
         // back to what it said before.
@@ -1125,7 +1141,11 @@ async fn apply_statements(
             continue;
         }
         let Some(build) = stmt.index_build() else {
-            if let Err(f) = run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await {
+            let ran = match stmt.detachable() {
+                Some(long) => run_long(conn, m, stmt, &long, settings, direction, step).await?,
+                None => run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await,
+            };
+            if let Err(f) = ran {
                 if let (true, Some(before)) = (nothing_changed, &before) {
                     db::unmark_applying(conn, m.version, before.as_deref()).await.map_err(|e| {
                         Error::db(format!("restoring the history of {} after its first statement failed", m.label()), e)
@@ -1143,28 +1163,8 @@ async fn apply_statements(
             Err(BuildFailure::Statement(f)) => return Err(failure(f)),
             Err(BuildFailure::TooLarge(_, dropped)) if settings.detach.is_some() && direction == Direction::Up => {
                 let to = settings.detach.as_ref().expect("checked above");
-                let pid = detached::start(to, conn, m.version, &build.name, &stmt.sql, settings.deadline).await?;
-                let label = |v: i64| if v == m.version { m.label() } else { format!("{v:03}") };
-                let mut running = match detached::find(conn, label).await? {
-                    Some(session) if session.pid == pid => session.progress,
-                    _ => {
-                        return Err(Error::Database {
-                            context: format!("starting the detached build of {} for {}", build.name, m.label()),
-                            cause: format!("its session (pid {pid}) is gone: see the log lines of the detached build"),
-                        });
-                    }
-                };
-                if !dropped.is_empty() {
-                    tracing::warn!(step = "repair", indexes = %dropped.join(", "),
-                        "dropped INVALID indexes of an interrupted build before building detached");
-                    running.repaired = dropped;
-                    running.message = format!(
-                        "{}. Dropped first, left INVALID by an interrupted build: {}",
-                        running.message,
-                        running.repaired.join(", ")
-                    );
-                }
-                return Err(Error::InProgress(Box::new(running)));
+                let what = (m.version, detached::Kind::IndexBuild, build.name.as_str());
+                return Err(detach(conn, to, m, what, &stmt.sql, dropped, settings.deadline).await);
             }
             Err(BuildFailure::TooLarge(err, _)) => {
                 // Refused before it started: if it was the script's first step, nothing changed.
@@ -1191,6 +1191,86 @@ async fn apply_statements(
         Direction::Down => db::forget(conn, m.version).await,
     }
     .map_err(|e| Error::db(format!("recording migration {} in the history", m.label()), e))
+}
+
+/// A `REINDEX … CONCURRENTLY` or `VALIDATE CONSTRAINT` of a no-transaction script: skipped when
+/// an earlier run finished it (detached), run here when it fits the time left, else started
+/// detached (an `InProgress` error). What an interrupted `REINDEX` left INVALID is dropped first.
+async fn run_long(
+    conn: &mut PgConnection,
+    m: &Migration,
+    stmt: &Statement,
+    long: &crate::split::Detachable,
+    settings: &RunSettings,
+    direction: Direction,
+    step: &mut AppliedStep,
+) -> Result<std::result::Result<(), StatementFailure>> {
+    let (kind, object) = detached::of(long);
+    if detached::already_done(conn, m.version, stmt.line, long).await? {
+        tracing::info!(step = "migration", version = m.version, line = stmt.line, object,
+            "already done by an earlier run (detached): not run again");
+        return Ok(Ok(()));
+    }
+    let mut dropped = Vec::new();
+    for leftover in detached::leftovers(conn, long).await? {
+        tracing::warn!(step = "repair", index = %leftover, "dropping an index left INVALID by an interrupted REINDEX");
+        let drop = db::drop_index_concurrently(&leftover);
+        if let Err(f) = run_statement(conn, &drop, settings, &mut step.lock_retries).await {
+            return Ok(Err(f));
+        }
+        dropped.push(leftover);
+    }
+    let name = object.trim_matches('"').to_string();
+    if !dropped.is_empty() && !step.rebuilt_invalid_indexes.contains(&name) {
+        step.rebuilt_invalid_indexes.push(name);
+    }
+    if let (Some(to), Some(left), Direction::Up) = (&settings.detach, settings.deadline.remaining(), direction) {
+        let rows = detached::work_rows(conn, long).await?;
+        let needed = rows / settings.index_build_rows_per_s;
+        if needed > left.as_secs_f64() {
+            tracing::info!(step = "detached", version = m.version, object, rows, needed_s = needed,
+                left_s = left.as_secs_f64(), "too long for this invocation: running it detached");
+            detached::note_start(conn, m.version, stmt.line, long).await?;
+            return Err(detach(conn, to, m, (m.version, kind, object), &stmt.sql, dropped, settings.deadline).await);
+        }
+    }
+    Ok(run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await)
+}
+
+/// Starts `sql` detached (see `detached::start`) and returns the `in_progress` answer for it, with
+/// the INVALID indexes dropped first; or the error that kept it from starting.
+async fn detach(
+    conn: &mut PgConnection,
+    to: &detached::DetachTo,
+    m: &Migration,
+    what: (i64, detached::Kind, &str),
+    sql: &str,
+    dropped: Vec<String>,
+    deadline: Deadline,
+) -> Error {
+    let pid = match detached::start(to, conn, what, sql, deadline).await {
+        Ok(pid) => pid,
+        Err(e) => return e,
+    };
+    let label = |v: i64| if v == m.version { m.label() } else { format!("{v:03}") };
+    let mut running = match detached::find(conn, label).await {
+        Ok(Some(session)) if session.pid == pid => session.progress,
+        Ok(_) => {
+            return Error::Database {
+                context: format!("starting {} detached for {}", what.2, m.label()),
+                cause: format!("its session (pid {pid}) is gone: see the log lines of the detached statement"),
+            };
+        }
+        Err(e) => return e,
+    };
+    if !dropped.is_empty() {
+        tracing::warn!(step = "repair", indexes = %dropped.join(", "),
+            "dropped INVALID indexes of an interrupted build before starting detached");
+        running.message =
+            format!("{}. Dropped first, left INVALID by an interrupted build: {}", running.message, dropped.join(", "));
+        running.repaired = dropped;
+    }
+    Error::InProgress(Box::new(running))
 }
 
 /// What the history says after a no-transaction script stopped part-way, and how to go on.

@@ -65,6 +65,62 @@ impl Statement {
         Some(IndexBuild { name: name.to_string(), table: table.to_string() })
     }
 
+    /// A `REINDEX … CONCURRENTLY` of one index or table, or an `ALTER TABLE … VALIDATE CONSTRAINT`
+    /// alone: statements besides index builds that may outlast an invocation and so may run detached.
+    pub fn detachable(&self) -> Option<Detachable> {
+        let words = words(&self.sql);
+        let lower: Vec<String> = words.iter().map(|w| w.to_ascii_lowercase()).collect();
+        let at = |i: usize| lower.get(i).map(String::as_str);
+        match at(0)? {
+            "reindex" => {
+                // REINDEX [ ( option, … ) ] { INDEX | TABLE } [ CONCURRENTLY ] name; 14+ also takes
+                // CONCURRENTLY among the options.
+                let mut i = 1;
+                let mut concurrently = false;
+                if lower.get(1).is_some_and(|w| w.starts_with('(')) {
+                    while let Some(w) = lower.get(i) {
+                        i += 1;
+                        let options = w.trim_matches(|c| c == '(' || c == ')' || c == ',');
+                        concurrently |= options
+                            .split(',')
+                            .any(|o| o == "concurrently")
+                            && !lower.get(i).is_some_and(|n| matches!(n.trim_end_matches([')', ',']), "false" | "off" | "0"));
+                        if w.ends_with(')') {
+                            break;
+                        }
+                    }
+                }
+                let of_index = match at(i)? {
+                    "index" => true,
+                    "table" => false,
+                    _ => return None,
+                };
+                i += 1;
+                if at(i) == Some("concurrently") {
+                    concurrently = true;
+                    i += 1;
+                }
+                let name = words.get(i)?;
+                (concurrently && words.len() == i + 1)
+                    .then(|| Detachable::Reindex { of_index, name: name.to_string() })
+            }
+            "alter" if at(1) == Some("table") => {
+                let mut i = 2;
+                if at(i) == Some("if") && at(i + 1) == Some("exists") {
+                    i += 2;
+                }
+                if at(i) == Some("only") {
+                    i += 1;
+                }
+                let table = words.get(i)?;
+                let constraint = words.get(i + 3)?;
+                (at(i + 1) == Some("validate") && at(i + 2) == Some("constraint") && words.len() == i + 4)
+                    .then(|| Detachable::Validate { table: table.to_string(), constraint: constraint.to_string() })
+            }
+            _ => None,
+        }
+    }
+
     /// The statement with `CONCURRENTLY` taken out of index builds, drops, reindexes and
     /// materialized view refreshes, so it can run inside a transaction (on an empty scratch
     /// schema, where it makes no difference). Function bodies and strings are left alone.
@@ -97,6 +153,25 @@ pub struct IndexBuild {
     pub name: String,
     /// The table it is built on.
     pub table: String,
+}
+
+/// A long statement other than an index build that may run detached. Names as written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Detachable {
+    /// `REINDEX INDEX|TABLE CONCURRENTLY name`.
+    Reindex {
+        /// `INDEX` (else `TABLE`).
+        of_index: bool,
+        /// The index or table.
+        name: String,
+    },
+    /// `ALTER TABLE table VALIDATE CONSTRAINT constraint`.
+    Validate {
+        /// The table.
+        table: String,
+        /// The constraint.
+        constraint: String,
+    },
 }
 
 /// The statement's words: runs of tokens not separated by whitespace or comments (`s.t(x)`,
@@ -451,6 +526,26 @@ mod tests {
         assert_eq!(build("CREATE INDEX -- why\n CONCURRENTLY i /* c */ ON t (x)"), ib("i", "t"));
         assert_eq!(build("CREATE INDEX idx_b ON t (x)"), None);
         assert_eq!(build("CREATE INDEX CONCURRENTLY ON t (x)"), None);
+    }
+
+    #[test]
+    fn finds_long_reindexes_and_validations_alone() {
+        let long = |s: &str| Statement { sql: s.into(), line: 1 }.detachable();
+        let reindex = |of_index, n: &str| Some(Detachable::Reindex { of_index, name: n.into() });
+        assert_eq!(long("REINDEX INDEX CONCURRENTLY idx_a"), reindex(true, "idx_a"));
+        assert_eq!(long("reindex table concurrently s.\"T\""), reindex(false, "s.\"T\""));
+        assert_eq!(long("REINDEX (VERBOSE, CONCURRENTLY) INDEX i"), reindex(true, "i"));
+        assert_eq!(long("REINDEX (CONCURRENTLY) INDEX i"), reindex(true, "i"));
+        assert_eq!(long("REINDEX (VERBOSE) TABLE CONCURRENTLY t"), reindex(false, "t"));
+        assert_eq!(long("REINDEX (CONCURRENTLY false) INDEX i"), None, "not concurrent: it runs inline");
+        assert_eq!(long("REINDEX INDEX i"), None, "it blocks writes: not ours to run unattended");
+        assert_eq!(long("REINDEX SCHEMA CONCURRENTLY s"), None);
+        let validate = |t: &str, c: &str| Some(Detachable::Validate { table: t.into(), constraint: c.into() });
+        assert_eq!(long("ALTER TABLE t VALIDATE CONSTRAINT c"), validate("t", "c"));
+        assert_eq!(long("alter table if exists only s.t validate constraint \"C\""), validate("s.t", "\"C\""));
+        assert_eq!(long("ALTER TABLE t VALIDATE CONSTRAINT c, ADD COLUMN x int"), None, "one action alone");
+        assert_eq!(long("ALTER TABLE t ADD CONSTRAINT c CHECK (x > 0) NOT VALID"), None);
+        assert_eq!(long("CREATE INDEX CONCURRENTLY i ON t (x)"), None);
     }
 
     #[test]

@@ -45,7 +45,8 @@ async fn schedule(name: &str) -> Option<(aws_sdk_scheduler::operation::get_sched
     }
 }
 
-fn migrate_failed(logs: &str) -> Vec<f64> {
+/// The `MigrateFailed` values of a function's EMF log lines, in order.
+pub(crate) fn migrate_failed(logs: &str) -> Vec<f64> {
     logs.lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
         .filter_map(|l| l.get("MigrateFailed").and_then(Value::as_f64))

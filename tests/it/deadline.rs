@@ -198,37 +198,3 @@ async fn an_unanswering_secrets_manager_is_named_within_the_invocations_time() {
     assert!(msg.contains(&fx.secret_arn) && msg.contains("no answer") && msg.contains("time left"), "{msg}");
     assert!(took < Duration::from_secs(4), "answered within the invocation: {took:?}");
 }
-
-#[tokio::test]
-async fn an_adoption_index_build_too_large_for_the_time_left_is_refused_before_it_starts() {
-    let fx = Fixture::rotation().await;
-    fx.db.exec(crate::adoption::OLD_TABLES).await;
-    fx.db
-        .exec(
-            "CREATE INDEX idx_job_objects_job_status ON job_objects (status);
-             INSERT INTO job_objects (job_id, bucket, key) SELECT job_id, 'b', 'x' || g FROM jobs, generate_series(1, 2000) g;
-             ANALYZE job_objects;",
-        )
-        .await;
-    // ~6120 rows at an assumed 100 rows/s: about a minute, in an invocation of 10 s.
-    let (api, f) = function("migrate", &fx.env_with(&[("INDEX_BUILD_ROWS_PER_S", "100")])).await;
-    let (kind, msg) = api.invoke(json!({}), Duration::from_secs(10)).await.err();
-    f.stop().await;
-    assert_eq!(kind, "DeadlineTooShort", "{msg}");
-    assert!(
-        msg.contains("before migration 002_optimize_for_scale would build index")
-            && msg.contains(r#""idx_job_objects_job_status__scm_new" on "job_objects" (~6120 rows)"#)
-            && msg.contains("runbook: DeadlineTooShort"),
-        "{msg}"
-    );
-    assert_eq!(
-        fx.db.scalar::<i64>("SELECT count(*) FROM pg_class WHERE relname LIKE '%scm_new'").await,
-        0,
-        "not started"
-    );
-    assert_eq!(
-        fx.db.scalar::<String>("SELECT pg_get_indexdef('idx_job_objects_job_status'::regclass)").await,
-        "CREATE INDEX idx_job_objects_job_status ON public.job_objects USING btree (status)",
-        "the old index is untouched"
-    );
-}
