@@ -445,3 +445,31 @@ async fn a_validation_longer_than_the_invocation_runs_detached_without_holding_u
     assert_eq!(r.status, "applied", "{:#}", serde_json::to_value(&r).unwrap());
     assert_eq!(db.history().await, vec![0, 1]);
 }
+
+#[tokio::test]
+async fn a_detached_statement_works_in_the_schema_of_the_run_not_in_the_logins_default() {
+    use scanner_migrator::runner::{self, Command, RunSettings};
+    let db = TestDb::new().await;
+    // A decoy of the same name in public, where a session's default search_path would look first.
+    db.exec(
+        r#"CREATE SCHEMA "Long"; CREATE TABLE public.big (id bigint, n integer); CREATE INDEX big_n ON public.big (n);"#,
+    )
+    .await;
+    let migrations = long_migrations("REINDEX INDEX CONCURRENTLY big_n");
+    let mut conn = db.conn().await;
+    scanner_migrator::db::pin_schema(&mut conn, Some("Long")).await.unwrap();
+    runner::run(&mut conn, &migrations, Command::Migrate { target: Some(0) }, &RunSettings::default(), None)
+        .await
+        .unwrap();
+    db.exec(r#"INSERT INTO "Long".big (id, n) SELECT g, g % 100 FROM generate_series(1, 20000) AS g; ANALYZE "Long".big;"#)
+        .await;
+    let (ours, decoy) = (relfilenode(&db, r#""Long".big_n"#).await, relfilenode(&db, "public.big_n").await);
+
+    let r = runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
+    assert_eq!(r.status, "in_progress", "{:#}", serde_json::to_value(&r).unwrap());
+    until_no_detached(&db).await;
+    assert_ne!(relfilenode(&db, r#""Long".big_n"#).await, ours, "the run's schema's index was rebuilt");
+    assert_eq!(relfilenode(&db, "public.big_n").await, decoy, "the decoy in public was not touched");
+    let r = runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
+    assert_eq!(r.status, "applied", "{:#}", serde_json::to_value(&r).unwrap());
+}
