@@ -41,8 +41,10 @@ pub struct RunSettings {
     pub deadline: Deadline,
     /// Recorded in the history: the Lambda request id or the CLI user.
     pub applied_by: String,
-    /// Where an index build too large for the time left is started detached; without it (the
-    /// command line, which has no deadline) such a build is refused with `DeadlineTooShort`.
+    /// Where a statement too long for the time left (an index build, `REINDEX … CONCURRENTLY`,
+    /// `VALIDATE CONSTRAINT`) is started detached; without it (the command line, which has no
+    /// deadline) they run in place, and an index build too large for a deadline is refused with
+    /// `DeadlineTooShort`.
     pub detach: Option<crate::detached::DetachTo>,
     /// In Lambda, the function's name: progress of long work is also printed as EMF metrics
     /// (never on the command line, whose standard output is the result).
@@ -963,9 +965,9 @@ async fn apply(
     Ok(step)
 }
 
-/// An index build that cannot finish in the time left, refused before it starts (adoption's, and a
-/// migration's where no detached session can be opened): Lambda would cancel it at the deadline,
-/// leave it INVALID, and every retry would start over. `what` names
+/// An index build that cannot finish in the time left, refused before it starts where the run has a
+/// deadline but nowhere to detach it (a library caller's settings): it would be cancelled at the
+/// deadline, left INVALID, and every retry would start over. `what` names
 /// the work (`migration 002_optimize_for_scale`).
 fn too_large(
     what: &str,
@@ -980,9 +982,8 @@ fn too_large(
         Error::DeadlineTooShort(format!(
             "{} would build index {} on {} (~{rows:.0} rows): at the assumed {rows_per_s:.0} rows/s \
              (INDEX_BUILD_ROWS_PER_S) that takes ~{needed:.0} s, more than the {:.0} s this invocation has left. \
-             Lambda would cancel it at the deadline and every retry would start over, so it was not started. Apply \
-             this migration once from the command line, which has no deadline (README, runbook: DeadlineTooShort); \
-             the Lambda then finds it applied{}",
+             It would be cancelled at the deadline and every retry would start over, so it was not started; this \
+             run has no session to detach it to (the Lambda always has one: it runs such statements detached){}",
             what,
             build.name,
             build.table,

@@ -239,7 +239,7 @@ variable "migrate_memory_mb" {
 }
 
 variable "index_build_rows_per_s" {
-  description = "The index build speed assumed (rows per second) to decide, from a table's row estimate, whether an index build fits the invocation's time; one that does not runs detached in the database and migrate answers in_progress (INDEX_BUILD_ROWS_PER_S)."
+  description = "The speed assumed (rows per second) to decide, from a table's row estimate, whether an index build, a REINDEX CONCURRENTLY or a VALIDATE CONSTRAINT fits the invocation's time; one that does not runs detached in the database and migrate answers in_progress (INDEX_BUILD_ROWS_PER_S)."
   type        = number
   default     = 250000
 
