@@ -124,16 +124,17 @@ fn index_steps(name: &str, table: &str, unique: bool, using: &str, built: bool) 
     let unique = if unique { "UNIQUE " } else { "" };
     let undo = vec![format!("DROP INDEX CONCURRENTLY IF EXISTS {}", ident(&tmp))];
     let build = (!built).then(|| Step {
-            what: format!("building index {name} in the migrations' shape beside the old one"),
-            statements: vec![
-                format!("DROP INDEX CONCURRENTLY IF EXISTS {}", ident(&tmp)),
-                format!("CREATE {unique}INDEX CONCURRENTLY {} ON {} USING {using}", ident(&tmp), ident(table)),
-            ],
-            in_transaction: false,
-            undo: undo.clone(),
+        what: format!("building index {name} in the migrations' shape beside the old one"),
+        statements: vec![
+            format!("DROP INDEX CONCURRENTLY IF EXISTS {}", ident(&tmp)),
+            format!("CREATE {unique}INDEX CONCURRENTLY {} ON {} USING {using}", ident(&tmp), ident(table)),
+        ],
+        in_transaction: false,
+        undo: undo.clone(),
     });
-    build.into_iter().chain([
-        Step {
+    build
+        .into_iter()
+        .chain([Step {
             what: format!("swapping index {name} for the rebuilt one"),
             statements: vec![
                 format!("DROP INDEX {}", ident(name)),
@@ -141,8 +142,8 @@ fn index_steps(name: &str, table: &str, unique: bool, using: &str, built: bool) 
             ],
             in_transaction: true,
             undo,
-        },
-    ]).collect()
+        }])
+        .collect()
 }
 
 /// A view or materialized view: the new one is built beside the old (a materialized view with

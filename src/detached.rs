@@ -16,9 +16,9 @@ use sqlx::{Connection, PgConnection, Row, postgres::PgConnectOptions};
 
 use crate::{
     db::{self, LOCK_KEY},
-    split::Detachable,
     deadline::Deadline,
     error::{Error, Result, cause_chain},
+    split::Detachable,
 };
 
 /// What every detached session's `application_name` starts with.
@@ -245,7 +245,8 @@ pub async fn find(conn: &mut PgConnection, label: impl Fn(i64) -> String) -> Res
     let query: Option<String> = r.try_get("query").ok().flatten();
     // The session's name may be cut at 63 bytes; the statement names its object whole.
     let statement = crate::split::Statement { sql: query.clone().unwrap_or_default(), line: 1 };
-    let named = statement.index_build().map(|b| b.name).or_else(|| statement.detachable().map(|d| of(&d).1.to_string()));
+    let named =
+        statement.index_build().map(|b| b.name).or_else(|| statement.detachable().map(|d| of(&d).1.to_string()));
     let object = named.as_deref().map_or(object, |n| n.trim_matches('"'));
     let mut progress = InProgress {
         migration,

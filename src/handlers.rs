@@ -282,8 +282,8 @@ pub async fn handle_migrate(
         let applied = report.applied.len() as f64;
         // As for work left at the deadline: a build going on in the database with no next invocation
         // arranged finishes, but nothing will finish its migration by itself; the alarm says so.
-        let stranded = report.status == "in_progress"
-            && !matches!(arranged, Some(continuation::Arranged::Scheduled { .. }));
+        let stranded =
+            report.status == "in_progress" && !matches!(arranged, Some(continuation::Arranged::Scheduled { .. }));
         println!(
             "{}",
             metrics::emf(

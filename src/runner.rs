@@ -1208,8 +1208,13 @@ async fn run_long(
 ) -> Result<std::result::Result<(), StatementFailure>> {
     let (kind, object) = detached::of(long);
     if detached::already_done(conn, m.version, stmt.line, long).await? {
-        tracing::info!(step = "migration", version = m.version, line = stmt.line, object,
-            "already done by an earlier run (detached): not run again");
+        tracing::info!(
+            step = "migration",
+            version = m.version,
+            line = stmt.line,
+            object,
+            "already done by an earlier run (detached): not run again"
+        );
         return Ok(Ok(()));
     }
     let mut dropped = Vec::new();
@@ -1229,8 +1234,15 @@ async fn run_long(
         let rows = detached::work_rows(conn, long).await?;
         let needed = rows / settings.index_build_rows_per_s;
         if needed > left.as_secs_f64() {
-            tracing::info!(step = "detached", version = m.version, object, rows, needed_s = needed,
-                left_s = left.as_secs_f64(), "too long for this invocation: running it detached");
+            tracing::info!(
+                step = "detached",
+                version = m.version,
+                object,
+                rows,
+                needed_s = needed,
+                left_s = left.as_secs_f64(),
+                "too long for this invocation: running it detached"
+            );
             detached::note_start(conn, m.version, stmt.line, long).await?;
             return Err(detach(conn, to, m, (m.version, kind, object), &stmt.sql, dropped, settings.deadline).await);
         }

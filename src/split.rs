@@ -81,10 +81,10 @@ impl Statement {
                     while let Some(w) = lower.get(i) {
                         i += 1;
                         let options = w.trim_matches(|c| c == '(' || c == ')' || c == ',');
-                        concurrently |= options
-                            .split(',')
-                            .any(|o| o == "concurrently")
-                            && !lower.get(i).is_some_and(|n| matches!(n.trim_end_matches([')', ',']), "false" | "off" | "0"));
+                        concurrently |= options.split(',').any(|o| o == "concurrently")
+                            && !lower
+                                .get(i)
+                                .is_some_and(|n| matches!(n.trim_end_matches([')', ',']), "false" | "off" | "0"));
                         if w.ends_with(')') {
                             break;
                         }
@@ -101,8 +101,7 @@ impl Statement {
                     i += 1;
                 }
                 let name = words.get(i)?;
-                (concurrently && words.len() == i + 1)
-                    .then(|| Detachable::Reindex { of_index, name: name.to_string() })
+                (concurrently && words.len() == i + 1).then(|| Detachable::Reindex { of_index, name: name.to_string() })
             }
             "alter" if at(1) == Some("table") => {
                 let mut i = 2;

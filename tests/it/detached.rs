@@ -278,7 +278,8 @@ async fn an_index_rebuilt_beside_by_adoption_runs_detached_and_the_next_run_swap
     assert_eq!(r["status"], "applied", "{r:#}");
     assert_eq!(r["verification"]["ok"], true, "{r:#}");
     assert!(!logs.contains("building index idx_job_objects_job_status in the migrations' shape"), "built once: {logs}");
-    let converged = r["adoption"].as_array().unwrap().iter().find(|a| a["object"] == "index idx_job_objects_job_status");
+    let converged =
+        r["adoption"].as_array().unwrap().iter().find(|a| a["object"] == "index idx_job_objects_job_status");
     assert_eq!(converged.map(|a| a["action"].clone()), Some(json!("converged")), "{r:#}");
     assert_eq!(
         fx.db.scalar::<String>(def).await,
@@ -309,7 +310,9 @@ fn long_migrations(statement: &str) -> scanner_migrator::migrations::Migrations 
 fn short_run(db: &TestDb) -> scanner_migrator::runner::RunSettings {
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
     scanner_migrator::runner::RunSettings {
-        deadline: scanner_migrator::deadline::Deadline::from_lambda_epoch_ms((now + Duration::from_secs(5)).as_millis() as u64),
+        deadline: scanner_migrator::deadline::Deadline::from_lambda_epoch_ms(
+            (now + Duration::from_secs(5)).as_millis() as u64,
+        ),
         index_build_rows_per_s: 100.0,
         detach: Some(scanner_migrator::detached::DetachTo(db.url.parse().unwrap())),
         ..Default::default()
@@ -342,12 +345,16 @@ async fn a_reindex_longer_than_the_invocation_runs_detached_once_and_the_next_ru
     reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM side;").await.unwrap();
 
     let started = Instant::now();
-    let r = runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
+    let r =
+        runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
     assert!(started.elapsed() < Duration::from_secs(5), "answered after {:?}", started.elapsed());
     let r = serde_json::to_value(&r).unwrap();
     assert_eq!(r["status"], "in_progress", "{r:#}");
     let p = &r["in_progress"];
-    assert_eq!((p["kind"].as_str(), p["object"].as_str(), p["index"].as_str()), (Some("reindex"), Some("big_n"), Some("big_n")));
+    assert_eq!(
+        (p["kind"].as_str(), p["object"].as_str(), p["index"].as_str()),
+        (Some("reindex"), Some("big_n"), Some("big_n"))
+    );
     assert_eq!(p["migration"], "001_long", "{r:#}");
     assert!(p["message"].as_str().unwrap().contains("rebuilds big_n (REINDEX CONCURRENTLY)"), "{r:#}");
     let pid = p["pid"].as_i64().unwrap();
@@ -355,7 +362,8 @@ async fn a_reindex_longer_than_the_invocation_runs_detached_once_and_the_next_ru
     assert_eq!(app, "scanner-migrator detached 001 reindex big_n");
 
     // Meanwhile a run reports it and starts nothing; the scanner's writes go on.
-    let again = runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
+    let again =
+        runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
     assert_eq!(again.in_progress.as_ref().map(|p| p.pid as i64), Some(pid));
     let wrote = Instant::now();
     db.exec("INSERT INTO big (id, n) VALUES (0, 1)").await;
@@ -368,7 +376,8 @@ async fn a_reindex_longer_than_the_invocation_runs_detached_once_and_the_next_ru
     assert_ne!(rebuilt, before, "PostgreSQL finished the REINDEX without a client");
 
     // The next run (as short, as slow) knows it is done: it does not reindex again, and applies 001.
-    let r = runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
+    let r =
+        runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
     assert_eq!(r.status, "applied", "{:#}", serde_json::to_value(&r).unwrap());
     assert_eq!(relfilenode(&db, "big_n").await, rebuilt, "not rebuilt twice");
     assert_eq!(db.history().await, vec![0, 1]);
@@ -388,7 +397,8 @@ async fn a_detached_reindex_terminated_mid_way_is_repaired_and_run_again() {
     let before = (relfilenode(&db, "big_n").await, relfilenode(&db, "big_pkey").await);
     let mut reader = db.conn().await;
     reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ; SELECT count(*) FROM side;").await.unwrap();
-    let r = runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
+    let r =
+        runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
     let p = r.in_progress.clone().expect("runs detached");
     assert_eq!(p.object, "big");
     // Wait until its new indexes exist (they are INVALID until the swap), then someone ends it.
@@ -404,7 +414,9 @@ async fn a_detached_reindex_terminated_mid_way_is_repaired_and_run_again() {
     assert_eq!(left, 2, "the interrupted REINDEX left its new indexes INVALID");
 
     // The next run (time enough: inline) drops them, says so, and reindexes.
-    let r = runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &Default::default(), None).await.unwrap();
+    let r = runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &Default::default(), None)
+        .await
+        .unwrap();
     assert_eq!(r.status, "applied");
     assert_eq!(r.applied[0].rebuilt_invalid_indexes, vec!["big".to_string()]);
     assert_eq!(db.scalar::<i64>("SELECT count(*) FROM pg_index WHERE NOT indisvalid").await, 0);
@@ -421,11 +433,15 @@ async fn a_validation_longer_than_the_invocation_runs_detached_without_holding_u
     let mut maintenance = db.conn().await;
     maintenance.execute("BEGIN; LOCK TABLE big IN SHARE UPDATE EXCLUSIVE MODE;").await.unwrap();
 
-    let r = runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
+    let r =
+        runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
     let r = serde_json::to_value(&r).unwrap();
     assert_eq!(r["status"], "in_progress", "{r:#}");
     let p = &r["in_progress"];
-    assert_eq!((p["kind"].as_str(), p["object"].as_str(), p["index"].as_str()), (Some("validate"), Some("big_n_nonneg"), Some("")));
+    assert_eq!(
+        (p["kind"].as_str(), p["object"].as_str(), p["index"].as_str()),
+        (Some("validate"), Some("big_n_nonneg"), Some(""))
+    );
     assert!(p["message"].as_str().unwrap().contains("validates constraint big_n_nonneg"), "{r:#}");
     // Seen again by status: waiting for the lock, as pg_stat_activity says.
     let status = runner::run(&mut conn, &migrations, Command::Status, &Default::default(), None).await.unwrap();
@@ -441,7 +457,8 @@ async fn a_validation_longer_than_the_invocation_runs_detached_without_holding_u
     assert!(db.scalar::<bool>(validated).await, "PostgreSQL validated it without a client");
 
     // The next run, as short and as slow, sees it validated and applies 001 without starting again.
-    let r = runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
+    let r =
+        runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
     assert_eq!(r.status, "applied", "{:#}", serde_json::to_value(&r).unwrap());
     assert_eq!(db.history().await, vec![0, 1]);
 }
@@ -461,15 +478,19 @@ async fn a_detached_statement_works_in_the_schema_of_the_run_not_in_the_logins_d
     runner::run(&mut conn, &migrations, Command::Migrate { target: Some(0) }, &RunSettings::default(), None)
         .await
         .unwrap();
-    db.exec(r#"INSERT INTO "Long".big (id, n) SELECT g, g % 100 FROM generate_series(1, 20000) AS g; ANALYZE "Long".big;"#)
-        .await;
+    db.exec(
+        r#"INSERT INTO "Long".big (id, n) SELECT g, g % 100 FROM generate_series(1, 20000) AS g; ANALYZE "Long".big;"#,
+    )
+    .await;
     let (ours, decoy) = (relfilenode(&db, r#""Long".big_n"#).await, relfilenode(&db, "public.big_n").await);
 
-    let r = runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
+    let r =
+        runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
     assert_eq!(r.status, "in_progress", "{:#}", serde_json::to_value(&r).unwrap());
     until_no_detached(&db).await;
     assert_ne!(relfilenode(&db, r#""Long".big_n"#).await, ours, "the run's schema's index was rebuilt");
     assert_eq!(relfilenode(&db, "public.big_n").await, decoy, "the decoy in public was not touched");
-    let r = runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
+    let r =
+        runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
     assert_eq!(r.status, "applied", "{:#}", serde_json::to_value(&r).unwrap());
 }
