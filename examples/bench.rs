@@ -44,6 +44,8 @@ mod incremental;
 mod index_build;
 #[path = "bench/lambda.rs"]
 mod lambda;
+#[path = "bench/long_build.rs"]
+mod long_build;
 #[path = "bench/lock_wait.rs"]
 mod lock_wait;
 #[path = "bench/noop.rs"]
@@ -108,6 +110,9 @@ async fn run(cfg: &Config) -> R<Results> {
     }
     if run("8") {
         history::case8(cfg, &mut res).await?;
+    }
+    if run("9") {
+        long_build::case9(cfg, &mut res).await?;
     }
     drop_db(cfg, TEMPLATE).await?;
     Ok(res)
