@@ -27,6 +27,9 @@ const TPL: &str = "bench_c9_tpl";
 const SCHEDULE: &str = "bench-c9-continue";
 /// Runaway guard: a chain that has not applied 002 after this many invocations is a failure.
 const MAX_INVOCATIONS: usize = 500;
+/// A statement that never fits an invocation comes back at the deadline every time (no build runs
+/// detached meanwhile): after this many in a row the chain is stuck.
+const MAX_DEADLINES_IN_A_ROW: usize = 10;
 
 /// moto's AWS API server (Secrets Manager for the database secret, the Scheduler for the chain),
 /// ended when dropped.
@@ -257,6 +260,7 @@ async fn chain(cfg: &Config, setup: &Setup, moto: &Moto, rows_per_s: f64) -> R<C
     let target = v_matview()?;
     let mut payload = json!({"command": "migrate", "target": target});
     let mut run = Chain { wall_s: 0.0, stall_s: 0.0, invocations: 0, in_progress: 0, deadline_continued: 0, longest_s: 0.0 };
+    let mut in_a_row = 0;
     let t0 = Instant::now();
     let outcome = loop {
         if run.invocations >= MAX_INVOCATIONS {
@@ -277,9 +281,23 @@ async fn chain(cfg: &Config, setup: &Setup, moto: &Moto, rows_per_s: f64) -> R<C
                 }
                 break Ok(());
             }
-            runtime::Outcome::Response(v) if v["status"] == "in_progress" => run.in_progress += 1,
+            runtime::Outcome::Response(v) if v["status"] == "in_progress" => {
+                run.in_progress += 1;
+                in_a_row = 0;
+            }
             // Work left at the deadline between statements: the function continues itself as well.
-            runtime::Outcome::Error { error_type, .. } if error_type == "DeadlineReached" => run.deadline_continued += 1,
+            runtime::Outcome::Error { error_type, error_message } if error_type == "DeadlineReached" => {
+                run.deadline_continued += 1;
+                in_a_row += 1;
+                let short: String = error_message.chars().take(300).collect();
+                eprintln!("    invocation {} stopped at its deadline: {short}", run.invocations);
+                if in_a_row >= MAX_DEADLINES_IN_A_ROW {
+                    break Err(format!(
+                        "stuck: {in_a_row} invocations in a row stopped at the deadline with work left; the last \
+                         said: {error_message}"
+                    ));
+                }
+            }
             other => break Err(format!("invocation {}: {other:?}", run.invocations)),
         }
         match scheduled(&scheduler).await? {
