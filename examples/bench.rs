@@ -47,10 +47,10 @@ mod incremental;
 mod index_build;
 #[path = "bench/lambda.rs"]
 mod lambda;
-#[path = "bench/long_build.rs"]
-mod long_build;
 #[path = "bench/lock_wait.rs"]
 mod lock_wait;
+#[path = "bench/long_build.rs"]
+mod long_build;
 #[path = "bench/noop.rs"]
 mod noop;
 #[path = "bench/status_read.rs"]

@@ -73,7 +73,9 @@ impl Moto {
         aws_config::defaults(aws_config::BehaviorVersion::latest())
             .endpoint_url(&self.endpoint)
             .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new("bench", "bench", None, None, "bench"))
+            .credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                "bench", "bench", None, None, "bench",
+            ))
             .load()
             .await
     }
@@ -123,7 +125,8 @@ async fn build_template(cfg: &Config, scale: i64) -> R<i64> {
         .await?;
         exec(&mut c, "VACUUM (ANALYZE) job_objects").await?;
     }
-    let objects: i64 = sqlx::query_scalar("SELECT count(*) FROM job_objects").fetch_one(&mut c).await.ctx("counting")?;
+    let objects: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM job_objects").fetch_one(&mut c).await.ctx("counting")?;
     let _ = c.close().await;
     let mut admin = cfg.server.connect("postgres").await?;
     exec(&mut admin, "CHECKPOINT").await?;
@@ -158,10 +161,11 @@ struct Baseline {
 async fn baseline(cfg: &Config) -> R<Baseline> {
     copy_database(cfg, TPL, DB).await?;
     let mut c = cfg.server.connect(DB).await?;
-    let rows: f64 = sqlx::query_scalar("SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = 'job_objects'::regclass")
-        .fetch_one(&mut c)
-        .await
-        .ctx("job_objects' row estimate")?;
+    let rows: f64 =
+        sqlx::query_scalar("SELECT greatest(reltuples, 0)::float8 FROM pg_class WHERE oid = 'job_objects'::regclass")
+            .fetch_one(&mut c)
+            .await
+            .ctx("job_objects' row estimate")?;
     let stop = Arc::new(AtomicBool::new(false));
     let writer =
         spawn_writer(cfg.server.opts(DB), cfg.write_rate, Writes::Objects(cfg.sample_keys(10_000)), stop.clone());
@@ -246,7 +250,8 @@ async fn chain(cfg: &Config, setup: &Setup, moto: &Moto, rows_per_s: f64) -> R<C
     let secret = json!({"engine": "postgres", "host": s.host, "port": s.port, "dbname": DB, "username": s.user, "password": s.password});
     let name = format!("bench/c9/{}", chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default());
     let made = secrets.create_secret().name(&name).secret_string(secret.to_string()).send().await;
-    let secret_arn = made.ctx("creating the database secret in moto")?.arn().ok_or("the secret has no ARN")?.to_string();
+    let secret_arn =
+        made.ctx("creating the database secret in moto")?.arn().ok_or("the secret has no ARN")?.to_string();
 
     let stop = Arc::new(AtomicBool::new(false));
     let writer =
@@ -259,7 +264,8 @@ async fn chain(cfg: &Config, setup: &Setup, moto: &Moto, rows_per_s: f64) -> R<C
     tokio::time::sleep(cfg.settle).await;
     let target = v_matview()?;
     let mut payload = json!({"command": "migrate", "target": target});
-    let mut run = Chain { wall_s: 0.0, stall_s: 0.0, invocations: 0, in_progress: 0, deadline_continued: 0, longest_s: 0.0 };
+    let mut run =
+        Chain { wall_s: 0.0, stall_s: 0.0, invocations: 0, in_progress: 0, deadline_continued: 0, longest_s: 0.0 };
     let mut in_a_row = 0;
     let t0 = Instant::now();
     let outcome = loop {
@@ -272,7 +278,10 @@ async fn chain(cfg: &Config, setup: &Setup, moto: &Moto, rows_per_s: f64) -> R<C
         let took = asked.elapsed();
         run.longest_s = run.longest_s.max(took.as_secs_f64());
         if took > setup.timeout {
-            break Err(format!("invocation {} answered after {took:?}, past its {:?} timeout", run.invocations, setup.timeout));
+            break Err(format!(
+                "invocation {} answered after {took:?}, past its {:?} timeout",
+                run.invocations, setup.timeout
+            ));
         }
         match &answer {
             runtime::Outcome::Response(v) if v["status"] == "applied" => {
