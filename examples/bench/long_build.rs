@@ -91,7 +91,7 @@ struct Setup {
 
 impl Setup {
     fn load(cfg: &Config) -> R<Setup> {
-        let timeout = crate::config::env_num("BENCH_LONG_TIMEOUT_S", 5.0f64)?;
+        let timeout = crate::config::env_num("BENCH_LONG_TIMEOUT_S", 10.0f64)?;
         if timeout < 4.5 {
             // The function keeps 1 s back to answer and 1.5 s to arrange its continuation, and starts a
             // migration only with 2 s left: below 4.5 s every invocation stops before 002 (seen at 3 s).
@@ -102,7 +102,7 @@ impl Setup {
         }
         Ok(Setup {
             timeout: Duration::from_secs_f64(timeout),
-            scale: crate::config::env_num("BENCH_LONG_SCALE", 3i64)?.max(1),
+            scale: crate::config::env_num("BENCH_LONG_SCALE", 6i64)?.max(1),
             // The chain's shortest delay (CONTINUATION_DELAY_S is whole seconds, at least 1); the smoke run
             // only proves the path.
             delay: if cfg.smoke { Duration::from_millis(200) } else { Duration::from_secs(1) },
@@ -306,8 +306,10 @@ async fn chain(cfg: &Config, setup: &Setup, moto: &Moto, rows_per_s: f64) -> R<C
                 eprintln!("    invocation {} stopped at its deadline: {short}", run.invocations);
                 if in_a_row >= MAX_DEADLINES_IN_A_ROW {
                     break Err(format!(
-                        "stuck: {in_a_row} invocations in a row stopped at the deadline with work left; the last \
-                         said: {error_message}"
+                        "stuck: {in_a_row} invocations in a row stopped at the deadline with work left (a statement \
+                         that is not run detached, such as 002's CREATE MATERIALIZED VIEW, must fit in one \
+                         invocation's work time, the timeout less 2.5 s: raise BENCH_LONG_TIMEOUT_S or lower \
+                         BENCH_LONG_SCALE); the last said: {error_message}"
                     ));
                 }
             }
