@@ -13,6 +13,9 @@
 //! `BENCH_HOLD_S` (how long the long reader of case 4 holds its lock, 5), `BENCH_WRITE_RATE`
 //! (the offered write load of cases 3, 4 and 7, commits per second, 200), `BENCH_CASES` (a comma list
 //! such as `7` or `1,3`: only those cases run; all by default; `8` alone skips building the dataset).
+//! Case 9 (a build several invocations long, through the Lambda): `BENCH_LONG_TIMEOUT_S` (each
+//! invocation's timeout, 10), `BENCH_LONG_SCALE` (its copy holds every object this many times, 6),
+//! `BENCH_LONG_REPS` (3); it starts moto (`MOTO_SERVER`, or `.venv/bin/moto_server` of `make tools`).
 //! `--smoke` makes everything tiny, so `make test` proves the code still runs; its numbers mean nothing.
 
 // The tests use all of it; the benchmark only part.
@@ -46,6 +49,8 @@ mod index_build;
 mod lambda;
 #[path = "bench/lock_wait.rs"]
 mod lock_wait;
+#[path = "bench/long_build.rs"]
+mod long_build;
 #[path = "bench/noop.rs"]
 mod noop;
 #[path = "bench/status_read.rs"]
@@ -108,6 +113,9 @@ async fn run(cfg: &Config) -> R<Results> {
     }
     if run("8") {
         history::case8(cfg, &mut res).await?;
+    }
+    if run("9") {
+        long_build::case9(cfg, &mut res).await?;
     }
     drop_db(cfg, TEMPLATE).await?;
     Ok(res)

@@ -25,6 +25,11 @@ pub async fn drop_db(cfg: &Config, name: &str) -> R<()> {
 
 /// A fresh copy of the dataset (a file copy of the template database).
 pub async fn copy_dataset(cfg: &Config, name: &str) -> R<()> {
+    copy_database(cfg, TEMPLATE, name).await
+}
+
+/// A fresh file copy of database `from` called `name`.
+pub async fn copy_database(cfg: &Config, from: &str, name: &str) -> R<()> {
     drop_db(cfg, name).await?;
     let mut admin = cfg.server.connect("postgres").await?;
     let version: i32 = sqlx::query_scalar("SELECT current_setting('server_version_num')::int")
@@ -32,7 +37,7 @@ pub async fn copy_dataset(cfg: &Config, name: &str) -> R<()> {
         .await
         .ctx("server version")?;
     let strategy = if version >= 150000 { " STRATEGY = FILE_COPY" } else { "" };
-    exec(&mut admin, &format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE}{strategy}")).await?;
+    exec(&mut admin, &format!("CREATE DATABASE {name} TEMPLATE {from}{strategy}")).await?;
     let _ = admin.close().await;
     Ok(())
 }
