@@ -53,6 +53,9 @@ pub enum Kind {
     Reindex,
     /// `ALTER TABLE … VALIDATE CONSTRAINT`.
     Validate,
+    /// Any other statement of a no-transaction script that an earlier invocation's deadline cut
+    /// short, run again in one transaction with its completion recorded.
+    Statement,
 }
 
 impl Kind {
@@ -62,12 +65,13 @@ impl Kind {
             Kind::IndexBuild => "",
             Kind::Reindex => "reindex ",
             Kind::Validate => "validate ",
+            Kind::Statement => "statement ",
         }
     }
 
     /// The kind and object a session's name (after the version) says.
     fn parse(rest: &str) -> (Kind, &str) {
-        for kind in [Kind::Reindex, Kind::Validate] {
+        for kind in [Kind::Reindex, Kind::Validate, Kind::Statement] {
             if let Some(object) = rest.strip_prefix(kind.tag()) {
                 return (kind, object);
             }
@@ -83,9 +87,10 @@ pub struct InProgress {
     pub migration: String,
     /// The statement, on one line.
     pub statement: String,
-    /// What it does: `index_build`, `reindex` or `validate`.
+    /// What it does: `index_build`, `reindex`, `validate` or `statement`.
     pub kind: Kind,
-    /// The index it builds, or the index or table it reindexes, or the constraint it validates.
+    /// The index it builds, or the index or table it reindexes, or the constraint it validates, or
+    /// for a statement `line N` (of the migration's file).
     pub object: String,
     /// The index it builds or rebuilds (the same as `object`; empty for a validation).
     pub index: String,
@@ -169,13 +174,16 @@ fn sentence(p: &InProgress) -> String {
     let how_far = match (p.percent, p.eta_s, p.kind) {
         (Some(pc), Some(eta), _) => format!("{pc:.1}% of this phase, about {eta:.0} s left at the rate so far"),
         (Some(pc), None, _) => format!("{pc:.1}% of this phase"),
-        (None, _, Kind::Validate) => "PostgreSQL reports no share done for a validation".to_string(),
+        (None, _, Kind::Validate | Kind::Statement) => "PostgreSQL reports no share done for it".to_string(),
         _ => "no count yet for this phase".to_string(),
     };
     let what = match p.kind {
         Kind::IndexBuild => format!("builds index {}", p.object),
         Kind::Reindex => format!("rebuilds {} (REINDEX CONCURRENTLY)", p.object),
         Kind::Validate => format!("validates constraint {}", p.object),
+        Kind::Statement => {
+            format!("runs its statement at {} (an earlier invocation's deadline cut it short)", p.object)
+        }
     };
     format!(
         "migration {} {what} in the database (backend pid {}, since {}, {:.0} s): phase '{}', {how_far}. It \
@@ -227,13 +235,13 @@ pub async fn find(conn: &mut PgConnection, label: impl Fn(i64) -> String) -> Res
     let migration = version.parse::<i64>().map(&label).unwrap_or_else(|_| version.to_string());
     // A validation has no progress view: its phase is what pg_stat_activity says of it.
     let phase: Option<String> = r.try_get("phase").ok().flatten().or_else(|| {
-        (kind == Kind::Validate).then(|| {
-            if r.try_get("waits_for_lock").ok().flatten().unwrap_or(false) {
-                "waiting for a lock on the table".to_string()
-            } else {
-                "validating constraint".to_string()
-            }
-        })
+        let waits = r.try_get("waits_for_lock").ok().flatten().unwrap_or(false);
+        match kind {
+            _ if kind != Kind::IndexBuild && waits => Some("waiting for a lock on the table".to_string()),
+            Kind::Validate => Some("validating constraint".to_string()),
+            Kind::Statement => Some("running".to_string()),
+            _ => None,
+        }
     });
     let get = |c: &str| r.try_get::<Option<i64>, _>(c).ok().flatten().unwrap_or(0);
     let (blocks, tuples) = ((get("blocks_done"), get("blocks_total")), (get("tuples_done"), get("tuples_total")));
@@ -244,6 +252,7 @@ pub async fn find(conn: &mut PgConnection, label: impl Fn(i64) -> String) -> Res
     let state: Option<String> = r.try_get("state").ok().flatten();
     let query: Option<String> = r.try_get("query").ok().flatten();
     // The session's name may be cut at 63 bytes; the statement names its object whole.
+    let query = query.map(|q| unwrapped(&q).map_or(q.clone(), str::to_string));
     let statement = crate::split::Statement { sql: query.clone().unwrap_or_default(), line: 1 };
     let named =
         statement.index_build().map(|b| b.name).or_else(|| statement.detachable().map(|d| of(&d).1.to_string()));
@@ -450,7 +459,7 @@ pub async fn already_done(conn: &mut PgConnection, version: i64, line: usize, lo
             if !db::table_exists(conn, RECORD_TABLE).await.map_err(|e| Error::db(ctx, e))? {
                 return Ok(false);
             }
-            let started_from: Option<Vec<i64>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            let started_from: Option<Option<Vec<i64>>> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
                 "SELECT relfilenodes FROM {RECORD_TABLE} WHERE version = $1 AND line = $2"
             )))
             .bind(version)
@@ -458,7 +467,7 @@ pub async fn already_done(conn: &mut PgConnection, version: i64, line: usize, lo
             .fetch_optional(&mut *conn)
             .await
             .map_err(|e| Error::db(ctx, e))?;
-            let Some(started_from) = started_from else { return Ok(false) };
+            let Some(started_from) = started_from.flatten() else { return Ok(false) };
             let now: Vec<i64> = sqlx::query_scalar(REINDEXED)
                 .bind(name)
                 .bind(of_index)
@@ -470,25 +479,33 @@ pub async fn already_done(conn: &mut PgConnection, version: i64, line: usize, lo
     }
 }
 
-/// Records what a detached `REINDEX` starts from (see [`already_done`]); nothing for a validation,
-/// which PostgreSQL itself records.
-pub async fn note_start(conn: &mut PgConnection, version: i64, line: usize, long: &Detachable) -> Result<()> {
-    let Detachable::Reindex { of_index, name } = long else { return Ok(()) };
-    let ctx = "recording the start of a detached REINDEX";
+/// Creates the record of detached statements if it is missing: per statement (migration, line),
+/// what a `REINDEX` started from, when the deadline cut it short, and how its detached run ended.
+async fn ensure_record(conn: &mut PgConnection) -> std::result::Result<(), sqlx::Error> {
     db::exec(
         conn,
         &format!(
             "CREATE TABLE IF NOT EXISTS {RECORD_TABLE} (
                 version      bigint NOT NULL,
                 line         integer NOT NULL,
-                relfilenodes bigint[] NOT NULL,
+                relfilenodes bigint[],
+                cut_at       timestamptz,
+                finished_at  timestamptz,
+                error        text,
                 started_at   timestamptz NOT NULL DEFAULT now(),
                 PRIMARY KEY (version, line)
             )"
         ),
     )
     .await
-    .map_err(|e| Error::db(ctx, e))?;
+}
+
+/// Records what a detached `REINDEX` starts from (see [`already_done`]); nothing for a validation,
+/// which PostgreSQL itself records.
+pub async fn note_start(conn: &mut PgConnection, version: i64, line: usize, long: &Detachable) -> Result<()> {
+    let Detachable::Reindex { of_index, name } = long else { return Ok(()) };
+    let ctx = "recording the start of a detached REINDEX";
+    ensure_record(conn).await.map_err(|e| Error::db(ctx, e))?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {RECORD_TABLE} (version, line, relfilenodes) SELECT $1, $2, ({REINDEXED_AT})
          ON CONFLICT (version, line) DO UPDATE SET relfilenodes = EXCLUDED.relfilenodes, started_at = now()",
@@ -504,8 +521,125 @@ pub async fn note_start(conn: &mut PgConnection, version: i64, line: usize, long
     .map_err(|e| Error::db(ctx, e))
 }
 
-/// Forgets what earlier runs of migration `version` did detached: it starts afresh (first applied,
-/// or applied again after a rollback), so each of its statements runs again.
+/// What the record says of a plain statement (see [`Kind::Statement`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Cut {
+    /// An invocation's deadline cut it short: the next run runs it detached.
+    pub cut: bool,
+    /// Its detached run finished (committed): it is done.
+    pub finished: bool,
+    /// Its detached run failed: SQLSTATE and message, as the run caught them (never the detail,
+    /// which may hold row values).
+    pub error: Option<(String, String)>,
+}
+
+/// The record of the statement at `line` of migration `version` (none: nothing happened to it).
+pub async fn cut_record(conn: &mut PgConnection, version: i64, line: usize) -> Result<Option<Cut>> {
+    let ctx = "reading the record of detached statements";
+    if !db::table_exists(conn, RECORD_TABLE).await.map_err(|e| Error::db(ctx, e))? {
+        return Ok(None);
+    }
+    let row: Option<(bool, bool, Option<String>)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+        "SELECT cut_at IS NOT NULL, finished_at IS NOT NULL, error FROM {RECORD_TABLE} WHERE version = $1 AND line = $2"
+    )))
+    .bind(version)
+    .bind(i32::try_from(line).unwrap_or(i32::MAX))
+    .fetch_optional(conn)
+    .await
+    .map_err(|e| Error::db(ctx, e))?;
+    Ok(row.map(|(cut, finished, error)| Cut {
+        cut,
+        finished,
+        error: error.map(|e| match e.split_once(": ") {
+            Some((state, message)) => (state.to_string(), message.to_string()),
+            None => (String::new(), e),
+        }),
+    }))
+}
+
+/// Records that the deadline cut the statement at `line` of migration `version` short (and
+/// forgets how an earlier detached run of it ended): the next run runs it detached.
+pub async fn note_cut(conn: &mut PgConnection, version: i64, line: usize) -> Result<()> {
+    let ctx = "recording a statement the deadline cut short";
+    ensure_record(conn).await.map_err(|e| Error::db(ctx, e))?;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {RECORD_TABLE} (version, line, cut_at) VALUES ($1, $2, now())
+         ON CONFLICT (version, line) DO UPDATE SET cut_at = now(), finished_at = NULL, error = NULL"
+    )))
+    .bind(version)
+    .bind(i32::try_from(line).unwrap_or(i32::MAX))
+    .execute(conn)
+    .await
+    .map(|_| ())
+    .map_err(|e| Error::db(ctx, e))
+}
+
+/// The dollar-quote tags of [`wrap`].
+const WRAP_TAG: &str = "$scm_detached$";
+const STATEMENT_TAG: &str = "$scm_statement$";
+
+/// `sql` (the statement at `line` of migration `version`) as one `DO` block for a detached
+/// session: the statement under `lock_timeout` (its lock must not queue ahead of the scanner's
+/// writes for long), then its completion recorded in the same transaction, so the record is
+/// exactly as far as the schema; a failure is caught, rolled back and recorded for the next run
+/// to report. `None` for what cannot run inside a function: `CONCURRENTLY` forms, `VACUUM`,
+/// database and tablespace DDL, `ALTER SYSTEM`, transaction control, and text holding the tags.
+pub fn wrap(sql: &str, version: i64, line: usize, lock_timeout: Duration) -> Option<String> {
+    let statement = crate::split::Statement { sql: sql.to_string(), line };
+    let words: Vec<String> = crate::split::words(sql).iter().take(2).map(|w| w.to_ascii_lowercase()).collect();
+    let first = words.first().map(String::as_str).unwrap_or("");
+    let second = words.get(1).map(String::as_str).unwrap_or("");
+    let outside_functions = matches!(
+        first,
+        "vacuum"
+            | "begin"
+            | "start"
+            | "commit"
+            | "end"
+            | "rollback"
+            | "savepoint"
+            | "release"
+            | "abort"
+            | "prepare"
+            | "set"
+            | "reset"
+            | "discard"
+            | "listen"
+            | "copy"
+            | "checkpoint"
+    ) || (matches!(first, "create" | "drop" | "alter")
+        && matches!(second, "database" | "tablespace" | "system"))
+        || (first == "reindex" && matches!(second, "database" | "system" | "schema"));
+    if outside_functions
+        || statement.without_concurrently() != sql
+        || sql.contains(WRAP_TAG)
+        || sql.contains(STATEMENT_TAG)
+    {
+        return None;
+    }
+    Some(format!(
+        "DO {WRAP_TAG}
+BEGIN
+    PERFORM set_config('lock_timeout', '{lock_ms}ms', true);
+    EXECUTE {STATEMENT_TAG}{sql}{STATEMENT_TAG};
+    UPDATE {RECORD_TABLE} SET finished_at = now(), error = NULL WHERE version = {version} AND line = {line};
+EXCEPTION WHEN OTHERS THEN
+    UPDATE {RECORD_TABLE} SET error = SQLSTATE || ': ' || SQLERRM WHERE version = {version} AND line = {line};
+END
+{WRAP_TAG}",
+        lock_ms = lock_timeout.as_millis().max(1),
+    ))
+}
+
+/// The statement a [`wrap`]ped `DO` block runs, for display.
+fn unwrapped(query: &str) -> Option<&str> {
+    let rest = query.strip_prefix(&format!("DO {WRAP_TAG}"))?;
+    let (_, rest) = rest.split_once(STATEMENT_TAG)?;
+    rest.split_once(STATEMENT_TAG).map(|(sql, _)| sql)
+}
+
+/// Forgets what earlier runs of migration `version` did detached (it is applied, or being rolled
+/// back), so that a later application runs each of its statements again.
 pub async fn forget(conn: &mut PgConnection, version: i64) -> Result<()> {
     let ctx = "clearing the record of earlier detached statements";
     if !db::table_exists(conn, RECORD_TABLE).await.map_err(|e| Error::db(ctx, e))? {
@@ -581,6 +715,31 @@ mod tests {
         assert_eq!((pc, rps, eta), (Some(50.0), Some(100.0), Some(5.0)));
         assert_eq!(rates("waiting for old snapshots", (0, 0), (0, 0), 3.0, 10.0), (None, None, None));
         assert_eq!(rates("building index: scanning table", (0, 100), (0, 0), 3.0, 10.0), (Some(0.0), None, None));
+    }
+
+    #[test]
+    fn a_statement_is_wrapped_only_where_a_function_can_run_it() {
+        let lock = Duration::from_secs(2);
+        let sql = "CREATE MATERIALIZED VIEW IF NOT EXISTS v AS SELECT 'a;b' AS x";
+        let wrapped = wrap(sql, 2, 21, lock).unwrap();
+        assert!(wrapped.contains("set_config('lock_timeout', '2000ms', true)"), "{wrapped}");
+        assert!(wrapped.contains("WHERE version = 2 AND line = 21"), "{wrapped}");
+        assert_eq!(unwrapped(&wrapped), Some(sql), "shown as written");
+        for outside in [
+            "CREATE INDEX CONCURRENTLY i ON t (x)",
+            "DROP INDEX CONCURRENTLY i",
+            "VACUUM (ANALYZE) t",
+            "CREATE DATABASE d",
+            "ALTER SYSTEM SET work_mem = '1MB'",
+            "REINDEX DATABASE d",
+            "COMMIT",
+            "SET lock_timeout = '1s'",
+            "SELECT '$scm_statement$'",
+        ] {
+            assert_eq!(wrap(outside, 2, 1, lock), None, "{outside}");
+        }
+        assert!(wrap("UPDATE t SET x = 1", 2, 1, lock).is_some());
+        assert!(wrap("ALTER TABLE t ADD COLUMN c int DEFAULT random()", 2, 1, lock).is_some());
     }
 
     #[test]

@@ -935,6 +935,12 @@ async fn apply(
         batched: Vec::new(),
     };
     let bookkeeping = |err: sqlx::Error| Error::db(format!("recording migration {} in the history", m.label()), err);
+    // What earlier runs did detached belongs to one application of the migration: a rollback forgets
+    // it before it starts (so a re-application after it, even one stopped part-way, runs every
+    // statement again), and so does the application once recorded.
+    if direction == Direction::Down {
+        detached::forget(conn, m.version).await?;
+    }
     let outcome = if script.no_transaction {
         apply_statements(conn, m, script, &statements, settings, done, left, direction, &mut step).await
     } else {
@@ -961,6 +967,9 @@ async fn apply(
     let reset = db::reset_limits(conn).await;
     outcome?;
     reset.map_err(|e| Error::db("resetting the session's timeouts", e))?;
+    if direction == Direction::Up {
+        detached::forget(conn, m.version).await?;
+    }
     step.duration_ms = started.elapsed().as_millis() as u64;
     Ok(step)
 }
@@ -1090,9 +1099,6 @@ async fn apply_statements(
         Direction::Down => db::mark_rolling_back(conn, m.version).await.map(|()| None),
     };
     let before = marked.map_err(|e| Error::db(format!("recording the start of {} in the history", m.label()), e))?;
-    if before.as_ref().is_some_and(|b| b.as_deref() != Some("applying")) {
-        detached::forget(conn, m.version).await?;
-    }
     for (i, stmt) in statements.iter().enumerate() {
         // A first statement that failed changed nothing (one statement is atomic): the history goes
         // back to what it said before.
@@ -1144,7 +1150,7 @@ async fn apply_statements(
         let Some(build) = stmt.index_build() else {
             let ran = match stmt.detachable() {
                 Some(long) => run_long(conn, m, stmt, &long, settings, direction, step).await?,
-                None => run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await,
+                None => run_plain(conn, m, script, stmt, settings, direction, step).await?,
             };
             if let Err(f) = ran {
                 if let (true, Some(before)) = (nothing_changed, &before) {
@@ -1248,6 +1254,85 @@ async fn run_long(
         }
     }
     Ok(run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await)
+}
+
+/// Any other statement of a no-transaction script. One that an earlier invocation's deadline cut
+/// short runs detached this time (in one transaction that records its completion): it would be
+/// cut at every deadline. One that a detached run finished is not run again; one whose detached
+/// run failed fails the migration with that run's error (a lock timeout there is retried).
+#[allow(clippy::too_many_arguments)]
+async fn run_plain(
+    conn: &mut PgConnection,
+    m: &Migration,
+    script: &Script,
+    stmt: &Statement,
+    settings: &RunSettings,
+    direction: Direction,
+    step: &mut AppliedStep,
+) -> Result<std::result::Result<(), StatementFailure>> {
+    let up = direction == Direction::Up;
+    let record = if up { detached::cut_record(conn, m.version, stmt.line).await? } else { None };
+    if let Some(record) = &record {
+        if record.finished {
+            tracing::info!(
+                step = "migration",
+                version = m.version,
+                line = stmt.line,
+                "already done by an earlier run (detached): not run again"
+            );
+            return Ok(Ok(()));
+        }
+        match &record.error {
+            Some((state, message)) if state != "55P03" => {
+                // Reported once: the next migrate, after the cause is fixed, runs it detached again.
+                detached::note_cut(conn, m.version, stmt.line).await?;
+                let mut statement: String = stmt.sql.split_whitespace().collect::<Vec<_>>().join(" ");
+                if statement.chars().count() > 200 {
+                    statement = statement.chars().take(200).collect::<String>() + "…";
+                }
+                return Err(Error::MigrationFailed(Box::new(crate::error::MigrationFailure {
+                    version: m.version,
+                    name: m.name.clone(),
+                    line: stmt.line,
+                    statement,
+                    sqlstate: Some(state.clone()),
+                    position: None,
+                    message: format!(
+                        "{message} (in its detached run: an earlier invocation's deadline had cut it short)"
+                    ),
+                    detail: None,
+                    applied_before: Vec::new(),
+                    note: Some(partial_note(m, direction)),
+                })));
+            }
+            _ => {}
+        }
+    }
+    let wrapped = detached::wrap(&stmt.sql, m.version, stmt.line, settings.lock_timeout);
+    if let (Some(true), Some(to), Some(sql)) = (record.as_ref().map(|r| r.cut), &settings.detach, &wrapped)
+        && settings.deadline.remaining().is_some()
+    {
+        tracing::info!(step = "detached", version = m.version, line = stmt.line, file = %script.file,
+            "cut short by an earlier invocation's deadline: running it detached");
+        let object = format!("line {}", stmt.line);
+        return Err(detach(
+            conn,
+            to,
+            m,
+            (m.version, detached::Kind::Statement, &object),
+            sql,
+            Vec::new(),
+            settings.deadline,
+        )
+        .await);
+    }
+    let ran = run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await;
+    if let (Err(StatementFailure::Deadline(_)), true, Some(_), Some(_)) = (&ran, up, &settings.detach, &wrapped) {
+        // The session's statement_timeout is the deadline's, all but spent: lift it for the note.
+        db::reset_limits(conn).await.map_err(|e| Error::db("resetting the session's timeouts", e))?;
+        detached::note_cut(conn, m.version, stmt.line).await?;
+    }
+    Ok(ran)
 }
 
 /// Starts `sql` detached (see `detached::start`) and returns the `in_progress` answer for it, with

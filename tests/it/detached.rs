@@ -495,3 +495,66 @@ async fn a_detached_statement_works_in_the_schema_of_the_run_not_in_the_logins_d
         runner::run(&mut conn, &migrations, Command::Migrate { target: None }, &short_run(&db), None).await.unwrap();
     assert_eq!(r.status, "applied", "{:#}", serde_json::to_value(&r).unwrap());
 }
+
+/// 001 copies 6,000 rows of `big` at 1 ms a row (6 s; instant on the replay's empty tables), in a
+/// no-transaction file, as its first statement.
+const SLOW_COPY: &str = "CREATE TABLE IF NOT EXISTS big_copy AS SELECT id, 100 / n AS q FROM big \
+                         WHERE id <= 6000 AND (SELECT true FROM pg_sleep(0.001 + id * 0))";
+
+/// A run with 4 s left, detaching allowed.
+fn four_seconds(db: &TestDb) -> scanner_migrator::runner::RunSettings {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    scanner_migrator::runner::RunSettings {
+        deadline: scanner_migrator::deadline::Deadline::from_lambda_epoch_ms(
+            (now + Duration::from_secs(4)).as_millis() as u64,
+        ),
+        ..short_run(db)
+    }
+}
+
+#[tokio::test]
+async fn a_statement_cut_at_the_deadline_runs_detached_the_next_time_and_its_failure_is_reported() {
+    use scanner_migrator::runner::{self, Command};
+    let (db, migrations, mut conn) = long_fixture(SLOW_COPY).await;
+    db.exec("UPDATE big SET n = 1 WHERE n = 0").await;
+    let migrate = Command::Migrate { target: None };
+
+    // First: run in place, cut by the deadline, nothing half-done (one statement is atomic).
+    let err = runner::run(&mut conn, &migrations, migrate, &four_seconds(&db), None).await.unwrap_err();
+    assert_eq!(err.kind(), "DeadlineReached", "{err}");
+    assert_eq!(db.scalar::<Option<String>>("SELECT to_regclass('big_copy')::text").await, None);
+
+    // Meanwhile a row makes the copy fail: the detached run fails, and the next run says why.
+    db.exec("UPDATE big SET n = 0 WHERE id = 5999").await;
+    let r = runner::run(&mut conn, &migrations, migrate, &four_seconds(&db), None).await.unwrap();
+    let p = r.in_progress.clone().expect("the statement the deadline cut runs detached");
+    assert_eq!((p.kind, p.object.as_str()), (scanner_migrator::detached::Kind::Statement, "line 2"));
+    assert!(
+        p.statement.starts_with("CREATE TABLE IF NOT EXISTS big_copy AS SELECT"),
+        "shown as written: {}",
+        p.statement
+    );
+    assert!(p.message.contains("runs its statement at line 2"), "{}", p.message);
+    until_no_detached(&db).await;
+    let err = runner::run(&mut conn, &migrations, migrate, &four_seconds(&db), None).await.unwrap_err();
+    assert_eq!(err.kind(), "MigrationFailed", "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains("001") && msg.contains("22012") && msg.contains("division by zero"), "{msg}");
+    assert!(msg.contains("in its detached run"), "{msg}");
+    assert_eq!(db.scalar::<Option<String>>("SELECT to_regclass('big_copy')::text").await, None, "rolled back");
+
+    // Fixed, the next run runs it detached again; it finishes without a client; the run after
+    // that finds it done (it is not run again: that would be cut again) and applies 001.
+    db.exec("UPDATE big SET n = 1 WHERE id = 5999").await;
+    let r = runner::run(&mut conn, &migrations, migrate, &four_seconds(&db), None).await.unwrap();
+    assert_eq!(r.status, "in_progress");
+    let again = runner::run(&mut conn, &migrations, migrate, &four_seconds(&db), None).await.unwrap();
+    assert_eq!(again.in_progress.map(|p| p.pid), r.in_progress.map(|p| p.pid), "reported, not started twice");
+    until_no_detached(&db).await;
+    assert_eq!(db.scalar::<i64>("SELECT count(*) FROM big_copy").await, 6000);
+    let r = runner::run(&mut conn, &migrations, migrate, &four_seconds(&db), None).await.unwrap();
+    assert_eq!(r.status, "applied", "{:#}", serde_json::to_value(&r).unwrap());
+    assert_eq!(db.history().await, vec![0, 1]);
+    let left: i64 = db.scalar("SELECT count(*) FROM scanner_migrator_history_detached").await;
+    assert_eq!(left, 0, "the record goes with the application");
+}
