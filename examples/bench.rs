@@ -14,8 +14,8 @@
 //! (the offered write load of cases 3, 4 and 7, commits per second, 200), `BENCH_CASES` (a comma list
 //! such as `7` or `1,3`: only those cases run; all by default; `8` alone skips building the dataset).
 //! Case 9 (a build several invocations long, through the Lambda): `BENCH_LONG_TIMEOUT_S` (each
-//! invocation's timeout, 10), `BENCH_LONG_SCALE` (its copy holds every object this many times, 6),
-//! `BENCH_LONG_REPS` (3); it starts moto (`MOTO_SERVER`, or `.venv/bin/moto_server` of `make tools`).
+//! invocation's timeout, 5), `BENCH_LONG_SCALE` (its copy holds every object this many times, 12),
+//! `BENCH_LONG_REPS` (2); it starts moto (`MOTO_SERVER`, or `.venv/bin/moto_server` of `make tools`).
 //! `--smoke` makes everything tiny, so `make test` proves the code still runs; its numbers mean nothing.
 
 // The tests use all of it; the benchmark only part.
