@@ -92,7 +92,7 @@ pub struct InProgress {
     /// The index it builds, or the index or table it reindexes, or the constraint it validates, or
     /// for a statement `line N` (of the migration's file).
     pub object: String,
-    /// The index it builds or rebuilds (the same as `object`; empty for a validation).
+    /// The index it builds or rebuilds (the same as `object`; empty for a validation or a statement).
     pub index: String,
     /// The backend running it.
     pub pid: i32,
@@ -262,7 +262,7 @@ pub async fn find(conn: &mut PgConnection, label: impl Fn(i64) -> String) -> Res
         statement: query.unwrap_or_default().split_whitespace().collect::<Vec<_>>().join(" "),
         kind,
         object: object.to_string(),
-        index: if kind == Kind::Validate { String::new() } else { object.to_string() },
+        index: if matches!(kind, Kind::IndexBuild | Kind::Reindex) { object.to_string() } else { String::new() },
         pid: r.try_get("pid").unwrap_or_default(),
         since: r.try_get::<Option<String>, _>("since").ok().flatten().unwrap_or_default(),
         running_s: (running_s * 10.0).round() / 10.0,

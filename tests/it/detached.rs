@@ -528,7 +528,10 @@ async fn a_statement_cut_at_the_deadline_runs_detached_the_next_time_and_its_fai
     db.exec("UPDATE big SET n = 0 WHERE id = 5999").await;
     let r = runner::run(&mut conn, &migrations, migrate, &four_seconds(&db), None).await.unwrap();
     let p = r.in_progress.clone().expect("the statement the deadline cut runs detached");
-    assert_eq!((p.kind, p.object.as_str()), (scanner_migrator::detached::Kind::Statement, "line 2"));
+    assert_eq!(
+        (p.kind, p.object.as_str(), p.index.as_str()),
+        (scanner_migrator::detached::Kind::Statement, "line 2", "")
+    );
     assert!(
         p.statement.starts_with("CREATE TABLE IF NOT EXISTS big_copy AS SELECT"),
         "shown as written: {}",
