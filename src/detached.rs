@@ -308,14 +308,14 @@ pub async fn end_if_finished(conn: &mut PgConnection, session: &Session) -> Resu
 
 /// Hands `sql` (what `kind` says to `object`, for migration `version`) to a session of its own and
 /// the migration lock with it; `main` holds the lock on entry and no longer on success. Returns
-/// the session's pid.
+/// the session's pid, and what lets its session end once the caller has looked at it.
 pub async fn start(
     to: &DetachTo,
     main: &mut PgConnection,
     (version, kind, object): (i64, Kind, &str),
     sql: &str,
     deadline: Deadline,
-) -> Result<i32> {
+) -> Result<(i32, Seen)> {
     let opts = to.0.clone().application_name(&app_name(version, kind, object));
     let ctx = "preparing the detached session";
     // The statement names its objects as the migration wrote them: it must find them in the schema
@@ -348,6 +348,11 @@ pub async fn start(
     let pid: i32 =
         sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut conn).await.map_err(|e| Error::db(ctx, e))?;
     let statement = sql.to_string();
+    // A statement quicker than the hand-over's checks would end its session, and the lock with it,
+    // before the run saw the lock granted: the session stays (idle, holding the lock) until the run
+    // has seen it ([`Seen`]), or 10 s. A frozen function leaves it to idle_session_timeout or the next run.
+    let seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let seen_by_task = seen.clone();
     let task = tokio::spawn(async move {
         let locked =
             sqlx::query("SELECT pg_advisory_lock($1, $2)").bind(LOCK_KEY.0).bind(LOCK_KEY.1).execute(&mut conn).await;
@@ -358,6 +363,10 @@ pub async fn start(
         match outcome {
             Ok(()) => tracing::info!(step = "detached", pid, "the detached statement finished"),
             Err(e) => tracing::warn!(step = "detached", pid, error = %cause_chain(&e), "the detached statement failed"),
+        }
+        let waited = Instant::now();
+        while !seen_by_task.load(std::sync::atomic::Ordering::Acquire) && waited.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = conn.close().await;
     });
@@ -370,8 +379,9 @@ pub async fn start(
             wait_for(main, pid, "l.granted", Duration::from_secs(5)).await? && started_statement(main, pid).await?,
         )
     };
+    let seen = Seen(seen);
     match handed.await {
-        Ok(true) => Ok(pid),
+        Ok(true) => Ok((pid, seen)),
         Ok(false) | Err(_) => {
             task.abort();
             Err(Error::Database {
@@ -379,6 +389,17 @@ pub async fn start(
                 cause: format!("backend {pid} did not take it within 5 s"),
             })
         }
+    }
+}
+
+/// Held by the run that started a detached session: dropped, it lets the session end when its
+/// statement is done (a statement quicker than the hand-over would otherwise take its session and the
+/// lock away before the run saw them).
+pub struct Seen(std::sync::Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Seen {
+    fn drop(&mut self) {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
     }
 }
 

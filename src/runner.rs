@@ -1346,8 +1346,9 @@ async fn detach(
     dropped: Vec<String>,
     deadline: Deadline,
 ) -> Error {
-    let pid = match detached::start(to, conn, what, sql, deadline).await {
-        Ok(pid) => pid,
+    // `_seen` keeps the session until it is found below, should its statement be done already.
+    let (pid, _seen) = match detached::start(to, conn, what, sql, deadline).await {
+        Ok(started) => started,
         Err(e) => return e,
     };
     let label = |v: i64| if v == m.version { m.label() } else { format!("{v:03}") };
