@@ -527,15 +527,19 @@ pub async fn note_start(conn: &mut PgConnection, version: i64, line: usize, long
     let Detachable::Reindex { of_index, name } = long else { return Ok(()) };
     let ctx = "recording the start of a detached REINDEX";
     ensure_record(conn).await.map_err(|e| Error::db(ctx, e))?;
+    let relfilenodes: Vec<i64> = sqlx::query_scalar(REINDEXED)
+        .bind(name)
+        .bind(of_index)
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(|e| Error::db(ctx, e))?;
     sqlx::query(sqlx::AssertSqlSafe(format!(
-        "INSERT INTO {RECORD_TABLE} (version, line, relfilenodes) SELECT $1, $2, ({REINDEXED_AT})
-         ON CONFLICT (version, line) DO UPDATE SET relfilenodes = EXCLUDED.relfilenodes, started_at = now()",
-        REINDEXED_AT = REINDEXED.replace("$1", "$3").replace("$2", "$4")
+        "INSERT INTO {RECORD_TABLE} (version, line, relfilenodes) VALUES ($1, $2, $3)
+         ON CONFLICT (version, line) DO UPDATE SET relfilenodes = EXCLUDED.relfilenodes, started_at = now()"
     )))
     .bind(version)
     .bind(i32::try_from(line).unwrap_or(i32::MAX))
-    .bind(name)
-    .bind(of_index)
+    .bind(relfilenodes)
     .execute(conn)
     .await
     .map(|_| ())
