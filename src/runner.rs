@@ -170,6 +170,17 @@ pub struct AppliedStep {
     pub batched: Vec<crate::batch::Summary>,
 }
 
+impl AppliedStep {
+    /// Notes that the index (or table) `name`, as written, was rebuilt after INVALID indexes an
+    /// interrupted run had left were dropped; once per name.
+    fn rebuilt_after_dropping(&mut self, dropped: &[String], name: &str) {
+        let name = name.trim_matches('"').to_string();
+        if !dropped.is_empty() && !self.rebuilt_invalid_indexes.contains(&name) {
+            self.rebuilt_invalid_indexes.push(name);
+        }
+    }
+}
+
 /// A migration not yet applied.
 #[derive(Debug, Serialize)]
 pub struct Pending {
@@ -1186,10 +1197,7 @@ async fn apply_statements(
                 return Err(err);
             }
         };
-        let name = build.name.trim_matches('"').to_string();
-        if !dropped.is_empty() && !step.rebuilt_invalid_indexes.contains(&name) {
-            step.rebuilt_invalid_indexes.push(name);
-        }
+        step.rebuilt_after_dropping(&dropped, &build.name);
     }
     match direction {
         Direction::Up => {
@@ -1232,10 +1240,7 @@ async fn run_long(
         }
         dropped.push(leftover);
     }
-    let name = object.trim_matches('"').to_string();
-    if !dropped.is_empty() && !step.rebuilt_invalid_indexes.contains(&name) {
-        step.rebuilt_invalid_indexes.push(name);
-    }
+    step.rebuilt_after_dropping(&dropped, object);
     if let (Some(to), Some(left), Direction::Up) = (&settings.detach, settings.deadline.remaining(), direction) {
         let rows = detached::work_rows(conn, long).await?;
         let needed = rows / settings.index_build_rows_per_s;
@@ -1286,15 +1291,11 @@ async fn run_plain(
             Some((state, message)) if state != "55P03" => {
                 // Reported once: the next migrate, after the cause is fixed, runs it detached again.
                 detached::note_cut(conn, m.version, stmt.line).await?;
-                let mut statement: String = stmt.sql.split_whitespace().collect::<Vec<_>>().join(" ");
-                if statement.chars().count() > 200 {
-                    statement = statement.chars().take(200).collect::<String>() + "…";
-                }
                 return Err(Error::MigrationFailed(Box::new(crate::error::MigrationFailure {
                     version: m.version,
                     name: m.name.clone(),
                     line: stmt.line,
-                    statement,
+                    statement: shortened(&stmt.sql),
                     sqlstate: Some(state.clone()),
                     position: None,
                     message: format!(
@@ -1393,6 +1394,12 @@ fn partial_note(m: &Migration, direction: Direction) -> String {
     }
 }
 
+/// A failed statement as an error shows it: on one line, cut after 200 characters.
+fn shortened(sql: &str) -> String {
+    let statement: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
+    if statement.chars().count() > 200 { statement.chars().take(200).collect::<String>() + "…" } else { statement }
+}
+
 fn migration_failed(
     m: &Migration,
     script: &Script,
@@ -1402,10 +1409,7 @@ fn migration_failed(
     note: Option<String>,
 ) -> Error {
     let (message, detail, position) = db::pg_details(err);
-    let mut statement: String = stmt.sql.split_whitespace().collect::<Vec<_>>().join(" ");
-    if statement.chars().count() > 200 {
-        statement = statement.chars().take(200).collect::<String>() + "…";
-    }
+    let statement = shortened(&stmt.sql);
     Error::MigrationFailed(Box::new(crate::error::MigrationFailure {
         version: m.version,
         name: if script.file.ends_with(".down.sql") { format!("{} rollback", m.name) } else { m.name.clone() },
