@@ -948,7 +948,8 @@ async fn apply(
     let bookkeeping = |err: sqlx::Error| Error::db(format!("recording migration {} in the history", m.label()), err);
     // What earlier runs did detached belongs to one application of the migration: a rollback forgets
     // it before it starts (so a re-application after it, even one stopped part-way, runs every
-    // statement again), and so does the application once recorded.
+    // statement again), and so does the application once recorded (only a no-transaction script's
+    // statements run detached, so only such an application has anything to forget).
     if direction == Direction::Down {
         detached::forget(conn, m.version).await?;
     }
@@ -978,7 +979,7 @@ async fn apply(
     let reset = db::reset_limits(conn).await;
     outcome?;
     reset.map_err(|e| Error::db("resetting the session's timeouts", e))?;
-    if direction == Direction::Up {
+    if direction == Direction::Up && script.no_transaction {
         detached::forget(conn, m.version).await?;
     }
     step.duration_ms = started.elapsed().as_millis() as u64;
@@ -1309,9 +1310,10 @@ async fn run_plain(
             _ => {}
         }
     }
-    let wrapped = detached::wrap(&stmt.sql, m.version, stmt.line, settings.lock_timeout);
-    if let (Some(true), Some(to), Some(sql)) = (record.as_ref().map(|r| r.cut), &settings.detach, &wrapped)
-        && settings.deadline.remaining().is_some()
+    let wrap = || detached::wrap(&stmt.sql, m.version, stmt.line, settings.lock_timeout);
+    if let (Some(true), Some(to), true) =
+        (record.as_ref().map(|r| r.cut), &settings.detach, settings.deadline.remaining().is_some())
+        && let Some(sql) = &wrap()
     {
         tracing::info!(step = "detached", version = m.version, line = stmt.line, file = %script.file,
             "cut short by an earlier invocation's deadline: running it detached");
@@ -1328,7 +1330,9 @@ async fn run_plain(
         .await);
     }
     let ran = run_statement(conn, &stmt.sql, settings, &mut step.lock_retries).await;
-    if let (Err(StatementFailure::Deadline(_)), true, Some(_), Some(_)) = (&ran, up, &settings.detach, &wrapped) {
+    if let (Err(StatementFailure::Deadline(_)), true, Some(_)) = (&ran, up, &settings.detach)
+        && wrap().is_some()
+    {
         // The session's statement_timeout is the deadline's, all but spent: lift it for the note.
         db::reset_limits(conn).await.map_err(|e| Error::db("resetting the session's timeouts", e))?;
         detached::note_cut(conn, m.version, stmt.line).await?;
